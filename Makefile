@@ -1,0 +1,31 @@
+# The README's two commands: `make run` (set up, then the main job) and `make test` (set up, then the tests).
+# Both start from a fresh machine: they create .venv and install everything the project needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup run test test-slow clean
+
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned: ==2.13.0 resolves to the CPU wheel that this project's machines carry,
+# where a looser requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,data]"
+	touch $@
+
+run: setup
+	$(BIN)/python examples/seed_simple_rnn.py
+	$(BIN)/python examples/seed_custom_lstm.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,171 @@
+"""One-step modules: drop-in replacements for ``torch.nn.RNNCell``, ``LSTMCell`` and ``GRUCell``.
+
+A cell owns its parameters (torch's names and shapes, so ``state_dict`` files load both ways) and calls the
+pure step function in :mod:`rnnlab.functional`. The boundary checks live here so that errors name the cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as RF
+from ._checks import check_dtype_device, check_positive_int, check_type
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+
+
+class _CellBase(nn.Module):
+    """Parameters ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh`` ``(G*H,)`` and torch's init."""
+
+    num_chunks: int
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive_int(name, "input_size", input_size)
+        check_positive_int(name, "hidden_size", hidden_size)
+        check_type(name, "bias", bias, bool)
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        gate_size = self.num_chunks * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gate_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gate_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order, exactly as torch.nn does."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def _prepare(self, input: Tensor, hx: Tensor | None, n_states: int) -> tuple[Tensor, list[Tensor], bool]:
+        """Check shapes at the boundary; return a batched input, batched states and whether input was batched."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        check_dtype_device(name, "input", input, self.weight_ih)
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"{name}: input has inconsistent input_size: expected {self.input_size}, got {input.size(-1)}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            return x, [zeros] * n_states, batched
+        states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+        if len(states) != n_states:
+            raise TypeError(f"{name}: expected hx to hold {n_states} tensor(s), got {len(states)}")
+        out = []
+        for k, s in enumerate(states):
+            label = "hx" if n_states == 1 else f"hx[{k}]"
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{name}: {label} must be a Tensor, got {type(s).__name__}")
+            check_dtype_device(name, label, s, self.weight_ih)
+            expected = (x.size(0), self.hidden_size) if batched else (self.hidden_size,)
+            if tuple(s.shape) != expected:
+                kind = "batched" if batched else "unbatched"
+                raise RuntimeError(
+                    f"{name}: for {kind} input of shape {tuple(input.shape)}, {label} must have shape "
+                    f"{expected}, got {tuple(s.shape)}")
+            out.append(s if batched else s.unsqueeze(0))
+        return x, out, batched
+
+
+class RNNCell(_CellBase):
+    r"""An Elman RNN cell: ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu). Drop-in for ``torch.nn.RNNCell``.
+
+    Args:
+        input_size: features in ``x``. hidden_size: features in ``h``. bias: use ``b_ih`` and ``b_hh``.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+
+    Shape:
+        input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or ``(H,)``, zeros if omitted; output like hx.
+
+    Raises:
+        ValueError: unknown nonlinearity, non-positive sizes, input not 1-D or 2-D.
+        RuntimeError: input or hx size does not match the cell.
+
+    Example:
+        >>> cell = RNNCell(3, 5)
+        >>> h = cell(torch.randn(2, 3))            # (2, 5)
+    """
+
+    num_chunks = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        if nonlinearity not in RF.NONLINEARITIES:
+            raise ValueError(f"RNNCell: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        x, (h,), batched = self._prepare(input, hx, 1)
+        h = RF.rnn_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        return h if batched else h.squeeze(0)
+
+
+class LSTMCell(_CellBase):
+    r"""An LSTM cell (gates i, f, g, o; see :func:`rnnlab.functional.lstm_step`). Drop-in for ``torch.nn.LSTMCell``.
+
+    .. math::
+        c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+
+    Shape:
+        input ``(B, I)`` or ``(I,)``; hx ``(h, c)`` each ``(B, H)`` or ``(H,)``, zeros if omitted;
+        returns ``(h', c')`` of the same shape.
+
+    Example:
+        >>> cell = LSTMCell(3, 5)
+        >>> h, c = cell(torch.randn(2, 3))
+    """
+
+    num_chunks = 4
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        x, (h, c), batched = self._prepare(input, hx, 2)
+        h, c = RF.lstm_step(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_CellBase):
+    r"""A GRU cell (gates r, z, n; see :func:`rnnlab.functional.gru_step`). Drop-in for ``torch.nn.GRUCell``.
+
+    .. math::
+        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})), \qquad h' = (1 - z) \odot n + z \odot h
+
+    Shape:
+        input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or ``(H,)``, zeros if omitted; output like hx.
+
+    Example:
+        >>> cell = GRUCell(3, 5)
+        >>> h = cell(torch.randn(2, 3))
+    """
+
+    num_chunks = 3
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        x, (h,), batched = self._prepare(input, hx, 1)
+        h = RF.gru_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if batched else h.squeeze(0)
