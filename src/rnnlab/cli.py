@@ -1,0 +1,54 @@
+"""The ``rnnlab`` command line: parses flags, calls the library, and nothing else.
+
+Each subcommand lives in its own module under :mod:`rnnlab.commands` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func=run`` with ``run(args) -> int``. Add a new command by listing its module
+in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# Module names under rnnlab.commands, in the order `rnnlab --help` lists them.
+COMMANDS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnlab",
+        description="Recurrent neural networks from first principles: train, inspect and benchmark RNN/LSTM/GRU.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMANDS:
+        importlib.import_module(f"rnnlab.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rnnlab`` console script. Returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        # User errors are one line and exit 2 (argparse's convention), never a traceback.
+        print(f"rnnlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
