@@ -1,0 +1,147 @@
+r"""Gate telemetry: what the gates of a recorded layer did at every step.
+
+The gates are recomputed from each step's recorded input and previous state with the layer's own weights and
+the packing of :mod:`rnnlab.functional` (LSTM ``i, f, g, o``; GRU ``r, z, n``); the tests check that they
+reproduce the recorded next state exactly, so a swapped gate would fail.
+
+What is measured, and why:
+
+* **Saturation** (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and understanding recurrent networks"): a
+  sigmoid unit is left-saturated below ``0.1`` and right-saturated above ``0.9``; a tanh unit is saturated when
+  ``|tanh| > 0.9``. A saturated unit passes almost no gradient through its own non-linearity.
+* **Forget gate and the cumulative forget product** ``prod_{s<=t} f_s``: ``dc_t/dc_0`` along the LSTM's additive
+  path is exactly ``diag(prod f_s)``, so this product is how much of the initial cell state (and of its gradient)
+  survives ``t`` steps.
+* **GRU update gate** ``z`` (torch's convention ``h' = (1-z) n + z h``): ``z`` near 1 copies the state forward.
+* **Elman pre-activations** ``a = W_ih x + b_ih + W_hh h + b_hh``: ``|a|`` large means ``tanh'(a)`` near 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..kernels.reference import State
+from .probe import LayerTrace, Recording, state_tensors
+
+__all__ = ["GateStats", "gate_values", "gate_stats", "recording_gate_stats", "SIGMOID_LOW", "SIGMOID_HIGH",
+           "TANH_SAT"]
+
+SIGMOID_LOW, SIGMOID_HIGH, TANH_SAT = 0.1, 0.9, 0.9
+
+
+def gate_values(mode: str, x: Tensor, state: State, weights: tuple[Tensor | None, ...]) -> dict[str, Tensor]:
+    """The gate activations of one step (each ``(B, H)``), with the packing of :mod:`rnnlab.functional`.
+
+    Returns:
+        LSTM: ``i, f, g, o`` and the new cell ``c``; GRU: ``r, z, n``; Elman: the pre-activation ``a`` and ``h``.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    h = state_tensors(state)[0]
+    if mode == "LSTM":
+        c = state_tensors(state)[1]
+        i, f, g, o = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        return {"i": i, "f": f, "g": g, "o": o, "c": f * c + i * g}
+    if mode == "GRU":
+        x_r, x_z, x_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        return {"r": r, "z": z, "n": torch.tanh(x_n + r * h_n)}
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        a = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+        return {"a": a, "h": torch.tanh(a) if mode == "RNN_TANH" else torch.relu(a)}
+    raise ValueError(f"gate_values: unknown mode {mode!r}; expected 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'")
+
+
+@dataclass
+class GateStats:
+    """Per-step series, whole-sequence scalars and histograms of one layer-direction's gates.
+
+    Attributes:
+        series: name -> ``(T,)`` float64 in time order (e.g. ``"f_mean"``, ``"forget_cumprod"``, ``"sat_sigmoid"``).
+        scalars: name -> float over all steps, rows and units (e.g. ``"f_sat_high"``, ``"tanh_sat"``).
+        histograms: name -> ``(counts, edges)`` over all steps, rows and units.
+    """
+
+    name: str
+    mode: str
+    series: dict[str, Tensor] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "mode": self.mode, "scalars": self.scalars,
+                "series": {k: v.tolist() for k, v in self.series.items()}}
+
+
+def _sigmoid_stats(out: GateStats, name: str, v: Tensor) -> Tensor:
+    low, high = (v < SIGMOID_LOW).double(), (v > SIGMOID_HIGH).double()
+    out.scalars[f"{name}_mean"] = float(v.double().mean())
+    out.scalars[f"{name}_sat_low"] = float(low.mean())
+    out.scalars[f"{name}_sat_high"] = float(high.mean())
+    out.series[f"{name}_mean"] = v.double().mean(dim=(1, 2))
+    out.histograms[name] = (torch.histc(v.double(), bins=20, min=0, max=1), torch.linspace(0, 1, 21))
+    return low + high  # (T, B, H) saturated indicator
+
+
+def gate_stats(trace: LayerTrace) -> GateStats:
+    """:class:`GateStats` of a recorded layer-direction (no gradients are taken).
+
+    Example:
+        >>> with record(lstm) as rec:
+        ...     lstm(x)
+        >>> stats = gate_stats(rec.traces[0]); stats.scalars["f_mean"]
+    """
+    weights = tuple(None if w is None else w.detach() for w in trace.weights)
+    with torch.no_grad():
+        steps = [gate_values(trace.mode, x.detach(), tuple(s.detach() for s in state_tensors(p)), weights)
+                 for x, p in zip(trace.inputs, trace.prev)]
+    gates = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}  # each (T, B, H)
+    out = GateStats(trace.name, trace.mode)
+    if trace.mode == "LSTM":
+        sat = sum(_sigmoid_stats(out, g, gates[g]) for g in "ifo") / 3
+        tanh_sat = torch.cat([gates["g"], torch.tanh(gates["c"])], dim=2).abs() > TANH_SAT
+        f = gates["f"].double()
+        # prod_{s<=t} f_s in walking order (dc_t/dc_0 along the additive path), mean over rows and units.
+        walk = f.flip(0) if trace.reverse else f
+        cum = torch.cumprod(walk, dim=0).mean(dim=(1, 2))
+        out.series["forget_cumprod"] = cum.flip(0) if trace.reverse else cum
+        out.scalars["forget_cumprod_end"] = float(cum[-1])
+    elif trace.mode == "GRU":
+        sat = sum(_sigmoid_stats(out, g, gates[g]) for g in "rz") / 2
+        tanh_sat = gates["n"].abs() > TANH_SAT
+    else:
+        a = gates["a"].double().abs()
+        sat = None
+        out.series["preact_abs_mean"] = a.mean(dim=(1, 2))
+        out.series["preact_abs_p90"] = a.flatten(1).quantile(0.9, dim=1)
+        out.scalars["preact_abs_mean"] = float(a.mean())
+        top = float(a.max())
+        out.histograms["preact_abs"] = (torch.histc(a, bins=20, min=0, max=top if top > 0 else 1),
+                                        torch.linspace(0, top if top > 0 else 1, 21))
+        if trace.mode == "RNN_TANH":
+            tanh_sat = gates["h"].abs() > TANH_SAT
+        else:
+            tanh_sat = None
+            dead = (gates["a"] <= 0).double()
+            out.series["relu_dead"] = dead.mean(dim=(1, 2))
+            out.scalars["relu_dead"] = float(dead.mean())
+    if sat is not None:
+        out.series["sat_sigmoid"] = sat.double().mean(dim=(1, 2))
+        out.scalars["sigmoid_sat"] = float(sat.double().mean())
+    if tanh_sat is not None:
+        out.series["sat_tanh"] = tanh_sat.double().mean(dim=(1, 2))
+        out.scalars["tanh_sat"] = float(tanh_sat.double().mean())
+    return out
+
+
+def recording_gate_stats(rec: Recording) -> list[GateStats]:
+    """:func:`gate_stats` of every trace in a recording."""
+    return [gate_stats(tr) for tr in rec.traces]

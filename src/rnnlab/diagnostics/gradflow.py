@@ -1,0 +1,179 @@
+r"""Gradient flow through time: the norm of the *total* gradient ``dL/dh_t`` at every step and layer.
+
+Backpropagation through time writes the gradient that reaches a state as a sum over the paths through later
+steps (Werbos 1990; Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013):
+
+.. math::
+    \frac{\partial L}{\partial h_t} = \frac{\partial L}{\partial h_t}\Big|_\text{direct}
+        + \left(\frac{\partial h_{t+1}}{\partial h_t}\right)^{\!\top} \frac{\partial L}{\partial h_{t+1}}
+
+so with the loss at the last step only, ``dL/dh_t = (J_T \cdots J_{t+1})^T dL/dh_T``: its norm shrinks or grows
+geometrically with the distance to the loss when the step Jacobians ``J_s`` are contractive or expansive. This
+module measures those norms on the model's own graph (see :mod:`.probe`), for any rnnlab model and any loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .probe import LayerTrace, Recording, record, state_tensors
+
+__all__ = ["GradientProfile", "gradient_profile", "profile_from_recording", "half_life"]
+
+
+@dataclass
+class GradientProfile:
+    """Norms of ``dL/dh_t`` (and ``dL/dc_t`` for an LSTM) for every layer-direction and time step.
+
+    Norms are Frobenius norms over the whole ``(B, H)`` batch tensor, i.e. exactly ``torch.linalg.norm`` of the
+    gradient autograd gives for that state.
+
+    Attributes:
+        names: one per layer-direction, as in :class:`.probe.LayerTrace`.
+        modes: their cell types. reverse: whether each walked backwards in time.
+        hidden: ``(N, T)`` float64, ``hidden[n, t] = ||dL/dh_t||`` for the state after step ``t`` (NaN past the
+            end of a shorter trace).
+        cell: ``(N, T)`` like ``hidden`` for ``c_t``; NaN rows for non-LSTM layers; ``None`` if no layer is an LSTM.
+        hidden_initial / cell_initial: ``(N,)`` norms for the initial state (the gradient that reaches the start).
+        loss: the loss value.
+    """
+
+    names: list[str]
+    modes: list[str]
+    reverse: list[bool]
+    hidden: Tensor
+    cell: Tensor | None
+    hidden_initial: Tensor
+    cell_initial: Tensor | None
+    loss: float
+
+    def by_distance(self, n: int, which: str = "hidden") -> Tensor:
+        """Row ``n`` ordered by distance from the end of its walk: ``[state T-1, ..., state 0, initial]``.
+
+        For a loss on the last step this is the distance from the loss (reversed layers walk from ``T-1`` to 0,
+        so their order is ``[state 0, ..., state T-1, initial]``).
+        """
+        rows = self.hidden if which == "hidden" else self.cell
+        init = self.hidden_initial if which == "hidden" else self.cell_initial
+        if rows is None or init is None:
+            raise ValueError(f"GradientProfile: no {which!r} norms (only LSTM layers have a cell state)")
+        row = rows[n][~torch.isnan(rows[n])]
+        row = row if self.reverse[n] else row.flip(0)
+        return torch.cat([row, init[n:n + 1]])
+
+    def half_lives(self, which: str = "hidden", window: int | None = None) -> list[float]:
+        """:func:`half_life` of every layer-direction, measured from the end of its walk."""
+        return [half_life(self.by_distance(n, which), window=window) for n in range(len(self.names))]
+
+    def to_dict(self) -> dict:
+        """Plain lists and floats (JSON-ready)."""
+        as_list = lambda t: None if t is None else [[None if math.isnan(v) else v for v in row]  # noqa: E731
+                                                    for row in t.tolist()]
+        return {
+            "names": self.names, "modes": self.modes, "reverse": self.reverse, "loss": self.loss,
+            "hidden": as_list(self.hidden), "cell": as_list(self.cell),
+            "hidden_initial": self.hidden_initial.tolist(),
+            "cell_initial": None if self.cell_initial is None else self.cell_initial.tolist(),
+            "half_life_hidden": self.half_lives("hidden"),
+        }
+
+
+def half_life(norms: Tensor | Sequence[float], *, window: int | None = None) -> float:
+    r"""Steps for a gradient norm to fall by half, from a log-linear least-squares fit.
+
+    Fits ``log g_k = a - \lambda k`` over ``k = 0 .. window-1`` (all of ``norms`` by default; zero, NaN and
+    infinite entries are skipped) and returns ``ln 2 / \lambda``; ``inf`` when the norms do not decay
+    (``\lambda <= 0``). For an exact geometric profile ``g_k = \rho^k`` it is ``ln 2 / ln(1/\rho)``.
+
+    Args:
+        norms: gradient norms ordered by distance from where the gradient enters (``k = 0`` first).
+        window: how many leading distances to fit.
+
+    Raises:
+        ValueError: fewer than two usable points.
+
+    Example:
+        >>> half_life([1.0, 0.5, 0.25, 0.125])
+        1.0
+    """
+    g = torch.as_tensor(norms, dtype=torch.float64).flatten()
+    if window is not None:
+        g = g[:window]
+    k = torch.arange(g.numel(), dtype=torch.float64)
+    keep = torch.isfinite(g) & (g > 0)
+    if int(keep.sum()) < 2:
+        raise ValueError(f"half_life: expected at least 2 positive finite norms, got {int(keep.sum())} "
+                         f"of {g.numel()}")
+    k, y = k[keep], g[keep].log()
+    slope = ((k - k.mean()) * (y - y.mean())).sum() / ((k - k.mean()) ** 2).sum()
+    return math.log(2) / float(-slope) if slope < 0 else math.inf
+
+
+def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], part: int) -> tuple[Tensor, Tensor]:
+    T = max(tr.steps for tr in traces)
+    rows = torch.full((len(traces), T), math.nan, dtype=torch.float64)
+    init = torch.full((len(traces),), math.nan, dtype=torch.float64)
+    for n, tr in enumerate(traces):
+        if part >= len(state_tensors(tr.initial)):
+            continue
+        for t, s in enumerate(tr.states):
+            g = grads.get(id(state_tensors(s)[part]))
+            rows[n, t] = 0.0 if g is None else float(torch.linalg.vector_norm(g.double()))
+        g = grads.get(id(state_tensors(tr.initial)[part]))
+        init[n] = 0.0 if g is None else float(torch.linalg.vector_norm(g.double()))
+    return rows, init
+
+
+def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool = False) -> GradientProfile:
+    """The gradient profile of ``loss`` over the states kept in ``rec`` (one ``torch.autograd.grad`` call).
+
+    Parameters' ``.grad`` are left untouched. A state the loss does not depend on has gradient 0.
+
+    Raises:
+        ValueError: the recording is empty or the loss is not a scalar that requires grad.
+    """
+    if not rec.traces:
+        raise ValueError("rnnlab.diagnostics: the recording holds no layer trace (did the model run inside "
+                         "`with record(model)`?)")
+    if loss.dim() != 0 or not loss.requires_grad:
+        raise ValueError(f"rnnlab.diagnostics: expected a scalar loss that requires grad, got shape "
+                         f"{tuple(loss.shape)} with requires_grad={loss.requires_grad}")
+    tensors: list[Tensor] = []
+    for tr in rec.traces:
+        tensors.extend(state_tensors(tr.initial))
+        for s in tr.states:
+            tensors.extend(state_tensors(s))
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=retain_graph)
+    by_id = {id(t): g for t, g in zip(wanted, grads)}
+    hidden, hidden_init = _norm_rows(rec.traces, by_id, 0)
+    has_cell = any(tr.mode == "LSTM" for tr in rec.traces)
+    cell, cell_init = _norm_rows(rec.traces, by_id, 1) if has_cell else (None, None)
+    return GradientProfile(
+        names=[tr.name for tr in rec.traces], modes=[tr.mode for tr in rec.traces],
+        reverse=[tr.reverse for tr in rec.traces], hidden=hidden, cell=cell, hidden_initial=hidden_init,
+        cell_initial=cell_init, loss=float(loss.detach()))
+
+
+def gradient_profile(model: nn.Module, loss_fn: Callable[[], Tensor]) -> GradientProfile:
+    """Run ``loss_fn()`` (which calls ``model``) on the recording loop and measure ``||dL/dh_t||`` everywhere.
+
+    Args:
+        model: an rnnlab layer or a module containing rnnlab layers.
+        loss_fn: computes a scalar loss by calling ``model``; it runs once.
+
+    Example:
+        >>> rnn = rnnlab.RNN(2, 16)
+        >>> x = torch.randn(50, 4, 2)
+        >>> prof = gradient_profile(rnn, lambda: rnn(x)[0][-1].pow(2).sum())
+        >>> prof.hidden.shape          # (layers*directions, T)
+        torch.Size([1, 50])
+    """
+    with record(model) as rec:
+        loss = loss_fn()
+    return profile_from_recording(rec, loss)
