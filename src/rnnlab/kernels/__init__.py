@@ -71,3 +71,9 @@ def get_backend() -> str:
 def resolve_backend(name: str | None) -> RunLayer:
     """The ``run_layer`` function for ``name`` (or for the current default when ``name`` is None)."""
     return _BACKENDS[_check(name, "rnnlab backend") if name is not None else get_backend()]
+
+
+# The fused path (compiled step loops, hand-written backward) is the default; "reference" stays selectable.
+from . import fused  # noqa: E402  (registered after the registry exists)
+
+register_backend("fused", fused.run_layer, preferred=True)

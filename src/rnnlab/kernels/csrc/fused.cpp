@@ -1,0 +1,473 @@
+// Compiled step loops of rnnlab's fused path (see rnnlab/kernels/fused.py for the maths and the autograd glue).
+//
+// Why C++: at small sizes the per-step Python dispatch of a handful of torch ops costs more than the maths
+// (a Python step loop is ~2x torch.nn.LSTM at B=1, T=500, H=256). Here one step is one BLAS call (the recurrent
+// GEMM, gate blocks concatenated, accumulated straight into the precomputed input projection) plus one fused
+// pointwise loop over the gates. The big GEMMs over all T*B rows (input projection, dX, dW_ih, dW_hh, db) stay in
+// Python as single torch calls: they have no per-step cost to save.
+//
+// Layout: every buffer is row-major and contiguous, time-major (T, B, features); gate blocks in torch's order
+// (LSTM i,f,g,o; GRU r,z,n). `lengths` (B,) int64 is optional: steps t >= lengths[b] leave row b's state
+// unchanged and output zeros, exactly as rnnlab.kernels.reference.recurrence. `reverse` walks t = T-1 .. 0.
+//
+// Only the BLAS symbols torch itself links (sgemm_/dgemm_, MKL on x86 wheels) and ATen headers are used, so the
+// build needs nothing beyond a C++ compiler; if it fails, fused.py falls back to a pure-PyTorch loop.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace {
+
+using at::Tensor;
+
+// ---- BLAS, row-major ------------------------------------------------------------------------------------------
+
+inline void blas(char ta, char tb, int m, int n, int k, float beta, const float* a, int lda, const float* b, int ldb,
+                 float* c, int ldc) {
+  const float one = 1.0f;
+  sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas(char ta, char tb, int m, int n, int k, double beta, const double* a, int lda, const double* b,
+                 int ldb, double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// C (m x n) = beta * C + A (m x k) @ B^T, B (n x k). Row-major C is column-major C^T = B A^T.
+template <typename T>
+inline void mm_nt(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  blas('T', 'N', n, m, k, beta, B, k, A, k, C, n);
+}
+
+// C (m x n) = beta * C + A (m x k) @ B, B (k x n).
+template <typename T>
+inline void mm_nn(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  blas('N', 'N', n, m, k, beta, B, n, A, k, C, n);
+}
+
+// ---- activations ----------------------------------------------------------------------------------------------
+
+// float: exp by range reduction e^x = 2^n e^r, |r| <= ln2/2 (Cody-Waite split of ln2), and Cephes' degree-6
+// polynomial (relative error ~1e-7). Written branch-free and call-free so that gcc vectorizes the gate loops
+// (libm's expf is a call and blocks vectorization). tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+template <typename T>
+struct Act;
+template <>
+struct Act<float> {
+  static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+  static inline float tanh(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+};
+// double is the gradcheck dtype: libm's exact functions, speed is secondary.
+template <>
+struct Act<double> {
+  static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static inline double tanh(double x) { return std::tanh(x); }
+};
+
+inline bool is_valid(const int64_t* len, int t, int b) { return len == nullptr || t < len[b]; }
+
+// Index of the step processed just before step t (its state is step t's h_{t-1}), or -1 for the initial state.
+// In reverse a row whose step t+1 is padding started from the initial state at its own last step.
+inline int prev_step(const int64_t* len, bool reverse, int T, int t, int b) {
+  if (!reverse) return t - 1;
+  return (t + 1 < T && is_valid(len, t + 1, b)) ? t + 1 : -1;
+}
+
+const int64_t* lengths_ptr(const std::optional<Tensor>& lengths) {
+  return lengths.has_value() && lengths->defined() ? lengths->data_ptr<int64_t>() : nullptr;
+}
+
+// ---- LSTM -----------------------------------------------------------------------------------------------------
+
+template <typename T>
+void lstm_forward_impl(T* xw, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
+                       int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
+  const int G = 4 * H;
+  const bool proj = whr != nullptr;
+  std::vector<T> mbuf(proj && Ms == nullptr ? static_cast<size_t>(B) * H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    T* g = xw + static_cast<int64_t>(t) * B * G;           // (B, 4H): x_t W_ih^T + b, then the activated gates
+    mm_nt<T>(B, G, P, h, whh, T(1), g);                    // += h_{t-1} W_hh^T
+    T* m = proj ? (Ms ? Ms + static_cast<int64_t>(t) * B * H : mbuf.data()) : Y + static_cast<int64_t>(t) * B * P;
+    for (int b = 0; b < B; ++b) {
+      T* mb = m + static_cast<int64_t>(b) * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(mb, 0, sizeof(T) * H);
+        continue;
+      }
+      T* gb = g + static_cast<int64_t>(b) * G;
+      T* cb = c + static_cast<int64_t>(b) * H;
+      for (int j = 0; j < H; ++j) {
+        const T i = Act<T>::sigmoid(gb[j]);
+        const T f = Act<T>::sigmoid(gb[H + j]);
+        const T gg = Act<T>::tanh(gb[2 * H + j]);
+        const T o = Act<T>::sigmoid(gb[3 * H + j]);
+        const T cn = f * cb[j] + i * gg;
+        cb[j] = cn;
+        mb[j] = o * Act<T>::tanh(cn);
+        gb[j] = i;
+        gb[H + j] = f;
+        gb[2 * H + j] = gg;
+        gb[3 * H + j] = o;
+      }
+    }
+    T* y = Y + static_cast<int64_t>(t) * B * P;
+    if (proj) mm_nt<T>(B, P, H, m, whr, T(0), y);          // h_t = m_t W_hr^T (padding rows of m are 0)
+    for (int b = 0; b < B; ++b)
+      if (is_valid(len, t, b)) std::memcpy(h + static_cast<int64_t>(b) * P, y + static_cast<int64_t>(b) * P, sizeof(T) * P);
+    if (Cs) std::memcpy(Cs + static_cast<int64_t>(t) * B * H, c, sizeof(T) * B * H);
+  }
+}
+
+// Returns Y (T,B,P), h_n, c_n and, when train, the cell states C (T,B,H) (padding steps hold the carried state)
+// and, with projections, m = o*tanh(c) (T,B,H). xw (T,B,4H) is overwritten with the activated gates i,f,g,o.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0,
+                                                                const Tensor& w_hh,
+                                                                const std::optional<Tensor>& w_hr,
+                                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                                bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4, P = h0.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  Tensor Y = at::empty({Tn, B, P}, xw.options());
+  Tensor h = h0.clone(), c = c0.clone();
+  Tensor Cs = at::empty({train ? Tn : 0, B, H}, xw.options());
+  Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
+    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
+                                H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+                                train ? Cs.data_ptr<scalar_t>() : nullptr,
+                                train && proj ? Ms.data_ptr<scalar_t>() : nullptr);
+  });
+  return {Y, h, c, Cs, Ms};
+}
+
+template <typename T>
+void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, const T* whh, const T* whr,
+                        const int64_t* len, bool reverse, int Tn, int B, int H, int P, T* dh, T* dc, T* dG,
+                        T* dHs) {
+  const int G = 4 * H;
+  const bool proj = whr != nullptr;
+  std::vector<T> dhtot_buf(proj ? 0 : static_cast<size_t>(B) * P), dm_buf(proj ? static_cast<size_t>(B) * H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
+    const int64_t tBP = static_cast<int64_t>(t) * B * P;
+    // dL/dh_t = dL/dy_t + (recurrent part carried in dh); padding rows get 0 (their output was a constant 0).
+    T* dhtot = proj ? dHs + tBP : dhtot_buf.data();
+    for (int b = 0; b < B; ++b) {
+      T* d = dhtot + static_cast<int64_t>(b) * P;
+      T* dhb = dh + static_cast<int64_t>(b) * P;
+      if (!is_valid(len, t, b)) {
+        std::memset(d, 0, sizeof(T) * P);
+        continue;
+      }
+      const T* dy = dY + tBP + static_cast<int64_t>(b) * P;
+      for (int j = 0; j < P; ++j) d[j] = dhb[j] + dy[j];
+      std::memset(dhb, 0, sizeof(T) * P);                  // replaced by dG W_hh below (beta = 1 keeps padding rows)
+    }
+    const T* dm = dhtot;
+    if (proj) {
+      mm_nn<T>(B, H, P, dhtot, whr, T(0), dm_buf.data());  // dL/dm_t = dL/dh_t W_hr
+      dm = dm_buf.data();
+    }
+    const T* gt = gates + static_cast<int64_t>(t) * B * G;
+    T* dgt = dG + static_cast<int64_t>(t) * B * G;
+    const T* ct = Cs + static_cast<int64_t>(t) * B * H;
+    for (int b = 0; b < B; ++b) {
+      T* dgb = dgt + static_cast<int64_t>(b) * G;
+      if (!is_valid(len, t, b)) {
+        std::memset(dgb, 0, sizeof(T) * G);
+        continue;
+      }
+      const int tp = prev_step(len, reverse, Tn, t, b);
+      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+      const T* gb = gt + static_cast<int64_t>(b) * G;
+      const T* cb = ct + static_cast<int64_t>(b) * H;
+      const T* dmb = dm + static_cast<int64_t>(b) * H;
+      T* dcb = dc + static_cast<int64_t>(b) * H;
+      for (int j = 0; j < H; ++j) {
+        const T i = gb[j], f = gb[H + j], gg = gb[2 * H + j], o = gb[3 * H + j];
+        const T tc = Act<T>::tanh(cb[j]);
+        const T dcc = dcb[j] + dmb[j] * o * (T(1) - tc * tc);  // dL/dc_t
+        dgb[j] = dcc * gg * i * (T(1) - i);
+        dgb[H + j] = dcc * cp[j] * f * (T(1) - f);
+        dgb[2 * H + j] = dcc * i * (T(1) - gg * gg);
+        dgb[3 * H + j] = dmb[j] * tc * o * (T(1) - o);
+        dcb[j] = dcc * f;                                  // dL/dc_{t-1} through the additive path
+      }
+    }
+    mm_nn<T>(B, P, G, dgt, whh, T(1), dh);                 // dL/dh_{t-1} = dG_t W_hh
+  }
+}
+
+// Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0 and, with
+// projections, dH (T,B,P) = dL/dh_t for every step (for dW_hr).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn,
+                                                         const Tensor& gates, const Tensor& Cs, const Tensor& c0,
+                                                         const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                                                         const std::optional<Tensor>& lengths, bool reverse) {
+  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  Tensor dh = dhn.clone(), dc = dcn.clone();
+  Tensor dG = at::empty_like(gates);
+  Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
+    lstm_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
+                                 c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                 proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
+                                 H, P, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
+                                 proj ? dHs.data_ptr<scalar_t>() : nullptr);
+  });
+  return {dG, dh, dc, dHs};
+}
+
+// ---- GRU ------------------------------------------------------------------------------------------------------
+
+template <typename T>
+void gru_forward_impl(T* xw, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
+                      T* Y, T* h, T* HN) {
+  const int G = 3 * H;
+  std::vector<T> hw(static_cast<size_t>(B) * G);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    mm_nt<T>(B, G, H, h, whh, T(0), hw.data());            // h_{t-1} W_hh^T (B, 3H)
+    T* g = xw + static_cast<int64_t>(t) * B * G;           // x_t W_ih^T + b_ih, then the activated r, z, n
+    T* y = Y + static_cast<int64_t>(t) * B * H;
+    for (int b = 0; b < B; ++b) {
+      T* yb = y + static_cast<int64_t>(b) * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(yb, 0, sizeof(T) * H);
+        continue;
+      }
+      T* gb = g + static_cast<int64_t>(b) * G;
+      const T* hwb = hw.data() + static_cast<int64_t>(b) * G;
+      T* hb = h + static_cast<int64_t>(b) * H;
+      T* hnb = HN ? HN + (static_cast<int64_t>(t) * B + b) * H : nullptr;
+      for (int j = 0; j < H; ++j) {
+        const T r = Act<T>::sigmoid(gb[j] + hwb[j] + bhh[j]);
+        const T z = Act<T>::sigmoid(gb[H + j] + hwb[H + j] + bhh[H + j]);
+        const T hn = hwb[2 * H + j] + bhh[2 * H + j];     // W_hn h + b_hn: the reset gate multiplies this
+        const T n = Act<T>::tanh(gb[2 * H + j] + r * hn);
+        const T hnew = (T(1) - z) * n + z * hb[j];
+        hb[j] = hnew;
+        yb[j] = hnew;
+        gb[j] = r;
+        gb[H + j] = z;
+        gb[2 * H + j] = n;
+        if (hnb) hnb[j] = hn;
+      }
+    }
+  }
+}
+
+// Returns Y (T,B,H), h_n and, when train, HN (T,B,H) = W_hn h_{t-1} + b_hn. xw (T,B,3H) is overwritten with r,z,n.
+std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+                                               const std::optional<Tensor>& lengths, bool reverse, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor h = h0.clone();
+  Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
+    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
+                               lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
+                               h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
+  });
+  return {Y, h, HN};
+}
+
+template <typename T>
+void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, const T* h0, const T* whh,
+                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dGh) {
+  const int G = 3 * H;
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;
+    T* dgxt = dGx + static_cast<int64_t>(t) * B * G;
+    T* dght = dGh + static_cast<int64_t>(t) * B * G;
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = static_cast<int64_t>(t) * B + b;
+      T* dgx = dgxt + static_cast<int64_t>(b) * G;
+      T* dgh = dght + static_cast<int64_t>(b) * G;
+      if (!is_valid(len, t, b)) {
+        std::memset(dgx, 0, sizeof(T) * G);
+        std::memset(dgh, 0, sizeof(T) * G);
+        continue;
+      }
+      const int tp = prev_step(len, reverse, Tn, t, b);
+      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      const T* gb = gates + tb * G;
+      const T* hnb = HN + tb * H;
+      const T* dy = dY + tb * H;
+      T* dhb = dh + static_cast<int64_t>(b) * H;
+      for (int j = 0; j < H; ++j) {
+        const T r = gb[j], z = gb[H + j], n = gb[2 * H + j];
+        const T d = dhb[j] + dy[j];                        // dL/dh_t
+        const T dnp = d * (T(1) - z) * (T(1) - n * n);     // through n = tanh(.)
+        const T drp = dnp * hnb[j] * r * (T(1) - r);
+        const T dzp = d * (hp[j] - n) * z * (T(1) - z);
+        dgx[j] = drp;
+        dgx[H + j] = dzp;
+        dgx[2 * H + j] = dnp;
+        dgh[j] = drp;
+        dgh[H + j] = dzp;
+        dgh[2 * H + j] = dnp * r;                          // the reset gate scales the recurrent n block
+        dhb[j] = d * z;                                    // direct path h' = ... + z h
+      }
+    }
+    mm_nn<T>(B, H, G, dght, whh, T(1), dh);                // += dG_h W_hh (padding rows: dG = 0, dh carried)
+  }
+}
+
+// Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dGh (T,B,3H) (of h W_hh^T + b_hh) and dh0.
+std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& gates,
+                                                const Tensor& HN, const Tensor& Y, const Tensor& h0,
+                                                const Tensor& w_hh, const std::optional<Tensor>& lengths,
+                                                bool reverse) {
+  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
+  Tensor dh = dhn.clone();
+  Tensor dGx = at::empty_like(gates), dGh = at::empty_like(gates);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
+    gru_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
+                                Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
+                                dGx.data_ptr<scalar_t>(), dGh.data_ptr<scalar_t>());
+  });
+  return {dGx, dGh, dh};
+}
+
+// ---- Elman RNN ------------------------------------------------------------------------------------------------
+
+template <typename T>
+void rnn_forward_impl(T* xw, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B, int H, T* h) {
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    T* y = xw + static_cast<int64_t>(t) * B * H;            // x_t W_ih^T + b, becomes the output in place
+    mm_nt<T>(B, H, H, h, whh, T(1), y);
+    for (int b = 0; b < B; ++b) {
+      T* yb = y + static_cast<int64_t>(b) * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(yb, 0, sizeof(T) * H);
+        continue;
+      }
+      T* hb = h + static_cast<int64_t>(b) * H;
+      if (relu) {
+        for (int j = 0; j < H; ++j) hb[j] = yb[j] = yb[j] > T(0) ? yb[j] : T(0);
+      } else {
+        for (int j = 0; j < H; ++j) hb[j] = yb[j] = Act<T>::tanh(yb[j]);
+      }
+    }
+  }
+}
+
+// Returns h_n; xw (T,B,H) becomes the output Y in place.
+Tensor rnn_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
+                   bool reverse) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
+  Tensor h = h0.clone();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
+    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
+                               reverse, Tn, B, H, h.data_ptr<scalar_t>());
+  });
+  return h;
+}
+
+template <typename T>
+void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn,
+                       int B, int H, T* dh, T* dG) {
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;
+    T* dgt = dG + static_cast<int64_t>(t) * B * H;
+    for (int b = 0; b < B; ++b) {
+      const int64_t off = (static_cast<int64_t>(t) * B + b) * H;
+      T* dg = dgt + static_cast<int64_t>(b) * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(dg, 0, sizeof(T) * H);
+        continue;
+      }
+      T* dhb = dh + static_cast<int64_t>(b) * H;
+      const T* y = Y + off;
+      const T* dy = dY + off;
+      if (relu) {
+        for (int j = 0; j < H; ++j) dg[j] = y[j] > T(0) ? dhb[j] + dy[j] : T(0);
+      } else {
+        for (int j = 0; j < H; ++j) dg[j] = (dhb[j] + dy[j]) * (T(1) - y[j] * y[j]);
+      }
+      std::memset(dhb, 0, sizeof(T) * H);
+    }
+    mm_nn<T>(B, H, H, dgt, whh, T(1), dh);
+  }
+}
+
+// Returns dG (T,B,H) (gradient of the pre-activation) and dh0.
+std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y, const Tensor& w_hh,
+                                        bool relu, const std::optional<Tensor>& lengths, bool reverse) {
+  const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
+  Tensor dh = dhn.clone();
+  Tensor dG = at::empty_like(Y);
+  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
+    rnn_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
+                                lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
+                                dG.data_ptr<scalar_t>());
+  });
+  return {dG, dh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnlab_fused, m) {
+  m.def("lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
+        "bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor c0, Tensor w_hh, "
+        "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
+        "bool train) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
+        "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) -> Tensor");
+  m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) "
+        "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+}

@@ -1,0 +1,307 @@
+r"""The fused whole-sequence backend: the reference maths, reorganised for speed.
+
+The recipe is cuDNN's and haste's (Appleyard et al. 2016, "Optimizing performance of recurrent neural networks
+on GPUs"), done on the CPU:
+
+Forward, one layer and direction (``G`` = 4H LSTM, 3H GRU, H RNN):
+
+1. the input projection of every step at once, one GEMM over all ``T*B`` rows:
+   ``XW = X W_ih^T + b`` ``(T, B, G)``;
+2. per step, one recurrent GEMM with the gate blocks concatenated, accumulated into ``XW[t]`` in place
+   (``XW[t] += h_{t-1} W_hh^T``), then one fused pointwise loop over the gates (activations, cell update);
+3. the activated gates are kept in the same ``XW`` buffer for the backward (no extra allocation).
+
+Backward (a hand-written :class:`torch.autograd.Function`), per step only the pointwise derivative and
+``dh_{t-1} = dG_t W_hh``; then every weight and input gradient as one GEMM over all ``T*B`` rows:
+
+.. math::
+    dX = dG\, W_{ih}, \quad dW_{ih} = dG^\top X, \quad dW_{hh} = dG^\top H_{prev}, \quad db = \textstyle\sum_{t,b} dG
+
+Steps 2 and the per-step backward run in a compiled C++ loop (``csrc/fused.cpp``, built on first use, see
+:mod:`rnnlab.kernels._extension`): at small sizes the Python dispatch of a step costs more than its maths. With
+no compiler (or on a GPU, or a dtype other than float32/float64) the same recipe runs as a pure-PyTorch loop:
+step 1 as one GEMM, then :func:`rnnlab.kernels.reference.recurrence` over the remaining per-step maths, with
+autograd doing the backward.
+
+Variable lengths follow the reference loop exactly: steps ``t >= lengths[b]`` output zeros and leave row ``b``'s
+state unchanged; their gate gradients are zero.
+
+Example:
+    >>> import rnnlab
+    >>> lstm = rnnlab.LSTM(8, 16, backend="fused")
+    >>> out, (h, c) = lstm(torch.randn(5, 3, 8))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import reference
+from ._extension import load_extension
+
+__all__ = ["run_layer", "compiled_available", "uses_compiled"]
+
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+def compiled_available() -> bool:
+    """True when the compiled step loops are built and loaded (building them on the first call)."""
+    return load_extension()
+
+
+def uses_compiled(x: Tensor) -> bool:
+    """Whether :func:`run_layer` takes the compiled path for an input like ``x`` (CPU, float32/float64)."""
+    return x.device.type == "cpu" and x.dtype in _COMPILED_DTYPES and load_extension()
+
+
+def _ops():
+    return torch.ops.rnnlab_fused
+
+
+def _projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
+    """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous."""
+    T, B, _ = x.shape
+    bias = None
+    for b in biases:
+        if b is not None:
+            bias = b if bias is None else bias + b
+    x2 = x.reshape(T * B, -1)
+    out = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()  # (T*B, G)
+    return out.view(T, B, -1)
+
+
+def _lengths(lengths: Tensor | None) -> Tensor | None:
+    return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64).contiguous()
+
+
+def _dw_hh(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """``dW_hh = sum_t dG_t^T h_{t-1}`` as two GEMMs over slices of the outputs (no (T, B, H) copy).
+
+    ``h_{t-1}`` is the output of the previously processed step (``Y[t-1]``, or ``Y[t+1]`` in reverse) except at
+    each row's first step, where it is ``h0``. In reverse with lengths a row's first step is ``lengths[b]-1`` and
+    ``Y[lengths[b]]`` is padding (zeros), so the main term adds nothing there and the ``h0`` term supplies it.
+    Padding steps have ``dG = 0`` and contribute nothing.
+    """
+    T, B, G = dG.shape
+    if reverse:
+        main, prev = dG[:-1], Y[1:]
+        first_step = torch.full((B,), T - 1, dtype=torch.long) if lengths is None else lengths - 1
+        dG_first = dG[first_step, torch.arange(B)]  # (B, G)
+    else:
+        main, prev = dG[1:], Y[:-1]
+        dG_first = dG[0]
+    dw = dG_first.t() @ h0  # (G, P)
+    if T > 1:
+        dw = dw.addmm_(main.reshape(-1, G).t(), prev.reshape(-1, prev.size(-1)))
+    return dw
+
+
+def _input_grads(ctx, dG: Tensor, x: Tensor, w_ih: Tensor, i_x: int, i_w: int) -> tuple[Tensor | None, Tensor | None]:
+    """``dX = dG W_ih`` and ``dW_ih = dG^T X``, each one GEMM over all ``T*B`` rows, when needed."""
+    T, B, G = dG.shape
+    dG2 = dG.view(T * B, G)
+    dx = (dG2 @ w_ih).view(T, B, -1) if ctx.needs_input_grad[i_x] else None
+    dw = dG2.t() @ x.reshape(T * B, -1) if ctx.needs_input_grad[i_w] else None
+    return dx, dw
+
+
+class _LSTM(torch.autograd.Function):
+    """Fused LSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):  # type: ignore[override]
+        xw = _projection(x, w_ih, b_ih, b_hh)  # (T, B, 4H), becomes the activated gates
+        Y, hn, cn, C, M = _ops().lstm_forward(xw, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                              None if w_hr is None else w_hr.contiguous(), lengths, reverse, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, Y, lengths)
+        ctx.reverse = reverse
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        return Y, hn, cn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn, dcn):  # type: ignore[override]
+        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, Y, lengths = ctx.saved_tensors
+        w_hh_c = w_hh.contiguous()
+        w_hr_c = None if w_hr is None else w_hr.contiguous()
+        dG, dh0, dc0, dH = _ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
+                                                c0.contiguous(), w_hh_c, w_hr_c, lengths, ctx.reverse)
+        T, B, G = dG.shape
+        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
+        dw_hh = _dw_hh(dG, Y, h0, lengths, ctx.reverse) if ctx.needs_input_grad[4] else None
+        db = dG.view(T * B, G).sum(0) if (ctx.needs_input_grad[5] or ctx.needs_input_grad[6]) else None
+        dw_hr = None
+        if w_hr is not None and ctx.needs_input_grad[7]:
+            dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H)
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dc0 if ctx.needs_input_grad[2] else None,
+                dw_ih, dw_hh, db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, dw_hr, None, None)
+
+
+class _GRU(torch.autograd.Function):
+    """Fused GRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):  # type: ignore[override]
+        xw = _projection(x, w_ih, b_ih)  # (T, B, 3H), becomes r, z, n
+        b = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.size(0))
+        Y, hn, HN = _ops().gru_forward(xw, h0.contiguous(), w_hh.contiguous(), b.contiguous(), lengths, reverse,
+                                       True)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths)
+        ctx.reverse = reverse
+        return Y, hn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn):  # type: ignore[override]
+        x, h0, w_ih, w_hh, gates, HN, Y, lengths = ctx.saved_tensors
+        h0c = h0.contiguous()
+        dGx, dGh, dh0 = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
+                                            w_hh.contiguous(), lengths, ctx.reverse)
+        T, B, G = dGx.shape
+        dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
+        dw_hh = _dw_hh(dGh, Y, h0c, lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
+        db_ih = dGx.view(T * B, G).sum(0) if ctx.needs_input_grad[4] else None
+        db_hh = dGh.view(T * B, G).sum(0) if ctx.needs_input_grad[5] else None
+        return dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+class _RNN(torch.autograd.Function):
+    """Fused Elman RNN layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu):  # type: ignore[override]
+        Y = _projection(x, w_ih, b_ih, b_hh)  # (T, B, H), becomes the output in place
+        hn = _ops().rnn_forward(Y, h0.contiguous(), w_hh.contiguous(), relu, lengths, reverse)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, lengths)
+        ctx.reverse, ctx.relu = reverse, relu
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        return Y, hn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn):  # type: ignore[override]
+        x, h0, w_ih, w_hh, Y, lengths = ctx.saved_tensors
+        dG, dh0 = _ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu, lengths,
+                                      ctx.reverse)
+        T, B, G = dG.shape
+        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 2)
+        dw_hh = _dw_hh(dG, Y, h0.contiguous(), lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
+        db = dG.view(T * B, G).sum(0) if (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]) else None
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
+                db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, None, None, None)
+
+
+def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequence[Tensor | None], reverse: bool,
+                  lengths: Tensor | None) -> tuple[Tensor, reference.State]:
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    w_hr = weights[4] if len(weights) > 4 else None
+    lengths = _lengths(lengths)
+    tensors = [x, w_ih, w_hh, b_ih, b_hh, w_hr, *(state if isinstance(state, tuple) else (state,))]
+    train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    ops = _ops()
+    if mode == "LSTM":
+        h0, c0 = state  # type: ignore[misc]
+        if train:
+            Y, hn, cn = _LSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+            return Y, (hn, cn)
+        with torch.no_grad():
+            xw = _projection(x, w_ih, b_ih, b_hh)
+            Y, hn, cn, _, _ = ops.lstm_forward(xw, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                               None if w_hr is None else w_hr.contiguous(), lengths, reverse, False)
+        return Y, (hn, cn)
+    if mode == "GRU":
+        if train:
+            return _GRU.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+        with torch.no_grad():
+            xw = _projection(x, w_ih, b_ih)
+            b = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.size(0))
+            Y, hn, _ = ops.gru_forward(xw, state.contiguous(), w_hh.contiguous(), b.contiguous(),  # type: ignore[union-attr]
+                                       lengths, reverse, False)
+        return Y, hn
+    relu = mode == "RNN_RELU"
+    if train:
+        return _RNN.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu)
+    with torch.no_grad():
+        Y = _projection(x, w_ih, b_ih, b_hh)
+        hn = ops.rnn_forward(Y, state.contiguous(), w_hh.contiguous(), relu, lengths, reverse)  # type: ignore[union-attr]
+    return Y, hn
+
+
+# -- pure-PyTorch fallback: the input GEMM hoisted out of the loop, the rest of each step as in functional.py --
+
+def _lstm_step(xw: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, w_hr: Tensor | None) -> tuple[Tensor, Tensor]:
+    h, c = state
+    i, f, g, o = torch.addmm(xw, h, w_hh.t()).chunk(4, dim=1)  # (B, H) each
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return (h if w_hr is None else h @ w_hr.t()), c
+
+
+def _gru_step(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    x_r, x_z, x_n = xw.chunk(3, dim=1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return torch.lerp(n, h, z)  # (1 - z) n + z h
+
+
+def _rnn_step(xw: Tensor, h: Tensor, w_hh: Tensor, relu: bool) -> Tensor:
+    pre = torch.addmm(xw, h, w_hh.t())
+    return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+def _run_fallback(mode: str, x: Tensor, state: reference.State, weights: Sequence[Tensor | None], reverse: bool,
+                  lengths: Tensor | None) -> tuple[Tensor, reference.State]:
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    if mode == "LSTM":
+        w_hr = weights[4] if len(weights) > 4 else None
+        xw = _projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
+        step = lambda xw_t, s: _lstm_step(xw_t, s, w_hh, w_hr)  # noqa: E731
+    elif mode == "GRU":
+        xw = _projection(x, w_ih, b_ih)  # type: ignore[arg-type]
+        step = lambda xw_t, s: _gru_step(xw_t, s, w_hh, b_hh)  # noqa: E731
+    elif mode in ("RNN_TANH", "RNN_RELU"):
+        xw = _projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
+        relu = mode == "RNN_RELU"
+        step = lambda xw_t, s: _rnn_step(xw_t, s, w_hh, relu)  # noqa: E731
+    else:
+        raise ValueError(f"rnnlab fused backend: unknown RNN mode {mode!r}; "
+                         "expected 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'")
+    return reference.recurrence(step, xw, state, reverse=reverse, lengths=lengths)
+
+
+def run_layer(
+    mode: str,
+    x: Tensor,
+    state: reference.State,
+    weights: Sequence[Tensor | None],
+    *,
+    reverse: bool = False,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, reference.State]:
+    """One layer, one direction, fused (the backend signature, see :mod:`rnnlab.kernels`).
+
+    Args:
+        mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
+        x: ``(T, B, I)``. state: ``(B, H_out)``, or ``(h, c)`` for an LSTM.
+        weights: ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``, biases may be ``None``.
+        reverse, lengths: as :func:`rnnlab.kernels.reference.recurrence`.
+
+    Returns:
+        ``(outputs (T, B, H_out), final_state)``, equal to the reference loop's up to float rounding.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        raise ValueError(f"rnnlab fused backend: unknown RNN mode {mode!r}; "
+                         "expected 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'")
+    if uses_compiled(x):
+        return _run_compiled(mode, x, state, weights, reverse, lengths)
+    return _run_fallback(mode, x, state, weights, reverse, lengths)
