@@ -1,0 +1,84 @@
+"""``rnnlab train``: train a model on a task; with no arguments, the main job (an LSTM on Shakespeare).
+
+Flags mirror the config fields (``rnnlab train --help``); a TOML file (``--config``) gives a base that flags
+override. Results go to ``runs/<name>/``: ``config.json``, ``task.json``, ``train.csv``, ``val.csv``,
+``metrics.jsonl``, TensorBoard events, ``loss.png``, the checkpoint, and (character models) ``sample.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..data import available_tasks
+from ..errors import UserError
+from ..train.cli_args import add_config_flags, config_overrides
+from ..train.config import config_from_dict, load_config
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model on a task (no arguments: LSTM character model on Shakespeare)",
+        description=__doc__.split("\n\n")[0] + f" Tasks: {', '.join(available_tasks())}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="TOML file with [model], [task], [optim], [train], [run] tables")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint (its config, plus any flags given here)")
+    add_config_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import generate_text
+    from ..train.run import run_name, setup_run
+    from ..train.checkpoint import load_checkpoint
+
+    overrides = config_overrides(args)
+    if args.resume:
+        _, saved = load_checkpoint(args.resume)
+        if args.config:
+            raise UserError("--resume uses the run's saved config; give changes as flags, not --config")
+        nested: dict = {}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            nested.setdefault(section, {})[key] = value
+        cfg = config_from_dict(nested, config_from_dict(saved))
+        run_dir = Path(args.resume)
+    else:
+        cfg = load_config(args.config, overrides)
+        run_dir = Path(cfg.run.out_dir) / run_name(cfg)
+    t0 = time.perf_counter()
+    trainer = setup_run(cfg, run_dir=run_dir, resume_dir=args.resume)
+    print(f"rnnlab train: {trainer.task.describe()}", file=sys.stderr)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"rnnlab train: {cfg.model.cell} hidden {cfg.model.hidden_size} x {cfg.model.num_layers} layer(s), "
+          f"{n_params:,} parameters; {cfg.train.max_steps} steps of {cfg.task.batch_size} x {cfg.task.seq_len}; "
+          f"run folder {run_dir}" + (f" (resuming at step {trainer.step})" if args.resume else ""),
+          file=sys.stderr)
+    result = trainer.fit()
+    for step, reason in trainer.skipped[:5]:
+        print(f"rnnlab train: skipped step {step}: {reason}", file=sys.stderr)
+    if len(trainer.skipped) > 5:
+        print(f"rnnlab train: ... {len(trainer.skipped)} skipped steps in all", file=sys.stderr)
+    summary = (f"done: {result['step']} steps in {result['train_time']:.0f} s of training "
+               f"({time.perf_counter() - t0:.0f} s in all); validation loss {result['val_loss']:.4f}")
+    if trainer.task.kind == "lm":
+        summary += f" nats/char ({result['val_loss'] / 0.6931471805599453:.3f} bits/char)"
+    for k, v in result.items():
+        if k.startswith("val_") and k != "val_loss":
+            summary += f", {k} {v:.4f}"
+    print(summary)
+    if trainer.task.kind == "lm" and cfg.run.sample_length > 0:
+        import torch
+
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        sample = generate_text(trainer.model, trainer.task.vocab, prime="\n", length=cfg.run.sample_length,
+                               temperature=cfg.run.sample_temperature, generator=gen)
+        (run_dir / "sample.txt").write_text(sample)
+        print(f"--- sample (temperature {cfg.run.sample_temperature}) ---\n{sample}\n---")
+    print(f"results in {run_dir}/")
+    return 0

@@ -1,0 +1,189 @@
+"""Task heads around an rnnlab recurrent layer: a character language model, a sequence classifier and a sequence
+regressor. Each is ``input -> [embedding] -> rnnlab.RNN/LSTM/GRU -> [dropout] -> Linear`` applied at every step,
+with the recurrent state passed in and out so that a trainer can carry it across truncated-BPTT windows.
+
+The task decides which steps carry a loss (every step for a language model, the last for a classifier), so all
+three models share one forward contract:
+
+    ``model(x, state=None) -> (output, state)``, ``x`` ``(T, B)`` ids or ``(T, B, I)``, output ``(T, B, O)``.
+
+Example:
+    >>> model = CharLM(vocab_size=65, hidden_size=128)
+    >>> logits, state = model(torch.randint(0, 65, (50, 4)))   # (50, 4, 65), ((1, 4, 128), (1, 4, 128))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserError
+from .layers import GRU, LSTM, RNN
+
+__all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", "build_model", "make_layer",
+           "generate_text", "detach_state"]
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+               backend: str | None = None) -> nn.Module:
+    """The rnnlab layer for a cell name (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``), time-major."""
+    cell = cell.lower()
+    if cell not in CELLS:
+        raise UserError(f"model: unknown cell {cell!r}; expected one of {list(CELLS)}")
+    between = dropout if num_layers > 1 else 0.0
+    if cell == "lstm":
+        return LSTM(input_size, hidden_size, num_layers, dropout=between, backend=backend)
+    if cell == "gru":
+        return GRU(input_size, hidden_size, num_layers, dropout=between, backend=backend)
+    return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:], dropout=between, backend=backend)
+
+
+def detach_state(state):
+    """Cut the autograd graph at a state (a tensor or a tuple of them); ``None`` passes through."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+class RecurrentNet(nn.Module):
+    """``[embedding] -> recurrent layer -> dropout -> Linear`` at every step.
+
+    Args:
+        cell: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``.
+        input_size: features per step, or the vocabulary size when ``embed_size`` is used with token ids.
+        hidden_size, num_layers: of the recurrent layer. output_size: of the head.
+        tokens: inputs are int64 token ids: embedded with ``embed_size`` (or one-hot when ``embed_size`` is 0).
+        dropout: on the recurrent layer's output (and between its layers).
+        backend: rnnlab kernel for the layer (None = the default).
+
+    Shape:
+        x: ``(T, B)`` int64 if ``tokens`` else ``(T, B, input_size)``. output: ``(T, B, output_size)``.
+        state: as the layer's ``hx`` (an LSTM's is ``(h, c)``), ``(num_layers, B, hidden_size)`` each.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
+                 *, tokens: bool = False, embed_size: int = 0, dropout: float = 0.0,
+                 backend: str | None = None) -> None:
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise UserError(f"model: dropout must be in [0, 1), got {dropout}")
+        self.tokens = tokens
+        self.input_size = input_size
+        self.embed = nn.Embedding(input_size, embed_size) if tokens and embed_size > 0 else None
+        rnn_in = embed_size if self.embed is not None else input_size
+        self.rnn = make_layer(cell, rnn_in, hidden_size, num_layers, dropout, backend)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, state=None):
+        if self.tokens:
+            if x.dtype != torch.long:
+                raise TypeError(f"{type(self).__name__}: expected int64 token ids, got dtype {x.dtype}")
+            # One-hot without an embedding keeps the classic char-rnn input (Karpathy 2015).
+            h = self.embed(x) if self.embed is not None else F.one_hot(x, self.input_size).float()  # (T, B, E)
+        else:
+            h = x  # (T, B, I)
+        out, state = self.rnn(h, state)  # (T, B, H)
+        return self.head(self.drop(out)), state  # (T, B, O)
+
+
+class CharLM(RecurrentNet):
+    """Character language model: ids ``(T, B)`` -> next-character logits ``(T, B, vocab_size)``."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, cell: str = "lstm", num_layers: int = 1,
+                 embed_size: int = 64, dropout: float = 0.0, backend: str | None = None) -> None:
+        super().__init__(cell, vocab_size, hidden_size, vocab_size, num_layers, tokens=True, embed_size=embed_size,
+                         dropout=dropout, backend=backend)
+
+
+class SequenceClassifier(RecurrentNet):
+    """Per-step class logits ``(T, B, num_classes)``; a classification task scores the last step."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None) -> None:
+        super().__init__(cell, input_size, hidden_size, num_classes, num_layers, dropout=dropout, backend=backend)
+
+
+class SequenceRegressor(RecurrentNet):
+    """Per-step real outputs ``(T, B, output_size)`` (next value, or a forecast read at the last step)."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None) -> None:
+        super().__init__(cell, input_size, hidden_size, output_size, num_layers, dropout=dropout, backend=backend)
+
+
+def build_model(cfg, task) -> RecurrentNet:
+    """The model a task needs, from a :class:`rnnlab.train.config.ModelConfig`; applies ``cfg.init``.
+
+    Raises:
+        UserError: unknown cell or init preset, or init presets unavailable in this install.
+    """
+    backend = cfg.backend or None
+    if backend is not None:
+        from .kernels import available_backends
+
+        if backend not in available_backends():
+            raise UserError(f"model: unknown backend {backend!r}; expected one of {available_backends()}")
+    common = dict(cell=cfg.cell, num_layers=cfg.num_layers, dropout=cfg.dropout, backend=backend)
+    if task.kind == "lm":
+        model: RecurrentNet = CharLM(task.input_size, cfg.hidden_size, embed_size=cfg.embed_size, **common)
+    elif task.kind == "classification":
+        model = SequenceClassifier(task.input_size, cfg.hidden_size, task.output_size, **common)
+    else:
+        model = SequenceRegressor(task.input_size, cfg.hidden_size, task.output_size, **common)
+    if cfg.init != "torch":
+        try:
+            from . import init as rinit  # lazy: the presets live in their own module
+        except ImportError:
+            raise UserError(f"model: init preset {cfg.init!r} needs rnnlab.init, which this install lacks; "
+                            f"use init = 'torch'") from None
+        try:
+            rinit.apply_init(model.rnn, cfg.init)
+        except (ValueError, KeyError) as err:
+            raise UserError(f"model: {err}") from None
+    return model
+
+
+@torch.no_grad()
+def generate_text(model: RecurrentNet, vocab: list[str], prime: str = "\n", length: int = 200,
+                  temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> str:
+    """Sample ``length`` characters from a character model after feeding it ``prime``.
+
+    Each step draws from ``softmax(logits / temperature)``, restricted to the ``top_k`` most likely characters
+    when ``top_k > 0`` (Fan et al. 2018).
+
+    Raises:
+        UserError: temperature <= 0, top_k < 0, empty prime, or a prime character outside the vocabulary.
+    """
+    if temperature <= 0:
+        raise UserError(f"generate: temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise UserError(f"generate: top_k must be >= 0, got {top_k}")
+    if not prime:
+        raise UserError("generate: the prime text must not be empty")
+    index = {c: i for i, c in enumerate(vocab)}
+    missing = sorted({c for c in prime if c not in index})
+    if missing:
+        raise UserError(f"generate: prime characters not in the model's vocabulary: {missing}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([[index[c]] for c in prime], dtype=torch.long, device=device)  # (P, 1)
+    logits, state = model(ids)
+    out: list[str] = []
+    for _ in range(length):
+        scaled = logits[-1, 0] / temperature  # (V,)
+        if top_k:
+            kth = torch.topk(scaled, min(top_k, scaled.numel())).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled.float().cpu(), dim=-1)
+        nxt = int(torch.multinomial(probs, 1, generator=generator))
+        out.append(vocab[nxt])
+        logits, state = model(torch.tensor([[nxt]], device=device), state)
+    model.train(was_training)
+    return "".join(out)

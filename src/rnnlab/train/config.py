@@ -1,0 +1,227 @@
+"""Run configuration: dataclasses with one documented field each, loaded from TOML and overridden by CLI flags.
+
+A run is described by one :class:`Config` made of five sections, each a dataclass: ``model``, ``task``,
+``optim``, ``train`` and ``run``. The same names appear in three places:
+
+* a TOML file, one table per section (``[model]`` ``hidden_size = 256``), see ``configs/*.toml``;
+* a CLI flag per field (``--hidden-size 256``); a few fields have a shorter flag (``task.name`` is ``--task``);
+* the resolved ``config.json`` a run writes into its folder, which loads back with :func:`config_from_dict`.
+
+Unknown keys and values of the wrong type are errors (:class:`rnnlab.errors.UserError`) that name the section and
+the key: a typo never silently falls back to a default. Each field's help text (``metadata["help"]``) is both its
+documentation and its ``--help`` line.
+
+Example:
+    >>> cfg = load_config(None, {"model.hidden_size": 64})
+    >>> cfg.model.hidden_size
+    64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
+           "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields"]
+
+
+def _f(default: Any, help: str, flag: str | None = None) -> Any:
+    """A dataclass field with its help text (and an optional CLI flag name other than ``--field-name``)."""
+    meta = {"help": help}
+    if flag:
+        meta["flag"] = flag
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """The network: an rnnlab recurrent layer with the task's head (see :mod:`rnnlab.models`)."""
+
+    cell: str = _f("lstm", "recurrent cell: lstm, gru, rnn_tanh or rnn_relu")
+    hidden_size: int = _f(512, "hidden units per layer")
+    num_layers: int = _f(1, "stacked recurrent layers")
+    embed_size: int = _f(64, "character-model input embedding width (0 = one-hot input)")
+    dropout: float = _f(0.0, "dropout between recurrent layers and before the output head, in [0, 1)")
+    init: str = _f("torch", "weight init preset: torch (default), orthogonal, forget_bias, irnn, chrono")
+    backend: str = _f("", "whole-sequence kernel (see rnnlab.available_backends()); empty = the default one")
+
+
+@dataclass
+class TaskConfig:
+    """The data: which task, how it is batched, and the options of the tasks that read files or series."""
+
+    name: str = _f("shakespeare", "task: see `rnnlab train --help` for the list", flag="task")
+    batch_size: int = _f(64, "sequences per batch")
+    seq_len: int = _f(128, "time steps per batch (a character model's BPTT chunk; a window length otherwise)")
+    val_fraction: float = _f(0.1, "share of the data held out for validation (tasks that split their data)")
+    path: str = _f("", "input file: a CSV for the csv task, a UTF-8 text file for the text task")
+    columns: list = _f([], "csv task: input columns (empty = every numeric column)")
+    target: list = _f([], "csv task: columns to forecast (empty = the input columns)")
+    horizon: int = _f(1, "forecasting tasks: steps ahead to predict at once")
+    scale: str = _f("standard", "forecasting tasks: input scaling, standard, minmax or none (fit on train only)")
+    num_samples: int = _f(10000, "synthetic tasks: sequences generated for training (validation gets a tenth)")
+    delay: int = _f(50, "copy task: blank steps between the symbols and the recall cue")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    optimizer: str = _f("adam", "adam, adamw or sgd")
+    lr: float = _f(3e-3, "peak learning rate")
+    weight_decay: float = _f(0.0, "L2 penalty (decoupled for adamw)")
+    momentum: float = _f(0.9, "sgd momentum")
+    schedule: str = _f("cosine", "learning-rate schedule: constant, cosine, step or plateau")
+    warmup_steps: int = _f(0, "linear warm-up steps before the schedule")
+    min_lr: float = _f(3e-4, "cosine: final learning rate; plateau: lower bound")
+    step_size: int = _f(1000, "step schedule: steps between decays")
+    gamma: float = _f(0.5, "step and plateau schedules: decay factor")
+    plateau_patience: int = _f(2, "plateau schedule: evaluations without improvement before a decay")
+    clip_norm: float = _f(1.0, "clip the global gradient L2 norm to this (0 = off; Pascanu et al. 2013)")
+    clip_value: float = _f(0.0, "clip each gradient element to [-v, v] (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: budget, truncated BPTT, evaluation, early stopping, checkpoints."""
+
+    max_steps: int = _f(4000, "optimizer steps (the budget)")
+    max_time: float = _f(0.0, "stop after this many seconds of training (0 = no limit)")
+    bptt_stride: int = _f(0, "k1: steps the forward pass advances between backward passes (0 = seq_len)")
+    bptt_horizon: int = _f(0, "k2: steps each backward pass reaches back, >= k1 (0 = k1)")
+    eval_every: int = _f(500, "evaluate on the validation split every N steps (0 = only at the end)")
+    eval_batches: int = _f(50, "validation batches per periodic evaluation (0 = the whole split)")
+    final_eval_batches: int = _f(0, "validation batches for the final evaluation (0 = the whole split)")
+    early_stop_patience: int = _f(0, "stop after N evaluations without improvement (0 = off)")
+    checkpoint_every: int = _f(1000, "write a checkpoint every N steps (0 = only at the end)")
+    log_every: int = _f(10, "write training metrics every N steps")
+    seed: int = _f(0, "seed for weights, data order and dropout: a seed fixes a run")
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    device: str = _f("cpu", "torch device, e.g. cpu or cuda")
+
+
+@dataclass
+class RunConfig:
+    """Where results go and what is printed."""
+
+    name: str = _f("", "run folder name under out_dir (empty = <task>-<cell>)")
+    out_dir: str = _f("runs", "parent folder of run folders")
+    progress: bool = _f(True, "show a progress bar")
+    plots: bool = _f(True, "draw loss curves (PNG) at the end")
+    tensorboard: bool = _f(True, "write TensorBoard event files when tensorboard is installed")
+    sample_length: int = _f(400, "character models: length of the text sample printed at the end (0 = none)")
+    sample_temperature: float = _f(0.8, "character models: sampling temperature of that sample")
+
+
+@dataclass
+class Config:
+    """A whole run. Sections: model, task, optim, train, run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def iter_fields():
+    """Yield ``(section, dataclass_field)`` for every configurable field, in declaration order."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield section, f
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The CLI flag of a field: ``--hidden-size`` for ``hidden_size`` unless the field names its own."""
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def _field_type(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(where: str, value: Any, kind: type) -> Any:
+    """Check ``value`` against the field type; ints are accepted for floats, nothing else is converted."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list:
+        if not isinstance(value, list):
+            raise UserError(f"config: {where} should be a list, got {type(value).__name__} {value!r}")
+        return list(value)
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise UserError(f"config: {where} should be of type {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a :class:`Config` from nested ``{section: {key: value}}``, on top of ``base`` (defaults if None).
+
+    Raises:
+        UserError: unknown section or key, or a value of the wrong type.
+    """
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    if not isinstance(data, dict):
+        raise UserError(f"config: expected a table of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise UserError(f"config: unknown section [{section}]; expected one of {list(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"config: [{section}] should be a table, got {type(values).__name__}")
+        cls = SECTIONS[section]
+        known = {f.name for f in dataclasses.fields(cls)}
+        current = getattr(cfg, section)
+        updates = {}
+        for key, value in values.items():
+            if key not in known:
+                raise UserError(f"config: unknown key {key!r} in [{section}]; expected one of {sorted(known)}")
+            updates[key] = _coerce(f"{section}.{key}", value, _field_type(cls, key))
+        setattr(cfg, section, dataclasses.replace(current, **updates))
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (JSON- and TOML-friendly) of every field, defaults included."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if given), then ``overrides`` as ``{"section.key": value}``.
+
+    Raises:
+        UserError: missing or malformed file, unknown key, wrong type.
+    """
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config: file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8")) if p.suffix != ".json" else json.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"config: cannot parse {p}: {err}") from None
+        cfg = config_from_dict(data, cfg)
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        nested.setdefault(section, {})[key] = value
+    return config_from_dict(nested, cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as JSON (it loads back with ``load_config(path)``)."""
+    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8")
