@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rnn_step", "lstm_step", "gru_step", "NONLINEARITIES"]
+__all__ = ["rnn_step", "lstm_step", "gru_step", "lstm_gates", "gru_gates", "NONLINEARITIES"]
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -88,14 +88,21 @@ def lstm_step(
         ``(h', c')``.
     """
     h, c = state
-    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H)
-    i, f, g, o = gates.chunk(4, dim=1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    i, f, g, o = lstm_gates(x, h, w_ih, w_hh, b_ih, b_hh)
     c = f * c + i * g
     h = o * torch.tanh(c)
     if w_hr is not None:
         h = F.linear(h, w_hr)  # (B, P)
     return h, c
+
+
+def lstm_gates(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four activated LSTM gates ``(i, f, g, o)``, each ``(B, H)``, for input ``x`` and state ``h``."""
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H)
+    i, f, g, o = gates.chunk(4, dim=1)
+    return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
 
 
 def gru_step(
@@ -121,9 +128,17 @@ def gru_step(
     Returns:
         The new hidden state ``(B, H)``.
     """
+    r, z, n = gru_gates(x, h, w_ih, w_hh, b_ih, b_hh)
+    return (1 - z) * n + z * h
+
+
+def gru_gates(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The activated GRU gates ``(r, z, n)``, each ``(B, H)``; ``h`` is the state as it enters ``W_hh``."""
     x_r, x_z, x_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
     h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
-    return (1 - z) * n + z * h
+    return r, z, n

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,27 +23,65 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import functional as RF
 from ._checks import check_dtype_device, check_positive_int, check_probability, check_type
-from .kernels import resolve_backend
-from .kernels.reference import State, hidden_of
+from .cellspec import SPECS, CellSpec
+from .kernels import get_backend, resolve_backend
+from .kernels.reference import State, hidden_of, recurrence
 
-__all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
+__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates"]
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_warned: set[str] = set()
+
+
+class AllStates(NamedTuple):
+    """Every step of every layer, returned as a third output when ``return_all_states=True``.
+
+    Shapes follow the output's layout with a leading layer axis: ``(L, T, B, D*H)`` (``(L, B, T, D*H)`` with
+    ``batch_first``, ``(L, T, D*H)`` unbatched; packed input gives the padded ``(L, T, B, D*H)``). Steps past a
+    sequence's length are zero.
+
+    Attributes:
+        h: the hidden state after every step (for the last layer this equals the output).
+        c: the LSTM cell state after every step, or ``None`` for cells without one.
+        gates: ``{gate name: activation}`` (``i, f, g, o``; ``r, z, n``; ``pre`` for Elman cells) when
+            ``return_gates=True``, else ``None``.
+    """
+
+    h: Tensor
+    c: Tensor | None
+    gates: dict[str, Tensor] | None
 
 
 class RNNBase(nn.Module):
-    """What RNN, LSTM and GRU share: parameters, checks, and the composition of layers and directions.
+    """What every recurrent layer shares: parameters, checks, options, and the composition of layers and directions.
 
     Args (as torch.nn):
-        mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
+        mode: a :class:`rnnlab.cellspec.CellSpec`, or torch's name of one (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``,
+            ``"RNN_RELU"``).
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype.
-        backend: which whole-sequence kernel runs the layers (see :mod:`rnnlab.kernels`); ``None`` follows the
-            process-wide default. Not a torch.nn argument: keyword only.
+
+    Keyword-only options (not in torch.nn; all off by default, and then the layer equals torch.nn's):
+        backend: the whole-sequence kernel (see :mod:`rnnlab.kernels`); ``None`` follows the process default.
+        recurrent_dropout: variational dropout of ``h_{t-1}`` where it enters ``W_hh``, one mask per sequence
+            and layer shared by every time step (Gal & Ghahramani 2016). Identity in eval mode.
+        zoneout: probability that a unit keeps its previous value at a step, fresh per step and unit
+            (Krueger et al. 2017); a float for every state or ``(z_h, z_c)``. In eval mode the update is the
+            expectation ``z * old + (1 - z) * new``, as in the paper.
+        weight_dropout: DropConnect on ``W_hh`` (Wan et al. 2013), one mask per forward shared by every step
+            and sequence, as in AWD-LSTM (Merity et al. 2018). Identity in eval mode.
+        forget_bias: after the default init, set the forget-gate bias to this value (the GRU's update gate
+            ``z``, its "keep" gate), with the matching ``b_hh`` block zeroed (Jozefowicz et al. 2015).
+        learn_init: learn the initial states (``h0_l{k}``, ``c0_l{k}``, zero-initialised) used when ``hx`` is
+            omitted.
+        return_all_states: return a third output, :class:`AllStates` (``h`` and ``c`` of every step and layer).
+        return_gates: also fill ``AllStates.gates`` (implies ``return_all_states``).
+
+    Options that change the per-step maths (recurrent dropout, zoneout, all-step outputs) and cells without a
+    torch ``mode`` run on the reference loop; the layer warns once if another backend was selected.
     """
 
     def __init__(
         self,
-        mode: str,
+        mode: str | CellSpec,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -55,17 +94,37 @@ class RNNBase(nn.Module):
         dtype=None,
         *,
         backend: str | None = None,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_dropout: float = 0.0,
+        forget_bias: float | None = None,
+        learn_init: bool = False,
+        return_all_states: bool = False,
+        return_gates: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if mode not in _GATES:
-            raise ValueError(f"{name}: unrecognized RNN mode {mode!r}; expected one of {sorted(_GATES)}")
+        if isinstance(mode, str):
+            if mode not in SPECS:
+                raise ValueError(f"{name}: unrecognized RNN mode {mode!r}; expected one of {sorted(SPECS)}")
+            mode = SPECS[mode]
+        spec = mode
         check_positive_int(name, "input_size", input_size)
         check_positive_int(name, "hidden_size", hidden_size)
         check_positive_int(name, "num_layers", num_layers)
-        for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional),
+                            ("learn_init", learn_init), ("return_all_states", return_all_states),
+                            ("return_gates", return_gates)):
             check_type(name, flag, value, bool)
         check_probability(name, "dropout", dropout)
+        check_probability(name, "recurrent_dropout", recurrent_dropout)
+        check_probability(name, "weight_dropout", weight_dropout)
+        zoneout_rates = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout,) * spec.n_states
+        if len(zoneout_rates) != spec.n_states:
+            raise ValueError(f"{name}: zoneout must be one rate or one per state {spec.state_names}, "
+                             f"got {len(zoneout_rates)} rates")
+        for rate in zoneout_rates:
+            check_probability(name, "zoneout", rate)
         check_type(name, "proj_size", proj_size, int)
         if proj_size < 0:
             raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable projections, "
@@ -73,8 +132,13 @@ class RNNBase(nn.Module):
         if proj_size >= hidden_size:
             raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f"and hidden_size={hidden_size}")
-        if proj_size and mode != "LSTM":
-            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
+        if proj_size and not spec.supports_proj:
+            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU"
+                             if spec.mode else f"{name}: proj_size is not supported by {spec.name}")
+        if forget_bias is not None and spec.forget_gate is None:
+            raise ValueError(f"{name}: forget_bias needs a cell with a forget gate, and {spec.name} has none")
+        if forget_bias is not None and not bias:
+            raise ValueError(f"{name}: forget_bias needs bias=True")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"{name}: dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
@@ -83,7 +147,8 @@ class RNNBase(nn.Module):
         if backend is not None:
             resolve_backend(backend)  # fail now, not at the first forward
 
-        self.mode = mode
+        self.spec = spec
+        self.mode = spec.mode or spec.name
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -93,9 +158,14 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = tuple(float(z) for z in zoneout_rates)
+        self.weight_dropout = float(weight_dropout)
+        self.forget_bias = forget_bias
+        self.learn_init = learn_init
+        self.return_gates = return_gates
+        self.return_all_states = return_all_states or return_gates
 
-        num_directions = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         factory = {"device": device, "dtype": dtype}
         # Registration order is torch's (per layer, per direction: w_ih, w_hh, b_ih, b_hh, w_hr) so that
@@ -103,31 +173,53 @@ class RNNBase(nn.Module):
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
         for layer in range(num_layers):
-            for direction in range(num_directions):
-                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+            for direction in range(self.num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * self.num_directions
                 suffix = "_reverse" if direction == 1 else ""
-                shapes = {
-                    f"weight_ih_l{layer}{suffix}": (gate_size, layer_input_size),
-                    f"weight_hh_l{layer}{suffix}": (gate_size, real_hidden_size),
-                }
-                if bias:
-                    shapes[f"bias_ih_l{layer}{suffix}"] = (gate_size,)
-                    shapes[f"bias_hh_l{layer}{suffix}"] = (gate_size,)
-                if proj_size > 0:
-                    shapes[f"weight_hr_l{layer}{suffix}"] = (proj_size, hidden_size)
-                for param_name, shape in shapes.items():
+                shapes = spec.params(layer_input_size, hidden_size, bias, proj_size)
+                names = [f"{base}_l{layer}{suffix}" for base in shapes]
+                for param_name, shape in zip(names, shapes.values()):
                     setattr(self, param_name, nn.Parameter(torch.empty(shape, **factory)))
-                self._flat_weights_names.extend(shapes)
-                self._all_weights.append(list(shapes))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        if learn_init:  # registered after torch's parameters, so they do not shift the seeded init
+            sizes = {"h": real_hidden_size, "c": hidden_size}
+            for layer in range(num_layers):
+                for direction in range(self.num_directions):
+                    for s in spec.state_names:
+                        setattr(self, f"{s}0_l{layer}{'_reverse' if direction else ''}",
+                                nn.Parameter(torch.zeros(sizes[s], **factory)))
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order (torch.nn's rule)."""
+        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order (torch.nn's rule).
+
+        Exceptions: the cell's ``constant_init`` (e.g. layer-norm gains 1), learnable initial states (0), and the
+        forget-gate bias when ``forget_bias`` is set.
+        """
         stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        constants = self.spec.constant_init
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                base = name.rsplit("_l", 1)[0]
+                if base in constants:
+                    weight.fill_(constants[base])
+                elif base in ("h0", "c0"):
+                    weight.zero_()
+                else:
+                    nn.init.uniform_(weight, -stdv, stdv)
+            if self.forget_bias is not None:
+                bias_name, chunk, chunks = self.spec.forget_gate
+                H = self.hidden_size
+                for names in self._all_weights:
+                    for n in names:
+                        base = n.rsplit("_l", 1)[0]
+                        if base == bias_name:
+                            getattr(self, n)[chunk * H:(chunk + 1) * H] = self.forget_bias
+                        elif base == bias_name.replace("_ih", "_hh") and base != bias_name:
+                            getattr(self, n)[chunk * H:(chunk + 1) * H] = 0.0
 
     @property
     def num_directions(self) -> int:
@@ -145,12 +237,20 @@ class RNNBase(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch.nn (there is no cuDNN flat buffer to compact)."""
 
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        """The parameters of one layer and direction by the cell's names (``weight_ih``, ...), without suffix."""
+        names = self._all_weights[layer * self.num_directions + direction]
+        return {n.rsplit("_l", 1)[0]: getattr(self, n) for n in names}
+
     def layer_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
-        """``(w_ih, w_hh, b_ih, b_hh[, w_hr])`` of one layer and direction; biases are ``None`` when ``bias=False``."""
-        suffix = "_reverse" if direction == 1 else ""
-        get = lambda n: getattr(self, f"{n}_l{layer}{suffix}", None)  # noqa: E731
-        weights = (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"))
-        return weights + (get("weight_hr"),) if self.proj_size > 0 else weights
+        """``(w_ih, w_hh, b_ih, b_hh[, w_hr])`` of one layer and direction; biases are ``None`` when ``bias=False``.
+
+        This is the argument of the whole-sequence kernels, so only cells with torch's layout have it.
+        """
+        if self.spec.mode is None:
+            raise TypeError(f"{type(self).__name__}: layer_weights() needs torch's weight layout; "
+                            f"{self.spec.name} has its own parameters, see layer_params()")
+        return _kernel_weights(self.layer_params(layer, direction), self.proj_size)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -177,11 +277,16 @@ class RNNBase(nn.Module):
         name = type(self).__name__
         n = self.num_layers * self.num_directions
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        sizes = [h_size, self.hidden_size] if self.mode == "LSTM" else [h_size]
-        if hx is None:
+        sizes = [h_size, self.hidden_size][: self.spec.n_states]
+        if hx is None and self.learn_init:
+            zeros = [torch.stack([getattr(self, f"{s}0_l{k // self.num_directions}"
+                                              f"{'_reverse' if k % self.num_directions else ''}")
+                                  for k in range(n)]).unsqueeze(1).expand(n, batch, -1)
+                     for s in self.spec.state_names]
+        elif hx is None:
             zeros = [torch.zeros(n, batch, s, dtype=x.dtype, device=x.device) for s in sizes]
         else:
-            if self.mode == "LSTM":
+            if self.spec.n_states == 2:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
                 given = list(hx)
@@ -191,7 +296,7 @@ class RNNBase(nn.Module):
                 given = [hx]
             zeros = []
             for k, (s, size) in enumerate(zip(given, sizes)):
-                label = f"hx[{k}]" if self.mode == "LSTM" else "hx"
+                label = f"hx[{k}]" if self.spec.n_states == 2 else "hx"
                 if not isinstance(s, Tensor):
                     raise TypeError(f"{name}: {label} must be a Tensor, got {type(s).__name__}")
                 check_dtype_device(name, label, s, x)
@@ -202,7 +307,7 @@ class RNNBase(nn.Module):
                                        f"got {tuple(s.shape)}")
                 zeros.append(s if batched else s.unsqueeze(1))
         per_state = [z.unbind(0) for z in zeros]
-        if self.mode == "LSTM":
+        if self.spec.n_states == 2:
             return list(zip(*per_state))
         return list(per_state[0])
 
@@ -244,28 +349,145 @@ class RNNBase(nn.Module):
                              f"{tuple(input.shape) if isinstance(input, Tensor) else tuple(x.shape)}")
         states = self._initial_states(hx, x.size(1), batched, x)
 
-        run_layer = resolve_backend(self.backend)
+        # An unpinned layer is captured by torch.compile / torch.export / torch.jit.trace through the reference
+        # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
+        backend = "reference" if self.backend is None and _capturing() else self.backend
+        run_layer = resolve_backend(backend)
+        on_loop = self._needs_reference_loop()
+        if on_loop:
+            self._warn_reference_loop(backend or get_backend())
         finals: list[State] = []
+        record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
         for layer in range(self.num_layers):
-            outputs = []
+            outputs, traces = [], []
             for direction in range(self.num_directions):
-                out, final = run_layer(self.mode, x, states[layer * self.num_directions + direction],
-                                       self.layer_weights(layer, direction), reverse=direction == 1,
-                                       lengths=lengths)
+                state = states[layer * self.num_directions + direction]
+                p = self.layer_params(layer, direction)
+                if self.weight_dropout > 0 and self.training:
+                    # DropConnect: one mask on W_hh for the whole forward (every step and sequence)
+                    p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
+                if on_loop:
+                    step, trace = self._step(p, state)
+                    out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
+                    traces.append(trace[::-1] if direction == 1 else trace)  # into time order
+                else:
+                    out, final = run_layer(self.spec.mode, x, state, _kernel_weights(p, self.proj_size),
+                                           reverse=direction == 1, lengths=lengths)
                 outputs.append(out)
                 finals.append(final)
             x = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (T, B, D*H_out)
+            if self.return_all_states:
+                record.append((x, *self._stack_traces(traces, lengths)))
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
         h_n = torch.stack([hidden_of(f) for f in finals])
-        hidden = (h_n, torch.stack([f[1] for f in finals])) if self.mode == "LSTM" else h_n
+        hidden = (h_n, torch.stack([f[1] for f in finals])) if self.spec.n_states == 2 else h_n
+        extra = self._all_states(record, batched) if self.return_all_states else None
         if isinstance(input, PackedSequence):
-            return _repack(x, lengths, input), hidden
-        if not batched:
-            hidden = tuple(s.squeeze(1) for s in hidden) if self.mode == "LSTM" else hidden.squeeze(1)
-            return x.squeeze(1), hidden
-        return (x.transpose(0, 1) if self.batch_first else x), hidden
+            output = _repack(x, lengths, input)
+        elif not batched:
+            hidden = tuple(s.squeeze(1) for s in hidden) if self.spec.n_states == 2 else hidden.squeeze(1)
+            output = x.squeeze(1)
+        else:
+            output = x.transpose(0, 1) if self.batch_first else x
+        return (output, hidden) if extra is None else (output, hidden, extra)
+
+    # -- the options that change the per-step maths -------------------------------------------------------------
+
+    def _needs_reference_loop(self) -> bool:
+        return (self.spec.mode is None or self.return_all_states or any(self.zoneout)
+                or (self.recurrent_dropout > 0 and self.training))
+
+    def _warn_reference_loop(self, backend: str) -> None:
+        if backend == "reference":
+            return
+        reason = (f"{self.spec.name} has no whole-sequence kernel" if self.spec.mode is None
+                  else "recurrent_dropout, zoneout and return_all_states change the per-step maths")
+        key = f"{type(self).__name__}: {reason}"
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"{key}, so it runs on the reference loop instead of the {backend!r} backend "
+                          f"(slower; see docs/variants.md)", stacklevel=3)
+
+    def _step(self, p: dict[str, Tensor], state: State):
+        """This layer-direction's step: the cell's step with recurrent dropout, zoneout and recording applied."""
+        spec, training, rates = self.spec, self.training, self.zoneout
+        h_mask = None
+        if self.recurrent_dropout > 0 and training:
+            # one mask per sequence, shared by every time step (Gal & Ghahramani 2016)
+            h_mask = F.dropout(torch.ones_like(hidden_of(state)), self.recurrent_dropout, training=True)
+        trace: list[tuple[State, dict[str, Tensor] | None]] = []
+        gates = spec.gates if self.return_gates else None
+
+        def step(x_t: Tensor, s: State) -> State:
+            new = spec.step(x_t, s, p, h_mask)
+            if any(rates):
+                new = _zoneout(s, new, rates, training)
+            if self.return_all_states:
+                trace.append((new, gates(x_t, s, p, h_mask) if gates is not None else None))
+            return new
+
+        return step, trace
+
+    def _stack_traces(self, traces, lengths: Tensor | None) -> tuple[Tensor | None, dict[str, Tensor] | None]:
+        """The recorded cell states and gates of one layer, (T, B, D*H), zero past each sequence's length."""
+        valid = None
+        if lengths is not None:
+            T = len(traces[0])
+            valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+
+        def stack(parts: list[list[Tensor]]) -> Tensor:
+            out = torch.cat([torch.stack(p) for p in parts], dim=2)  # (T, B, D*H)
+            return out if valid is None else out * valid.to(out.device, out.dtype)
+
+        c = stack([[s[1] for s, _ in tr] for tr in traces]) if self.spec.n_states == 2 else None
+        gates = None
+        if self.return_gates and self.spec.gates is not None:
+            gates = {k: stack([[g[k] for _, g in tr] for tr in traces]) for k in traces[0][0][1]}
+        return c, gates
+
+    def _all_states(self, record, batched: bool) -> AllStates:
+        def layout(t: Tensor) -> Tensor:  # (L, T, B, F) -> the output's layout
+            if not batched:
+                return t.squeeze(2)
+            return t.transpose(1, 2) if self.batch_first else t
+
+        h = layout(torch.stack([r[0] for r in record]))
+        c = layout(torch.stack([r[1] for r in record])) if record[0][1] is not None else None
+        gates = None
+        if record[0][2] is not None:
+            gates = {k: layout(torch.stack([r[2][k] for r in record])) for k in record[0][2]}
+        return AllStates(h, c, gates)
+
+
+def _zoneout(old: State, new: State, rates: tuple[float, ...], training: bool) -> State:
+    """Zoneout (Krueger et al. 2017): each unit keeps its old value with probability z, per step."""
+    olds, news = (old, new) if isinstance(new, tuple) else ((old,), (new,))
+    out = []
+    for o, n, z in zip(olds, news, rates):
+        if z == 0:
+            out.append(n)
+        elif training:
+            out.append(torch.where(torch.rand_like(n) < z, o, n))
+        else:
+            out.append(z * o + (1 - z) * n)  # the expectation of the training-time update
+    return tuple(out) if isinstance(new, tuple) else out[0]
+
+
+def _kernel_weights(p: dict[str, Tensor], proj_size: int) -> tuple[Tensor | None, ...]:
+    """``(w_ih, w_hh, b_ih, b_hh[, w_hr])``: the weights argument of the whole-sequence kernels."""
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+    return weights + (p["weight_hr"],) if proj_size > 0 else weights
+
+
+def _capturing() -> bool:
+    """True while torch.compile, torch.export (and so ONNX export) or torch.jit.trace records a forward.
+
+    Capture needs every op to be traceable; the fused backend's C++ loops have no fake-tensor rule, so the
+    layers fall back to the reference loop (plain autograd ops, which torch.compile then fuses itself).
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
