@@ -172,11 +172,15 @@ def test_record_keeps_outputs_and_restores_backend():
     lstm = rnnlab.LSTM(3, 4, num_layers=2)
     x = torch.randn(6, 2, 3)
     before = rnnlab.available_backends()
+    default, _ = lstm(x)
+    lstm.backend = "reference"
     expected, _ = lstm(x)
+    lstm.backend = None
     with record(lstm) as rec:
         got, _ = lstm(x)
         assert lstm.backend is not None
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the reference loop's maths, exactly
+    torch.testing.assert_close(got, default, rtol=1e-5, atol=1e-6)  # and the default backend's result
     assert lstm.backend is None and rnnlab.available_backends() == before
     assert [tr.name for tr in rec.traces] == ["l0", "l1"] and rec.traces[0].steps == 6
     with pytest.raises(ZeroDivisionError):

@@ -14,7 +14,7 @@ import sys
 from .errors import UserError
 
 # Module names under rnnlab.commands, in the order `rnnlab --help` lists them.
-COMMANDS: list[str] = ["train"]
+COMMANDS: list[str] = ["train", "gradflow"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,9 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 def _groups(module: nn.Module) -> list[tuple[str, str, tuple[Tensor | None, ...]]]:
     """``(label, mode, (w_ih, w_hh, b_ih, b_hh))`` for each layer-direction of a layer, or the one of a cell."""
     if isinstance(module, RNNBase):
+        if module.mode not in _GATES:
+            raise ValueError(f"apply_init: {type(module).__name__} has a custom cell ({module.mode}); the presets "
+                             f"know the gate layouts of {sorted(_GATES)}")
         return [(f"{type(module).__name__} l{layer}{'_reverse' if d else ''}", module.mode,
                  tuple(module.layer_weights(layer, d))[:4])
                 for layer in range(module.num_layers) for d in range(module.num_directions)]

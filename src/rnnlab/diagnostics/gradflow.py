@@ -135,11 +135,15 @@ def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool =
     Parameters' ``.grad`` are left untouched. A state the loss does not depend on has gradient 0.
 
     Raises:
-        ValueError: the recording is empty or the loss is not a scalar that requires grad.
+        ValueError: the recording is empty or misses a layer, or the loss is not a scalar that requires grad.
     """
     if not rec.traces:
         raise ValueError("rnnlab.diagnostics: the recording holds no layer trace (did the model run inside "
                          "`with record(model)`?)")
+    missing = rec.missing()
+    if missing:
+        raise ValueError(f"rnnlab.diagnostics: layers {missing} ran no step on the recording loop (zoneout, "
+                         f"recurrent dropout, return_all_states or a custom cell); expected every layer recorded")
     if loss.dim() != 0 or not loss.requires_grad:
         raise ValueError(f"rnnlab.diagnostics: expected a scalar loss that requires grad, got shape "
                          f"{tuple(loss.shape)} with requires_grad={loss.requires_grad}")

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import jacrev, vmap
 
 from ..kernels.reference import State, Step, step_function
 from .probe import LayerTrace, rnn_layers, state_tensors
@@ -61,29 +60,34 @@ def _unflat(flat: Tensor, sizes: Sequence[int]) -> State:
 
 
 def step_jacobians(step: Step, inputs: Sequence[Tensor], prev: Sequence[State], rows: int | None = None) -> Tensor:
-    """``J_t = ds_t/ds_{t-1}`` for each step, per batch row, with torch.func (no graph of the model is touched).
+    """``J_t = ds_t/ds_{t-1}`` for each step, per batch row (no graph of the model is touched).
+
+    A step treats batch rows independently, so each row's state is repeated ``S`` times and one backward pass
+    with the identity as output gradient gives every row of every Jacobian at once (``S`` separate passes, or
+    ``torch.func``/forward-mode AD, cost more here: the latter two import torch's compiler stack on first use).
 
     Args:
         step: one-step function ``step(x_t, state) -> state``.
         inputs: ``x_t`` ``(B, I)`` per step, in walking order. prev: the state before each step.
-        rows: keep the first ``rows`` batch rows (the cost is ``O(T * rows * S^2 * H)``).
+        rows: keep the first ``rows`` batch rows (the cost is ``O(T * rows * S * cost of one step)``).
 
     Returns:
         ``(T, R, S, S)`` float64 Jacobians, ``S`` the flattened state size.
     """
     sizes = [s.size(-1) for s in state_tensors(prev[0])]
-
-    def one_row(x_row: Tensor, s_row: Tensor) -> Tensor:
-        new = step(x_row.unsqueeze(0), _unflat(s_row.unsqueeze(0), sizes))
-        return _flat(new).squeeze(0)
-
-    jac = vmap(jacrev(one_row, argnums=1))
+    S = sum(sizes)
     out = []
     for x_t, s in zip(inputs, prev):
         x_t, s_flat = x_t.detach(), _flat(s).detach()
         if rows is not None:
             x_t, s_flat = x_t[:rows], s_flat[:rows]
-        out.append(jac(x_t, s_flat).double())  # (R, S, S)
+        R = s_flat.size(0)
+        with torch.enable_grad():
+            s_rep = s_flat.repeat_interleave(S, dim=0).requires_grad_()  # (R*S, S), row (r, j)
+            new = _flat(step(x_t.repeat_interleave(S, dim=0), _unflat(s_rep, sizes)))  # (R*S, S)
+            pick = torch.eye(S, dtype=new.dtype, device=new.device).repeat(R, 1)  # row (r, j) selects output j
+            (rows_of_j,) = torch.autograd.grad(new, s_rep, pick)  # row (r, j) = e_j^T J_r
+        out.append(rows_of_j.view(R, S, S).double())  # (R, S, S)
     return torch.stack(out)
 
 
@@ -169,6 +173,8 @@ def recurrent_spectra(model: nn.Module) -> list[WeightSpectrum]:
     """:class:`WeightSpectrum` of every layer-direction of every rnnlab layer in ``model``."""
     out = []
     for mname, module in rnn_layers(model):
+        if module.mode not in GATE_NAMES:  # a custom cell (rnnlab.cellspec) without torch's weight layout
+            continue
         for layer in range(module.num_layers):
             for direction in range(module.num_directions):
                 weights = module.layer_weights(layer, direction)

@@ -1,5 +1,9 @@
 """Record every time step of every rnnlab recurrent layer while a model runs, on the reference loop.
 
+Limitation: a layer that runs its own per-step loop instead of a backend (options that change the per-step
+maths: zoneout, recurrent dropout in training, ``return_all_states``; cells without torch's weight layout) is
+not recorded; :meth:`Recording.missing` lists such layers and the gradient profile refuses to be partial.
+
 A fused kernel (or ``torch.nn.LSTM``) hides the per-step states ``h_t``: a hook on its output sees ``dL/dh_t`` only
 through the output itself, never the gradient that flows back through the recurrence. :func:`record` runs every
 ``rnnlab.RNN/LSTM/GRU`` inside a model on :func:`rnnlab.kernels.reference.recurrence` with the layer's own
@@ -77,7 +81,14 @@ class Recording:
     """The traces of one ``with record(model)`` block, in the order the layers ran."""
 
     traces: list[LayerTrace] = field(default_factory=list)
-    names: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # id(w_hh) -> (name, layer, direction)
+    # id(w_ih) -> (name, layer, direction); w_ih, not w_hh, because weight dropout replaces w_hh per forward
+    names: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)  # layers whose cell has no torch weight layout
+
+    def missing(self) -> list[str]:
+        """Layer-directions of the model that ran no step on the recording loop (see :func:`record`)."""
+        seen = {tr.name for tr in self.traces}
+        return [name for name, _, _ in self.names.values() if name not in seen] + self.unsupported
 
 
 def rnn_layers(model: nn.Module) -> list[tuple[str, RNNBase]]:
@@ -89,9 +100,9 @@ def _probe_run_layer(mode: str, x: Tensor, state: State, weights: Sequence[Tenso
                      reverse: bool = False, lengths: Tensor | None = None) -> tuple[Tensor, State]:
     """The reference ``run_layer``, with a step function that keeps what it sees in the active recording."""
     rec: Recording | None = getattr(_active, "recording", None)
-    if rec is None or id(weights[1]) not in rec.names:
+    if rec is None or id(weights[0]) not in rec.names:
         return recurrence(step_function(mode, weights), x, state, reverse=reverse, lengths=lengths)
-    name, layer, direction = rec.names[id(weights[1])]
+    name, layer, direction = rec.names[id(weights[0])]
     # A fresh leaf for an initial state that needs no grad (the zeros a layer makes), so that dL/dh_0 exists;
     # a state that already needs grad (passed in by the caller) is used as it is, keeping its graph.
     state = tuple(s if s.requires_grad else s.detach().clone().requires_grad_(torch.is_grad_enabled())
@@ -159,8 +170,11 @@ def record(model: nn.Module) -> Iterator[Recording]:
         for layer in range(module.num_layers):
             for direction in range(module.num_directions):
                 label = f"l{layer}" + ("_reverse" if direction else "")
-                rec.names[id(module.layer_weights(layer, direction)[1])] = (
-                    f"{mname}.{label}" if mname else label, layer, direction)
+                label = f"{mname}.{label}" if mname else label
+                try:
+                    rec.names[id(module.layer_weights(layer, direction)[0])] = (label, layer, direction)
+                except TypeError:  # a cell without torch's weight layout has no kernel to stand in for
+                    rec.unsupported.append(label)
     saved = [(module, module.backend) for _, module in layers]
     with _temporary_backend():
         for module, _ in saved:

@@ -14,10 +14,23 @@ from torch import Tensor, nn
 
 from ..layers import GRU, LSTM, RNN
 
-__all__ = ["adding_batch", "ADDING_BASELINE_MSE", "LastStepRegressor", "make_layer", "CELLS"]
+__all__ = ["adding_batch", "ADDING_BASELINE_MSE", "LastStepRegressor", "make_layer", "cell_name", "CELLS"]
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
-CELLS = {"rnn": "RNN (tanh)", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
+# Cell names as rnnlab.models spells them; "rnn" is accepted for "rnn_tanh".
+CELLS = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
+
+
+def cell_name(cell: str) -> str:
+    """The canonical cell name (``"rnn"`` -> ``"rnn_tanh"``).
+
+    Raises:
+        ValueError: unknown cell name.
+    """
+    cell = "rnn_tanh" if cell == "rnn" else cell
+    if cell not in CELLS:
+        raise ValueError(f"rnnlab.diagnostics: unknown cell {cell!r}; expected one of {list(CELLS)} (or 'rnn')")
+    return cell
 
 
 def adding_batch(seq_len: int, batch_size: int, generator: torch.Generator | None = None,
@@ -46,18 +59,17 @@ def adding_batch(seq_len: int, batch_size: int, generator: torch.Generator | Non
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1) -> nn.Module:
-    """An rnnlab layer for a CLI cell name (``rnn``, ``rnn_relu``, ``lstm``, ``gru``).
+    """An rnnlab layer for a cell name (``rnn_tanh`` or ``rnn``, ``rnn_relu``, ``lstm``, ``gru``).
 
     Raises:
         ValueError: unknown cell name.
     """
+    cell = cell_name(cell)
     if cell == "lstm":
         return LSTM(input_size, hidden_size, num_layers)
     if cell == "gru":
         return GRU(input_size, hidden_size, num_layers)
-    if cell in ("rnn", "rnn_relu"):
-        return RNN(input_size, hidden_size, num_layers, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
-    raise ValueError(f"make_layer: unknown cell {cell!r}; expected one of {list(CELLS)}")
+    return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:])
 
 
 class LastStepRegressor(nn.Module):

@@ -1,0 +1,120 @@
+"""rnnlab.report and `rnnlab gradflow`: the HTML page opens and every image it shows is a real PNG.
+
+The page is checked headless: parse it, and every <img> must reference an existing, non-empty PNG that decodes.
+If Debian's chromium is installed, a second test renders the page to a screenshot and checks that every image
+loaded (naturalWidth > 0); it skips when chromium is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from rnnlab.cli import main
+from rnnlab.diagnostics import analyse
+from rnnlab.diagnostics.tasks import LastStepRegressor, adding_batch
+from rnnlab.report import Section, plot_profiles, write_html
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+        self.tables += tag == "table"
+
+
+def check_page(page: Path) -> list[str]:
+    """Assert every <img> of the page is a decodable, non-empty PNG next to it; return the srcs."""
+    parser = _Images()
+    parser.feed(page.read_text(encoding="utf-8"))
+    assert parser.srcs, "the page shows no image"
+    for src in parser.srcs:
+        png = page.parent / src
+        assert png.is_file() and png.stat().st_size > 1000, src
+        assert png.read_bytes()[:8] == PNG_MAGIC, src
+        img = imread(png)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and float(img[..., :3].std()) > 0.01, src  # not blank
+    return parser.srcs
+
+
+def test_gradflow_cli_writes_a_complete_report(tmp_path):
+    out = tmp_path / "gf"
+    rc = main(["gradflow", "--cells", "rnn,lstm,gru", "--inits", "torch,orthogonal", "--seq-len", "12",
+               "--hidden-size", "8", "--num-layers", "2", "--batch-size", "4", "--rows", "2", "--out", str(out)])
+    assert rc == 0
+    srcs = check_page(out / "report.html")
+    # every pair has its heatmap, Jacobian, W_hh and gate figures; the LSTM also its c heatmap; plus the overlay
+    assert len(srcs) == 3 * 2 * 4 + 2 + 1
+    assert "lstm-orthogonal_heatmap_c.png" in srcs and "profiles.png" in srcs
+    config = json.loads((out / "config.json").read_text())
+    assert config["cells"] == ["rnn_tanh", "lstm", "gru"] and config["seq_len"] == 12
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert set(diag) == {f"{c}-{i}" for c in ("rnn_tanh", "lstm", "gru") for i in ("torch", "orthogonal")}
+    # orthogonal W_hh blocks have spectral radius 1 (up to rounding), recorded in the data behind the page
+    assert abs(diag["gru-orthogonal"]["weights"][0]["spectral_radius"]["n"] - 1) < 1e-5
+
+
+def test_gradflow_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["gradflow", "--cells", "lstm", "--inits", "irnn", "--seq-len", "5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "rnnlab gradflow: error: apply_init: 'irnn' (Le et al. 2015) is defined for Elman RNNs" in err
+    assert main(["gradflow", "--cells", "lstm,tcn", "--out", str(tmp_path)]) == 2
+    assert "--cells expects a comma list of ['rnn_tanh', 'rnn_relu', 'lstm', 'gru'], got ['lstm', 'tcn']" in \
+        capsys.readouterr().err
+
+
+def test_write_html_refuses_a_missing_image(tmp_path):
+    with pytest.raises(FileNotFoundError, match="write_html: image 'nope.png' not found"):
+        write_html(tmp_path / "r.html", "t", [Section("s", images=[("nope.png", "c")])])
+
+
+def test_profile_plot_and_page_from_the_library(tmp_path):
+    model = LastStepRegressor("gru", 2, 6)
+    x, y = adding_batch(10, 3)
+    diag = analyse(model, lambda: ((model(x) - y) ** 2).mean(), rows=1)
+    png = plot_profiles({"gru": diag.profile}, tmp_path / "p.png")
+    page = write_html(tmp_path / "r.html", "x <y>", [Section("a & b", text="<script>", images=[(png.name, "cap")],
+                                                               table=[["h"], ["1"]])])
+    text = page.read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text  # escaped
+    assert check_page(page) == ["p.png"]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    out = tmp_path / "gf"
+    assert main(["gradflow", "--cells", "lstm", "--seq-len", "8", "--hidden-size", "4", "--num-layers", "1",
+                 "--batch-size", "2", "--rows", "1", "--out", str(out)]) == 0
+    n_images = len(check_page(out / "report.html"))
+    # Count the images the browser actually decoded: a script writes the count into the DOM, dumped by chromium.
+    page = out / "report.html"
+    probe = out / "probe.html"
+    probe.write_text(page.read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title='loaded:'+[...document.images]"
+                   ".filter(i=>i.complete&&i.naturalWidth>0).length}</script></body>"))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+           "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert f"<title>loaded:{n_images}</title>" in dom
+    shot = out / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,2000", page.as_uri()], capture_output=True, timeout=60)
+    assert shot.is_file() and float(imread(shot)[..., :3].std()) > 0.01
