@@ -8,7 +8,9 @@ whole-sequence backends (:mod:`rnnlab.kernels`).
 from . import functional
 from .cells import GRUCell, LSTMCell, RNNCell
 from .kernels import available_backends, get_backend, set_backend
-from .layers import GRU, LSTM, RNN, RNNBase
+from .layers import GRU, LSTM, RNN, AllStates, RNNBase
+from .variants import (LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell, PeepholeLSTM,
+                       PeepholeLSTMCell, Recurrent)
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,14 @@ __all__ = [
     "LSTM",
     "GRU",
     "RNNBase",
+    "Recurrent",
+    "AllStates",
+    "LayerNormLSTM",
+    "LayerNormGRU",
+    "PeepholeLSTM",
+    "LayerNormLSTMCell",
+    "LayerNormGRUCell",
+    "PeepholeLSTMCell",
     "RNNCell",
     "LSTMCell",
     "GRUCell",

@@ -13,14 +13,19 @@ from torch import Tensor, nn
 
 from . import functional as RF
 from ._checks import check_dtype_device, check_positive_int, check_type
+from .cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC, CellSpec
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "SpecCell"]
 
 
 class _CellBase(nn.Module):
-    """Parameters ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh`` ``(G*H,)`` and torch's init."""
+    """One step of a :class:`rnnlab.cellspec.CellSpec`: its parameters (the spec's names, no layer suffix) and init.
 
-    num_chunks: int
+    For torch's cell types that is ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh``
+    ``(G*H,)``, initialised exactly as torch.nn does.
+    """
+
+    spec: CellSpec
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
@@ -32,22 +37,33 @@ class _CellBase(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        gate_size = self.num_chunks * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(gate_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(gate_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
-        else:
+        for param_name, shape in self.spec.params(input_size, hidden_size, bias, 0).items():
+            setattr(self, param_name, nn.Parameter(torch.empty(shape, **factory)))
+        if not bias and self.spec.mode is not None:  # torch.nn keeps the names, set to None
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order, exactly as torch.nn does."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order, exactly as torch.nn does
+        (except the spec's ``constant_init`` parameters, such as layer-norm gains)."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                if name in self.spec.constant_init:
+                    weight.fill_(self.spec.constant_init[name])
+                else:
+                    nn.init.uniform_(weight, -stdv, stdv)
+
+    def forward(self, input: Tensor, hx=None):
+        """One step. ``hx`` is the state (a tuple for cells with a cell state), zeros when omitted."""
+        n_states = self.spec.n_states
+        x, states, batched = self._prepare(input, hx, n_states)
+        params = dict(self.named_parameters())
+        new = self.spec.step(x, tuple(states) if n_states > 1 else states[0], params, None)
+        if batched:
+            return new
+        return tuple(s.squeeze(0) for s in new) if n_states > 1 else new.squeeze(0)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -111,19 +127,16 @@ class RNNCell(_CellBase):
         >>> h = cell(torch.randn(2, 3))            # (2, 5)
     """
 
-    num_chunks = 1
-
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:
         if nonlinearity not in RF.NONLINEARITIES:
             raise ValueError(f"RNNCell: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
+        self.spec = RNN_TANH_SPEC if nonlinearity == "tanh" else RNN_RELU_SPEC
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, (h,), batched = self._prepare(input, hx, 1)
-        h = RF.rnn_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
-        return h if batched else h.squeeze(0)
+        return super().forward(input, hx)
 
 
 class LSTMCell(_CellBase):
@@ -141,12 +154,10 @@ class LSTMCell(_CellBase):
         >>> h, c = cell(torch.randn(2, 3))
     """
 
-    num_chunks = 4
+    spec = LSTM_SPEC
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, (h, c), batched = self._prepare(input, hx, 2)
-        h, c = RF.lstm_step(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+        return super().forward(input, hx)
 
 
 class GRUCell(_CellBase):
@@ -163,9 +174,22 @@ class GRUCell(_CellBase):
         >>> h = cell(torch.randn(2, 3))
     """
 
-    num_chunks = 3
+    spec = GRU_SPEC
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, (h,), batched = self._prepare(input, hx, 1)
-        h = RF.gru_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return h if batched else h.squeeze(0)
+        return super().forward(input, hx)
+
+
+class SpecCell(_CellBase):
+    """The one-step module of any :class:`rnnlab.cellspec.CellSpec`.
+
+    Example:
+        >>> from rnnlab.cellspec import LAYER_NORM_LSTM_SPEC
+        >>> cell = SpecCell(LAYER_NORM_LSTM_SPEC, 3, 5)
+        >>> h, c = cell(torch.randn(2, 3))
+    """
+
+    def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        self.spec = spec
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)

@@ -503,6 +503,7 @@ class RNN(RNNBase):
     r"""Multi-layer Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or relu).
 
     Drop-in for ``torch.nn.RNN``: same arguments (``nonlinearity`` is the fourth), shapes and parameter names.
+    Keyword-only options (``backend``, ``recurrent_dropout``, ``zoneout``, ...) are :class:`RNNBase`'s.
 
     Example:
         >>> rnn = RNN(10, 20, 2)
@@ -511,12 +512,12 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, proj_size: int = 0, backend: str | None = None) -> None:
+                 device=None, dtype=None, *, proj_size: int = 0, **options) -> None:
         if nonlinearity not in RF.NONLINEARITIES:
             raise ValueError(f"RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, backend=backend)
+                         proj_size, device, dtype, **options)
         self.nonlinearity = nonlinearity
 
 
@@ -532,9 +533,9 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, backend: str | None = None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, **options) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, backend=backend)
+                         proj_size, device, dtype, **options)
 
 
 class GRU(RNNBase):
@@ -549,6 +550,6 @@ class GRU(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, proj_size: int = 0, backend: str | None = None) -> None:
+                 device=None, dtype=None, *, proj_size: int = 0, **options) -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, backend=backend)
+                         proj_size, device, dtype, **options)
