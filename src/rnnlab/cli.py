@@ -14,7 +14,7 @@ import sys
 from .errors import UserError
 
 # Module names under rnnlab.commands, in the order `rnnlab --help` lists them.
-COMMANDS: list[str] = ["train", "gradflow"]
+COMMANDS: list[str] = ["train", "eval", "generate", "forecast", "gradflow", "compare", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
