@@ -1,0 +1,282 @@
+"""The fused backend against the reference loop: outputs, final states and every gradient, on the same weights.
+
+The compiled step loops (C++, built on first use) and the pure-PyTorch fallback are both checked; the
+hand-written backward is also checked by gradcheck in float64. tests/test_layers.py separately runs the whole
+torch.nn equivalence grid on every registered backend, "fused" included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnlab
+from rnnlab.kernels import _extension, fused, get_backend, reference, resolve_backend
+
+TOL = 1e-5
+MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    """The compiled path must really be tested: with a compiler present, the build must succeed."""
+    if shutil.which("c++") is not None and not _extension.extension_disabled():
+        assert fused.compiled_available(), "fused C++ kernels failed to build (see the RuntimeWarning)"
+
+
+def _weights(mode: str, I: int, H: int, P: int = 0, bias: bool = True, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    G, Hout = GATES[mode] * H, P or H
+    rand = lambda *s: (torch.rand(*s, generator=g, dtype=dtype) * 2 - 1) * 0.5  # noqa: E731
+    w = [rand(G, I), rand(G, Hout), rand(G) if bias else None, rand(G) if bias else None]
+    if P:
+        w.append(rand(P, H))
+    return w
+
+
+def _state(mode: str, B: int, H: int, P: int = 0, dtype=torch.float32):
+    h = torch.randn(B, P or H, dtype=dtype) * 0.5
+    return (h, torch.randn(B, H, dtype=dtype) * 0.5) if mode == "LSTM" else h
+
+
+def _flat(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _run_with_grads(run_layer, mode, x, state, weights, reverse, lengths, wanted):
+    """Outputs, final state and d(loss)/d(each tensor in ``wanted``) for a loss that touches every output."""
+    leaves = [t.detach().clone().requires_grad_(i in wanted) if t is not None else None
+              for i, t in enumerate([x, *_flat(state), *weights])]
+    n_state = len(_flat(state))
+    xs, st, ws = leaves[0], leaves[1:1 + n_state], leaves[1 + n_state:]
+    out, final = run_layer(mode, xs, tuple(st) if n_state == 2 else st[0], ws, reverse=reverse, lengths=lengths)
+    probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * probe).sum() + sum((f * f).sum() * (k + 1) for k, f in enumerate(_flat(final)))
+    grads = torch.autograd.grad(loss, [leaves[i] for i in sorted(wanted)]) if wanted else []
+    return out.detach(), [f.detach() for f in _flat(final)], list(grads)
+
+
+def _assert_close(a, b, tol=TOL, what=""):
+    assert a.shape == b.shape, what
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol}"
+
+
+KERNEL_CASES = [
+    pytest.param(mode, P, bias, reverse, use_lengths,
+                 id=f"{mode}-P{P}-{'bias' if bias else 'nobias'}-{'rev' if reverse else 'fwd'}"
+                    f"-{'lengths' if use_lengths else 'full'}")
+    for mode in MODES
+    for P in ([0, 3] if mode == "LSTM" else [0])
+    for bias, reverse, use_lengths in itertools.product([True, False], [False, True], [False, True])
+]
+
+
+@pytest.mark.parametrize("mode,P,bias,reverse,use_lengths", KERNEL_CASES)
+def test_fused_equals_reference_outputs_and_all_gradients(mode, P, bias, reverse, use_lengths):
+    T, B, I, H = 7, 5, 4, 6
+    x = torch.randn(T, B, I)
+    state, weights = _state(mode, B, H, P), _weights(mode, I, H, P, bias)
+    lengths = torch.tensor([7, 3, 1, 6, 7]) if use_lengths else None
+    everything = set(range(1 + len(_flat(state)) + len(weights))) - {
+        i for i, w in enumerate(weights, start=1 + len(_flat(state))) if w is None}
+    ref = _run_with_grads(reference.run_layer, mode, x, state, weights, reverse, lengths, everything)
+    got = _run_with_grads(fused.run_layer, mode, x, state, weights, reverse, lengths, everything)
+    _assert_close(got[0], ref[0], what="outputs")
+    for k, (a, b) in enumerate(zip(got[1], ref[1])):
+        _assert_close(a, b, what=f"final state {k}")
+    for k, (a, b) in enumerate(zip(got[2], ref[2])):
+        _assert_close(a, b, what=f"gradient {k}")
+    if use_lengths:  # padded steps output exactly zero
+        for b_, n in enumerate(lengths.tolist()):
+            assert torch.all(got[0][n:, b_] == 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_requires_grad_on_any_subset(mode):
+    T, B, I, H = 5, 3, 4, 5
+    P = 2 if mode == "LSTM" else 0
+    x, state, weights = torch.randn(T, B, I), _state(mode, B, H, P), _weights(mode, I, H, P)
+    n = 1 + len(_flat(state)) + len(weights)
+    lengths = torch.tensor([5, 2, 4])
+    subsets = [{0}, {1}, {n - 1}, {0, 2}, set(range(1, n)), set(range(n)), set()]
+    for wanted in subsets:
+        ref = _run_with_grads(reference.run_layer, mode, x, state, weights, True, lengths, wanted)
+        got = _run_with_grads(fused.run_layer, mode, x, state, weights, True, lengths, wanted)
+        _assert_close(got[0], ref[0], what=f"outputs, grads wanted {wanted}")
+        assert len(got[2]) == len(wanted)
+        for a, b in zip(got[2], ref[2]):
+            _assert_close(a, b, what=f"gradient, wanted {wanted}")
+
+
+def test_unwanted_gradients_are_not_computed():
+    """Frozen weights get no .grad, and only the tensors that require grad receive one."""
+    lstm = rnnlab.LSTM(4, 5, backend="fused")
+    lstm.weight_ih_l0.requires_grad_(False)
+    lstm.bias_hh_l0.requires_grad_(False)
+    x = torch.randn(6, 2, 4)  # no grad
+    out, _ = lstm(x)
+    out.sum().backward()
+    assert lstm.weight_ih_l0.grad is None and lstm.bias_hh_l0.grad is None
+    assert lstm.weight_hh_l0.grad is not None and lstm.bias_ih_l0.grad is not None
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse,use_lengths", [(False, False), (True, True), (False, True)])
+def test_gradcheck_fused_float64(mode, reverse, use_lengths):
+    """The hand-written backward against finite differences (every input, state and weight)."""
+    T, B, I, H = 4, 3, 3, 3
+    P = 2 if mode == "LSTM" else 0
+    dt = torch.float64
+    x = torch.randn(T, B, I, dtype=dt, requires_grad=True)
+    state = [s.requires_grad_() for s in _flat(_state(mode, B, H, P, dt))]
+    weights = [w.requires_grad_() for w in _weights(mode, I, H, P, dtype=dt)]
+    lengths = torch.tensor([4, 1, 3]) if use_lengths else None
+
+    def f(x, *rest):
+        st = tuple(rest[:len(state)]) if mode == "LSTM" else rest[0]
+        out, final = fused.run_layer(mode, x, st, list(rest[len(state):]), reverse=reverse, lengths=lengths)
+        return (out, *_flat(final))
+
+    assert torch.autograd.gradcheck(f, (x, *state, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+LAYER_CONFIGS = {
+    "2layers_bidir": {"num_layers": 2, "bidirectional": True},
+    "3layers_nobias_batch_first": {"num_layers": 3, "bias": False, "batch_first": True},
+    "proj_bidir": {"num_layers": 2, "bidirectional": True, "proj_size": 3},
+}
+
+
+@pytest.mark.parametrize("cls,cfg_name,packed", [
+    pytest.param(cls, name, packed, id=f"{cls.__name__}-{name}-{'packed' if packed else 'padded'}")
+    for cls in (rnnlab.LSTM, rnnlab.GRU, rnnlab.RNN) for name in LAYER_CONFIGS for packed in (False, True)
+    if cls is rnnlab.LSTM or "proj_size" not in LAYER_CONFIGS[name]])
+def test_layers_fused_equal_reference_with_all_gradients(cls, cfg_name, packed):
+    """Stacks, both directions, no bias, batch_first, proj_size and packed input, through the public layers."""
+    cfg = LAYER_CONFIGS[cfg_name]
+    torch.manual_seed(3)
+    I, H, T, B = 5, 7, 9, 4
+    fused_layer = cls(I, H, **cfg, backend="fused")
+    ref_layer = cls(I, H, **cfg, backend="reference")
+    ref_layer.load_state_dict(fused_layer.state_dict())
+    x = torch.randn(B, T, I) if cfg.get("batch_first") else torch.randn(T, B, I)
+    lengths = torch.tensor([9, 4, 1, 7])
+    results = []
+    for layer in (fused_layer, ref_layer):
+        xi = x.clone().requires_grad_()
+        inp = pack_padded_sequence(xi, lengths, batch_first=bool(cfg.get("batch_first")),
+                                   enforce_sorted=False) if packed else xi
+        out, hidden = layer(inp)
+        out = out.data if packed else out
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        loss = loss + sum((h * h).sum() for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
+        loss.backward()
+        results.append((out.detach(), hidden, xi.grad, {n: p.grad for n, p in layer.named_parameters()}))
+    (o1, h1, gx1, gp1), (o2, h2, gx2, gp2) = results
+    _assert_close(o1, o2, what="output")
+    for a, b in zip(h1 if isinstance(h1, tuple) else (h1,), h2 if isinstance(h2, tuple) else (h2,)):
+        _assert_close(a.detach(), b.detach(), what="final state")
+    _assert_close(gx1, gx2, what="input gradient")
+    for name in gp1:
+        _assert_close(gp1[name], gp2[name], what=f"grad of {name}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_path_equals_training_path(mode):
+    """Under no_grad the kernel skips saving activations; the numbers must not change."""
+    x, state, weights = torch.randn(6, 3, 4), _state(mode, 3, 5), _weights(mode, 4, 5)
+    lengths = torch.tensor([6, 2, 5])
+    with torch.no_grad():
+        y0, s0 = fused.run_layer(mode, x, state, weights, reverse=True, lengths=lengths)
+    y1, s1 = fused.run_layer(mode, x.requires_grad_(), state, weights, reverse=True, lengths=lengths)
+    assert y1.requires_grad
+    _assert_close(y0, y1.detach(), tol=0.0, what="outputs")
+    for a, b in zip(_flat(s0), _flat(s1)):
+        _assert_close(a, b.detach(), tol=0.0, what="state")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pure_pytorch_fallback_equals_reference(mode, monkeypatch):
+    """The no-compiler path (forced here) gives the reference numbers and gradients."""
+    monkeypatch.setattr(fused, "uses_compiled", lambda x: False)
+    P = 2 if mode == "LSTM" else 0
+    x, state, weights = torch.randn(5, 3, 4), _state(mode, 3, 5, P), _weights(mode, 4, 5, P)
+    lengths = torch.tensor([5, 1, 3])
+    wanted = set(range(1 + len(_flat(state)) + len(weights)))
+    ref = _run_with_grads(reference.run_layer, mode, x, state, weights, True, lengths, wanted)
+    got = _run_with_grads(fused.run_layer, mode, x, state, weights, True, lengths, wanted)
+    for a, b in zip([got[0], *got[1], *got[2]], [ref[0], *ref[1], *ref[2]]):
+        _assert_close(a, b)
+
+
+def test_no_compiler_warns_once_and_falls_back(monkeypatch):
+    """Without a compiler the loader says so in one line and returns False (the fallback is then used)."""
+
+    monkeypatch.setenv("CXX", "no-such-compiler-rnnlab")
+    monkeypatch.delenv("RNNLAB_FUSED_EXT", raising=False)
+    loader = _extension.load_extension.__wrapped__  # bypass the process-wide cache
+    with pytest.warns(RuntimeWarning, match=r"no C\+\+ compiler .*pure-PyTorch") as record:
+        assert loader() is False
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+
+
+def test_float64_and_noncontiguous_inputs():
+    """float64 runs compiled too; a transposed (non-contiguous) input and state give the same result."""
+    mode = "GRU"
+    x = torch.randn(3, 6, 4, dtype=torch.float64).transpose(0, 1)  # (T=6, B=3, I=4), non-contiguous
+    h = torch.randn(5, 3, dtype=torch.float64).t()  # (B=3, H=5), non-contiguous
+    weights = _weights(mode, 4, 5, dtype=torch.float64)
+    y_ref, h_ref = reference.run_layer(mode, x, h, weights)
+    y, hn = fused.run_layer(mode, x, h, weights)
+    _assert_close(y, y_ref, tol=1e-12)
+    _assert_close(hn, h_ref, tol=1e-12)
+
+
+def test_long_sequence_backward_is_linear_in_T():
+    """Indexing a saved tensor per step makes backward O(T^2); doubling T twice must stay near 4x, not 16x."""
+    lstm = rnnlab.LSTM(8, 8, backend="fused")
+
+    def cost(T: int) -> float:
+        x = torch.randn(T, 1, 8, requires_grad=True)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            out, _ = lstm(x)
+            out.sum().backward()
+            best = min(best, time.process_time() - t0)
+        return best
+
+    cost(500)  # warm-up
+    short, long = cost(1000), cost(4000)
+    assert long / short < 8.0, f"T=4000 took {long / short:.1f}x T=1000 (linear: 4x, quadratic: 16x)"
+    x = torch.randn(4000, 2, 8)
+    y_ref, _ = reference.run_layer("LSTM", x, (torch.zeros(2, 8), torch.zeros(2, 8)), lstm.layer_weights(0))
+    y, _ = fused.run_layer("LSTM", x, (torch.zeros(2, 8), torch.zeros(2, 8)), lstm.layer_weights(0))
+    _assert_close(y.detach(), y_ref.detach(), what="T=4000 outputs")
+
+
+def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
+    monkeypatch.delenv("RNNLAB_BACKEND", raising=False)
+    rnnlab.set_backend(None)
+    assert get_backend() == "fused"
+    assert resolve_backend(None) is fused.run_layer
+    assert resolve_backend("reference") is reference.run_layer
+    monkeypatch.setenv("RNNLAB_BACKEND", "reference")
+    assert get_backend() == "reference"
+    rnnlab.set_backend("fused")
+    try:
+        assert get_backend() == "fused"
+    finally:
+        rnnlab.set_backend(None)
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match=r"fused backend: unknown RNN mode 'LSTMX'; expected 'LSTM'"):
+        fused.run_layer("LSTMX", torch.randn(2, 1, 3), torch.zeros(1, 3), _weights("RNN_TANH", 3, 3))
