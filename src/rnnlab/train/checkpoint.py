@@ -107,7 +107,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         UserError: missing files, or a JSON and tensor file from different steps.
     """
     path = Path(path)
-    json_path = path / f"{CHECKPOINT_NAME}.json" if path.is_dir() else path
+    json_path = path if path.suffix == ".json" else path / f"{CHECKPOINT_NAME}.json"
     tensor_path = json_path.with_suffix(".safetensors")
     if not json_path.is_file() or not tensor_path.is_file():
         raise UserError(f"checkpoint: expected {json_path.name} and {tensor_path.name} in {json_path.parent}, "

@@ -35,8 +35,8 @@ def build_model_and_task(cfg: Config) -> tuple[torch.nn.Module, Task]:
     """Seed the global RNG with ``cfg.train.seed``, then build the task and the model (weights depend on the seed)."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
     task = build_task(cfg.task, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # after the task: the weights depend on the seed alone
     model = build_model(cfg.model, task)
     return model, task
 

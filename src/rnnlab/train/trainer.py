@@ -208,7 +208,7 @@ class Trainer:
             if loss is not None:
                 if not torch.isfinite(loss):
                     where = self._locate_forward(xs[s_pos:end], s_state)
-                    return self._skip(f"loss is {float(loss)}; first non-finite value at {where}", t0,
+                    return self._skip(f"loss is {float(loss.detach())}; first non-finite value at {where}", t0,
                                       saved_state, saved_ctx, T, x.size(1))
                 loss.backward()
                 total += float(loss.detach())

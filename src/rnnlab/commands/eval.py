@@ -1,0 +1,43 @@
+"""``rnnlab eval RUN_DIR``: evaluate a trained run's checkpoint on its task's validation split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a trained run on its validation split",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `rnnlab train`")
+    p.add_argument("--batches", type=int, default=0, metavar="N",
+                   help="validation batches to use (0 = the whole split)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..train.checkpoint import load_checkpoint
+    from ..train.config import config_from_dict
+    from ..train.run import build_model_and_task
+    from ..train.trainer import Trainer
+
+    if args.batches < 0:
+        raise UserError(f"--batches must be >= 0, got {args.batches}")
+    state, cfg_dict = load_checkpoint(args.run_dir)
+    cfg = config_from_dict(cfg_dict)
+    model, task = build_model_and_task(cfg)
+    model.load_state_dict(state["model"])
+    metrics = Trainer(model, task, cfg).evaluate(args.batches)
+    metrics = {"step": state["step"], **metrics}
+    if task.kind == "lm":
+        metrics["val_bits_per_char"] = metrics["val_loss"] / 0.6931471805599453
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{task.name} @ step {state['step']}: " + "  ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"))
+    return 0
