@@ -334,3 +334,34 @@ def test_option_errors():
         rnnlab.Recurrent(rnnlab.cellspec.LAYER_NORM_LSTM_SPEC, I, H, proj_size=2)
     with pytest.raises(TypeError, match=r"LayerNormLSTM: layer_weights\(\) needs torch's weight layout"):
         rnnlab.LayerNormLSTM(I, H).layer_weights(0)
+
+
+def test_observe_steps_sees_every_step_of_every_cell_and_changes_nothing():
+    class Counter:
+        def __init__(self):
+            self.calls = {}
+
+        def wrap(self, module, layer, direction, step, state, steps):
+            key = (type(module).__name__, layer, direction)
+            self.calls[key] = 0
+
+            def counted(x_t, s):
+                self.calls[key] += 1
+                return step(x_t, s)
+
+            return counted, state
+
+    x = torch.randn(T, B, I)
+    for layer in (rnnlab.LSTM(I, H, num_layers=2, bidirectional=True),
+                  rnnlab.LayerNormGRU(I, H, num_layers=2, bidirectional=True, backend="reference")):
+        expected = layer(x)[0]
+        observer = Counter()
+        with rnnlab.layers.observe_steps(observer):
+            got = layer(x)[0]
+            with pytest.raises(RuntimeError, match="blocks do not nest"):
+                with rnnlab.layers.observe_steps(Counter()):
+                    pass
+        assert (got - expected).abs().max() <= TOL
+        assert observer.calls == {(type(layer).__name__, l, d): T for l in range(2) for d in range(2)}
+    layer(x)  # outside the block: no observer is called
+    assert all(v == T for v in observer.calls.values())

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +30,43 @@ from .cellspec import SPECS, CellSpec
 from .kernels import get_backend, resolve_backend
 from .kernels.reference import State, hidden_of, recurrence
 
-__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates"]
+__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates", "StepObserver", "observe_steps"]
 
 _warned: set[str] = set()
+
+
+class StepObserver(Protocol):
+    """Sees every step of every layer-direction while :func:`observe_steps` is active (see there)."""
+
+    def wrap(self, module: "RNNBase", layer: int, direction: int, step: Callable[[Tensor, State], State],
+             state: State, steps: int) -> tuple[Callable[[Tensor, State], State], State]:
+        """Return the step function (and initial state) to run instead of ``step`` (and ``state``)."""
+        ...
+
+
+_observer: ContextVar[StepObserver | None] = ContextVar("rnnlab_step_observer", default=None)
+
+
+@contextmanager
+def observe_steps(observer: StepObserver) -> Iterator[StepObserver]:
+    """Run every rnnlab recurrent layer on the reference loop and let ``observer`` wrap each step function.
+
+    This is the hook :mod:`rnnlab.diagnostics` uses to read ``h_t`` (and its gradient) at every step of any cell,
+    variants included: the observer's ``wrap(module, layer, direction, step, state, steps)`` is called once per
+    layer-direction and forward, with the step function the layer would run (options such as zoneout
+    already applied) and its initial state; ``steps`` is T, walked from T-1 down to 0 when ``direction == 1``.
+    Outside the block nothing is wrapped and it costs nothing.
+
+    Raises:
+        RuntimeError: an observer is already active (blocks do not nest).
+    """
+    if _observer.get() is not None:
+        raise RuntimeError("rnnlab.observe_steps: an observer is already active; blocks do not nest")
+    token = _observer.set(observer)
+    try:
+        yield observer
+    finally:
+        _observer.reset(token)
 
 
 class AllStates(NamedTuple):
@@ -353,8 +390,9 @@ class RNNBase(nn.Module):
         # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
         backend = "reference" if self.backend is None and _capturing() else self.backend
         run_layer = resolve_backend(backend)
-        on_loop = self._needs_reference_loop()
-        if on_loop:
+        observer = _observer.get()
+        on_loop = self._needs_reference_loop() or observer is not None
+        if on_loop and observer is None:
             self._warn_reference_loop(backend or get_backend())
         finals: list[State] = []
         record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
@@ -368,6 +406,8 @@ class RNNBase(nn.Module):
                     p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
                 if on_loop:
                     step, trace = self._step(p, state)
+                    if observer is not None:
+                        step, state = observer.wrap(self, layer, direction, step, state, x.size(0))
                     out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
                     traces.append(trace[::-1] if direction == 1 else trace)  # into time order
                 else:
