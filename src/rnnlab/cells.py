@@ -7,6 +7,7 @@ pure step function in :mod:`rnnlab.functional`. The boundary checks live here so
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ class _CellBase(nn.Module):
     """
 
     spec: CellSpec
+    weight_ih: Tensor  # registered in __init__ (from the spec); declared for type checkers
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
@@ -63,7 +65,9 @@ class _CellBase(nn.Module):
         new = self.spec.step(x, tuple(states) if n_states > 1 else states[0], params, None)
         if batched:
             return new
-        return tuple(s.squeeze(0) for s in new) if n_states > 1 else new.squeeze(0)
+        if n_states > 1:
+            return tuple(s.squeeze(0) for s in new)
+        return cast(Tensor, new).squeeze(0)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

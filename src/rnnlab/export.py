@@ -98,15 +98,18 @@ def example_inputs(model: nn.Module, seq_len: int, batch_size: int = 2,
                         f"batch_size={batch_size}")
     layer = recurrent_layer(model)
     param = next(layer.parameters())
-    floats = {"dtype": param.dtype, "device": param.device, "generator": generator}
+    dtype, device = param.dtype, param.device
     if getattr(model, "tokens", False):
-        x = torch.randint(0, int(model.input_size), (seq_len, batch_size), generator=generator,  # type: ignore[arg-type]
-                          device=param.device)  # (T, B)
+        vocab = int(getattr(model, "input_size"))
+        x = torch.randint(0, vocab, (seq_len, batch_size), generator=generator, device=device)  # (T, B)
     elif model is layer and layer.batch_first:
-        x = torch.randn(batch_size, seq_len, layer.input_size, **floats)  # (B, T, I)
+        x = torch.randn(batch_size, seq_len, layer.input_size, generator=generator, dtype=dtype,
+                        device=device)  # (B, T, I)
     else:
-        x = torch.randn(seq_len, batch_size, int(getattr(model, "input_size", layer.input_size)), **floats)
-    states = tuple(0.5 * torch.randn(shape, **floats) for shape in _state_shapes(layer, batch_size))
+        features = int(getattr(model, "input_size", layer.input_size))
+        x = torch.randn(seq_len, batch_size, features, generator=generator, dtype=dtype, device=device)  # (T, B, I)
+    states = tuple(0.5 * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+                   for shape in _state_shapes(layer, batch_size))
     return (x, *states)
 
 

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -248,7 +248,7 @@ class RNNBase(nn.Module):
                 else:
                     nn.init.uniform_(weight, -stdv, stdv)
             if self.forget_bias is not None:
-                bias_name, chunk, chunks = self.spec.forget_gate
+                bias_name, chunk, chunks = cast(tuple[str, int, int], self.spec.forget_gate)
                 H = self.hidden_size
                 for names in self._all_weights:
                     for n in names:
@@ -362,7 +362,7 @@ class RNNBase(nn.Module):
             RuntimeError: input.size(-1) != input_size, or hx of the wrong shape or device.
         """
         name = type(self).__name__
-        first_weight = self.weight_ih_l0
+        first_weight = cast(Tensor, self.weight_ih_l0)
         lengths = None
         if isinstance(input, PackedSequence):
             check_dtype_device(name, "input", input.data, first_weight)
@@ -422,12 +422,15 @@ class RNNBase(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
 
         h_n = torch.stack([hidden_of(f) for f in finals])
-        hidden = (h_n, torch.stack([f[1] for f in finals])) if self.spec.n_states == 2 else h_n
+        hidden: Tensor | tuple[Tensor, ...] = (
+            (h_n, torch.stack([f[1] for f in finals])) if self.spec.n_states == 2 else h_n)
+        output: Tensor | PackedSequence
         extra = self._all_states(record, batched) if self.return_all_states else None
         if isinstance(input, PackedSequence):
-            output = _repack(x, lengths, input)
+            output = _repack(x, cast(Tensor, lengths), input)
         elif not batched:
-            hidden = tuple(s.squeeze(1) for s in hidden) if self.spec.n_states == 2 else hidden.squeeze(1)
+            hidden = (tuple(s.squeeze(1) for s in hidden) if self.spec.n_states == 2
+                      else cast(Tensor, hidden).squeeze(1))
             output = x.squeeze(1)
         else:
             output = x.transpose(0, 1) if self.batch_first else x

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ def _select(mask: Tensor, new: State, old: State) -> State:
     """Per batch row: ``new`` where ``mask`` (B, 1) is true, else ``old`` (a finished sequence keeps its state)."""
     if isinstance(new, tuple):
         return tuple(torch.where(mask, n, o) for n, o in zip(new, old))
-    return torch.where(mask, new, old)
+    return torch.where(mask, new, cast(Tensor, old))
 
 
 def recurrence(
@@ -84,13 +85,14 @@ def step_function(mode: str, weights: Sequence[Tensor | None]) -> Step:
 
     ``weights`` is ``(w_ih, w_hh, b_ih, b_hh)``, plus ``w_hr`` for a projected LSTM; biases may be ``None``.
     """
+    w_ih, w_hh = cast(Tensor, weights[0]), cast(Tensor, weights[1])  # never None; only biases and w_hr may be
     if mode == "LSTM":
-        return partial(RF.lstm_step, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3],
+        return partial(RF.lstm_step, w_ih=w_ih, w_hh=w_hh, b_ih=weights[2], b_hh=weights[3],
                        w_hr=weights[4] if len(weights) > 4 else None)
     if mode == "GRU":
-        return partial(RF.gru_step, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3])
+        return partial(RF.gru_step, w_ih=w_ih, w_hh=w_hh, b_ih=weights[2], b_hh=weights[3])
     if mode in ("RNN_TANH", "RNN_RELU"):
-        return partial(RF.rnn_step, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3],
+        return partial(RF.rnn_step, w_ih=w_ih, w_hh=w_hh, b_ih=weights[2], b_hh=weights[3],
                        nonlinearity="tanh" if mode == "RNN_TANH" else "relu")
     raise ValueError(f"rnnlab: unknown RNN mode {mode!r}; expected 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'")
 
