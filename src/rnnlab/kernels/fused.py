@@ -5,17 +5,18 @@ on GPUs"), done on the CPU:
 
 Forward, one layer and direction (``G`` = 4H LSTM, 3H GRU, H RNN):
 
-1. the input projection of every step at once, one GEMM over all ``T*B`` rows:
-   ``XW = X W_ih^T + b`` ``(T, B, G)``;
+1. the input projection of every step at once, one GEMM over all ``T*B`` rows: ``XW = X W_ih^T`` ``(T, B, G)``
+   (the biases are added in the gate loop, which saves a broadcast copy of the whole buffer);
 2. per step, one recurrent GEMM with the gate blocks concatenated, accumulated into ``XW[t]`` in place
    (``XW[t] += h_{t-1} W_hh^T``), then one fused pointwise loop over the gates (activations, cell update);
 3. the activated gates are kept in the same ``XW`` buffer for the backward (no extra allocation).
 
 Backward (a hand-written :class:`torch.autograd.Function`), per step only the pointwise derivative and
-``dh_{t-1} = dG_t W_hh``; then every weight and input gradient as one GEMM over all ``T*B`` rows:
+``dh_{t-1} = dG_t W_hh`` (and ``db += sum_b dG_t`` while ``dG_t`` is in cache); then every weight and input
+gradient as one GEMM over all ``T*B`` rows:
 
 .. math::
-    dX = dG\, W_{ih}, \quad dW_{ih} = dG^\top X, \quad dW_{hh} = dG^\top H_{prev}, \quad db = \textstyle\sum_{t,b} dG
+    dX = dG\, W_{ih}, \quad dW_{ih} = dG^\top X, \quad dW_{hh} = dG^\top H_{prev}
 
 Steps 2 and the per-step backward run in a compiled C++ loop (``csrc/fused.cpp``, built on first use, see
 :mod:`rnnlab.kernels._extension`): at small sizes the Python dispatch of a step costs more than its maths. With
@@ -75,6 +76,14 @@ def _projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
     return out.view(T, B, -1)
 
 
+def _bias(w: Tensor, *biases: Tensor | None) -> Tensor:
+    """The sum of the given biases (zeros of ``w.size(0)`` if none), contiguous, for the compiled gate loop."""
+    present = [b for b in biases if b is not None]
+    if not present:
+        return w.new_zeros(w.size(0))
+    return (present[0] + present[1] if len(present) == 2 else present[0]).contiguous()
+
+
 def _lengths(lengths: Tensor | None) -> Tensor | None:
     return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64).contiguous()
 
@@ -115,9 +124,10 @@ class _LSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):  # type: ignore[override]
-        xw = _projection(x, w_ih, b_ih, b_hh)  # (T, B, 4H), becomes the activated gates
-        Y, hn, cn, C, M = _ops().lstm_forward(xw, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                                              None if w_hr is None else w_hr.contiguous(), lengths, reverse, True)
+        xw = _projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
+        Y, hn, cn, C, M = _ops().lstm_forward(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                              w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                                              lengths, reverse, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, Y, lengths)
         ctx.reverse = reverse
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -129,12 +139,11 @@ class _LSTM(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, Y, lengths = ctx.saved_tensors
         w_hh_c = w_hh.contiguous()
         w_hr_c = None if w_hr is None else w_hr.contiguous()
-        dG, dh0, dc0, dH = _ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
-                                                c0.contiguous(), w_hh_c, w_hr_c, lengths, ctx.reverse)
+        dG, dh0, dc0, dH, db = _ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
+                                                    c0.contiguous(), w_hh_c, w_hr_c, lengths, ctx.reverse)
         T, B, G = dG.shape
         dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
         dw_hh = _dw_hh(dG, Y, h0, lengths, ctx.reverse) if ctx.needs_input_grad[4] else None
-        db = dG.view(T * B, G).sum(0) if (ctx.needs_input_grad[5] or ctx.needs_input_grad[6]) else None
         dw_hr = None
         if w_hr is not None and ctx.needs_input_grad[7]:
             dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H)
@@ -147,10 +156,9 @@ class _GRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):  # type: ignore[override]
-        xw = _projection(x, w_ih, b_ih)  # (T, B, 3H), becomes r, z, n
-        b = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.size(0))
-        Y, hn, HN = _ops().gru_forward(xw, h0.contiguous(), w_hh.contiguous(), b.contiguous(), lengths, reverse,
-                                       True)
+        xw = _projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
+        Y, hn, HN = _ops().gru_forward(xw, _bias(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
+                                       _bias(w_hh, b_hh), lengths, reverse, True)
         ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths)
         ctx.reverse = reverse
         return Y, hn
@@ -160,14 +168,12 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, dY, dhn):  # type: ignore[override]
         x, h0, w_ih, w_hh, gates, HN, Y, lengths = ctx.saved_tensors
         h0c = h0.contiguous()
-        dGx, dGh, dh0 = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
-                                            w_hh.contiguous(), lengths, ctx.reverse)
-        T, B, G = dGx.shape
+        dGx, dGh, dh0, db_ih, db_hh = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
+                                                          w_hh.contiguous(), lengths, ctx.reverse)
         dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
         dw_hh = _dw_hh(dGh, Y, h0c, lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
-        db_ih = dGx.view(T * B, G).sum(0) if ctx.needs_input_grad[4] else None
-        db_hh = dGh.view(T * B, G).sum(0) if ctx.needs_input_grad[5] else None
-        return dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
+                db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None, None, None)
 
 
 class _RNN(torch.autograd.Function):
@@ -175,8 +181,9 @@ class _RNN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu):  # type: ignore[override]
-        Y = _projection(x, w_ih, b_ih, b_hh)  # (T, B, H), becomes the output in place
-        hn = _ops().rnn_forward(Y, h0.contiguous(), w_hh.contiguous(), relu, lengths, reverse)
+        Y = _projection(x, w_ih)  # (T, B, H), becomes the output in place
+        hn = _ops().rnn_forward(Y, _bias(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu, lengths,
+                                reverse)
         ctx.save_for_backward(x, h0, w_ih, w_hh, Y, lengths)
         ctx.reverse, ctx.relu = reverse, relu
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -186,12 +193,10 @@ class _RNN(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn):  # type: ignore[override]
         x, h0, w_ih, w_hh, Y, lengths = ctx.saved_tensors
-        dG, dh0 = _ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu, lengths,
-                                      ctx.reverse)
-        T, B, G = dG.shape
+        dG, dh0, db = _ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu,
+                                          lengths, ctx.reverse)
         dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 2)
         dw_hh = _dw_hh(dG, Y, h0.contiguous(), lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
-        db = dG.view(T * B, G).sum(0) if (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]) else None
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, None, None, None)
 
@@ -210,25 +215,26 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
             Y, hn, cn = _LSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
             return Y, (hn, cn)
         with torch.no_grad():
-            xw = _projection(x, w_ih, b_ih, b_hh)
-            Y, hn, cn, _, _ = ops.lstm_forward(xw, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                                               None if w_hr is None else w_hr.contiguous(), lengths, reverse, False)
+            xw = _projection(x, w_ih)
+            Y, hn, cn, _, _ = ops.lstm_forward(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                               w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                                               lengths, reverse, False)
         return Y, (hn, cn)
     if mode == "GRU":
         if train:
             return _GRU.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         with torch.no_grad():
-            xw = _projection(x, w_ih, b_ih)
-            b = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.size(0))
-            Y, hn, _ = ops.gru_forward(xw, state.contiguous(), w_hh.contiguous(), b.contiguous(),  # type: ignore[union-attr]
-                                       lengths, reverse, False)
+            xw = _projection(x, w_ih)
+            Y, hn, _ = ops.gru_forward(xw, _bias(w_ih, b_ih), state.contiguous(),  # type: ignore[union-attr]
+                                       w_hh.contiguous(), _bias(w_hh, b_hh), lengths, reverse, False)
         return Y, hn
     relu = mode == "RNN_RELU"
     if train:
         return _RNN.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu)
     with torch.no_grad():
-        Y = _projection(x, w_ih, b_ih, b_hh)
-        hn = ops.rnn_forward(Y, state.contiguous(), w_hh.contiguous(), relu, lengths, reverse)  # type: ignore[union-attr]
+        Y = _projection(x, w_ih)
+        hn = ops.rnn_forward(Y, _bias(w_ih, b_ih, b_hh), state.contiguous(),  # type: ignore[union-attr]
+                             w_hh.contiguous(), relu, lengths, reverse)
     return Y, hn
 
 

@@ -16,6 +16,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -183,6 +184,14 @@ inline int prev_step(const int64_t* len, bool reverse, int T, int t, int b) {
   return (t + 1 < T && is_valid(len, t + 1, b)) ? t + 1 : -1;
 }
 
+// db += the sum of the B rows of dg (B x G). Done per step while dg is still in cache, instead of one more pass
+// over the whole (T, B, G) gradient afterwards. Padding rows of dg are zero.
+template <typename T>
+inline void add_rows(const T* __restrict dg, int B, int G, T* __restrict db) {
+  for (int b = 0; b < B; ++b)
+    for (int k = 0; k < G; ++k) db[k] += dg[static_cast<int64_t>(b) * G + k];
+}
+
 const int64_t* lengths_ptr(const std::optional<Tensor>& lengths) {
   return lengths.has_value() && lengths->defined() ? lengths->data_ptr<int64_t>() : nullptr;
 }
@@ -192,13 +201,14 @@ const int64_t* lengths_ptr(const std::optional<Tensor>& lengths) {
 // One row of the LSTM pointwise step, in place: pre-activations -> i, f, g, o; c -> c'; m = o * tanh(c').
 // __restrict: the gate blocks are disjoint slices of one row, which lets gcc vectorize the loop.
 template <typename T>
-inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict gg, T* __restrict go, T* __restrict c,
-                              T* __restrict m, int H) {
+inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict gg, T* __restrict go,
+                              const T* __restrict bi, const T* __restrict bf, const T* __restrict bg,
+                              const T* __restrict bo, T* __restrict c, T* __restrict m, int H) {
   for (int j = 0; j < H; ++j) {
-    const T i = Act<T>::sigmoid(gi[j]);
-    const T f = Act<T>::sigmoid(gf[j]);
-    const T g = Act<T>::tanh(gg[j]);
-    const T o = Act<T>::sigmoid(go[j]);
+    const T i = Act<T>::sigmoid(gi[j] + bi[j]);
+    const T f = Act<T>::sigmoid(gf[j] + bf[j]);
+    const T g = Act<T>::tanh(gg[j] + bg[j]);
+    const T o = Act<T>::sigmoid(go[j] + bo[j]);
     const T cn = f * c[j] + i * g;
     c[j] = cn;
     m[j] = o * Act<T>::tanh(cn);
@@ -210,7 +220,7 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
 }
 
 template <typename T>
-void lstm_forward_impl(T* xw, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
+void lstm_forward_impl(T* xw, const T* bias, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
                        int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
@@ -229,7 +239,8 @@ void lstm_forward_impl(T* xw, const T* whh, const T* whr, const int64_t* len, bo
         continue;
       }
       T* gb = g + static_cast<int64_t>(b) * G;
-      lstm_cell_forward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, c + static_cast<int64_t>(b) * H, mb, H);
+      lstm_cell_forward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, bias, bias + H, bias + 2 * H, bias + 3 * H,
+                           c + static_cast<int64_t>(b) * H, mb, H);
     }
     T* y = Y + static_cast<int64_t>(t) * B * P;
     if (proj) project(m, T(0), y);                         // h_t = m_t W_hr^T (padding rows of m are 0)
@@ -239,9 +250,10 @@ void lstm_forward_impl(T* xw, const T* whh, const T* whr, const int64_t* len, bo
   }
 }
 
+// xw (T,B,4H) is x W_ih^T; bias (4H,) = b_ih + b_hh is added in the gate loop (no broadcast copy).
 // Returns Y (T,B,P), h_n, c_n and, when train, the cell states C (T,B,H) (padding steps hold the carried state)
 // and, with projections, m = o*tanh(c) (T,B,H). xw (T,B,4H) is overwritten with the activated gates i,f,g,o.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh,
                                                                 const std::optional<Tensor>& w_hr,
                                                                 const std::optional<Tensor>& lengths, bool reverse,
@@ -253,7 +265,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const
   Tensor Cs = at::empty({train ? Tn : 0, B, H}, xw.options());
   Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
-    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                 proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
                                 H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
                                 train ? Cs.data_ptr<scalar_t>() : nullptr,
@@ -284,7 +296,7 @@ inline void lstm_cell_backward(const T* __restrict gi, const T* __restrict gf, c
 template <typename T>
 void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, const T* whh, const T* whr,
                         const int64_t* len, bool reverse, int Tn, int B, int H, int P, T* dh, T* dc, T* dG,
-                        T* dHs) {
+                        T* dHs, T* db) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> dhtot_buf(proj ? 0 : static_cast<size_t>(B) * P), dm_buf(proj ? static_cast<size_t>(B) * H : 0);
@@ -328,12 +340,13 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
                             dgb + 2 * H, dgb + 3 * H, H);
     }
     rec(dgt, T(1), dh);                                    // dL/dh_{t-1} = dG_t W_hh
+    add_rows(dgt, B, G, db);
   }
 }
 
-// Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0 and, with
-// projections, dH (T,B,P) = dL/dh_t for every step (for dW_hr).
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn,
+// Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0, with
+// projections dH (T,B,P) = dL/dh_t for every step (for dW_hr), and db (4H,) = sum of dG over T and B.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn,
                                                          const Tensor& gates, const Tensor& Cs, const Tensor& c0,
                                                          const Tensor& w_hh, const std::optional<Tensor>& w_hr,
                                                          const std::optional<Tensor>& lengths, bool reverse) {
@@ -342,14 +355,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const
   Tensor dh = dhn.clone(), dc = dcn.clone();
   Tensor dG = at::empty_like(gates);
   Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
+  Tensor db = at::zeros({4 * H}, gates.options());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
                                  c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                  proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
                                  H, P, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-                                 proj ? dHs.data_ptr<scalar_t>() : nullptr);
+                                 proj ? dHs.data_ptr<scalar_t>() : nullptr, db.data_ptr<scalar_t>());
   });
-  return {dG, dh, dc, dHs};
+  return {dG, dh, dc, dHs, db};
 }
 
 // ---- GRU ------------------------------------------------------------------------------------------------------
@@ -357,15 +371,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const
 // One row of the GRU pointwise step: pre-activations (input part in g*, recurrent part in hw*) -> r, z, n in
 // place; h -> h' (also written to y); hn = W_hn h + b_hn, which the reset gate multiplies (kept for backward).
 template <typename T>
-inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict gn, const T* __restrict hwr,
+inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict gn, const T* __restrict bir,
+                             const T* __restrict biz, const T* __restrict bin, const T* __restrict hwr,
                              const T* __restrict hwz, const T* __restrict hwn, const T* __restrict br,
                              const T* __restrict bz, const T* __restrict bn, T* __restrict h, T* __restrict y,
                              T* __restrict hn_out, int H) {
   for (int j = 0; j < H; ++j) {
-    const T r = Act<T>::sigmoid(gr[j] + hwr[j] + br[j]);
-    const T z = Act<T>::sigmoid(gz[j] + hwz[j] + bz[j]);
+    const T r = Act<T>::sigmoid(gr[j] + bir[j] + hwr[j] + br[j]);
+    const T z = Act<T>::sigmoid(gz[j] + biz[j] + hwz[j] + bz[j]);
     const T hn = hwn[j] + bn[j];
-    const T n = Act<T>::tanh(gn[j] + r * hn);
+    const T n = Act<T>::tanh(gn[j] + bin[j] + r * hn);
     const T hnew = (T(1) - z) * n + z * h[j];
     h[j] = hnew;
     y[j] = hnew;
@@ -377,7 +392,7 @@ inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict g
 }
 
 template <typename T>
-void gru_forward_impl(T* xw, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
+void gru_forward_impl(T* xw, const T* bih, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
                       T* Y, T* h, T* HN) {
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
@@ -396,21 +411,23 @@ void gru_forward_impl(T* xw, const T* whh, const T* bhh, const int64_t* len, boo
       T* gb = g + static_cast<int64_t>(b) * G;
       const T* hwb = hw.data() + static_cast<int64_t>(b) * G;
       T* hnb = HN ? HN + (static_cast<int64_t>(t) * B + b) * H : hnbuf.data();
-      gru_cell_forward<T>(gb, gb + H, gb + 2 * H, hwb, hwb + H, hwb + 2 * H, bhh, bhh + H, bhh + 2 * H,
+      gru_cell_forward<T>(gb, gb + H, gb + 2 * H, bih, bih + H, bih + 2 * H, hwb, hwb + H, hwb + 2 * H, bhh, bhh + H, bhh + 2 * H,
                           h + static_cast<int64_t>(b) * H, yb, hnb, H);
     }
   }
 }
 
+// xw (T,B,3H) is x W_ih^T; the biases are added in the gate loop.
 // Returns Y (T,B,H), h_n and, when train, HN (T,B,H) = W_hn h_{t-1} + b_hn. xw (T,B,3H) is overwritten with r,z,n.
-std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hh,
+std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, const Tensor& h0, const Tensor& w_hh,
+                                               const Tensor& b_hh,
                                                const std::optional<Tensor>& lengths, bool reverse, bool train) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
   Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
-    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
+    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
                                lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
                                h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
   });
@@ -442,7 +459,8 @@ inline void gru_cell_backward(const T* __restrict gr, const T* __restrict gz, co
 
 template <typename T>
 void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, const T* h0, const T* whh,
-                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dGh) {
+                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dGh, T* dbih,
+                       T* dbhh) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   for (int s = 0; s < Tn; ++s) {
@@ -465,30 +483,34 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
                            dgx, dgx + H, dgx + 2 * H, dgh, dgh + H, dgh + 2 * H, H);
     }
     rec(dght, T(1), dh);                                   // += dG_h W_hh (padding rows: dG = 0, dh carried)
+    add_rows(dgxt, B, G, dbih);
+    add_rows(dght, B, G, dbhh);
   }
 }
 
-// Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dGh (T,B,3H) (of h W_hh^T + b_hh) and dh0.
-std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& gates,
+// Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dGh (T,B,3H) (of h W_hh^T + b_hh), dh0, db_ih, db_hh.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& gates,
                                                 const Tensor& HN, const Tensor& Y, const Tensor& h0,
                                                 const Tensor& w_hh, const std::optional<Tensor>& lengths,
                                                 bool reverse) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
   Tensor dh = dhn.clone();
   Tensor dGx = at::empty_like(gates), dGh = at::empty_like(gates);
+  Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
     gru_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
                                 Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                 lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                dGx.data_ptr<scalar_t>(), dGh.data_ptr<scalar_t>());
+                                dGx.data_ptr<scalar_t>(), dGh.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
+                                dbhh.data_ptr<scalar_t>());
   });
-  return {dGx, dGh, dh};
+  return {dGx, dGh, dh, dbih, dbhh};
 }
 
 // ---- Elman RNN ------------------------------------------------------------------------------------------------
 
 template <typename T>
-void rnn_forward_impl(T* xw, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B, int H, T* h) {
+void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B, int H, T* h) {
   const StepGemm<T> rec(whh, true, B, H, H);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
@@ -502,21 +524,24 @@ void rnn_forward_impl(T* xw, const T* whh, bool relu, const int64_t* len, bool r
       }
       T* hb = h + static_cast<int64_t>(b) * H;
       if (relu) {
-        for (int j = 0; j < H; ++j) hb[j] = yb[j] = yb[j] > T(0) ? yb[j] : T(0);
+        for (int j = 0; j < H; ++j) {
+          const T v = yb[j] + bias[j];
+          hb[j] = yb[j] = v > T(0) ? v : T(0);
+        }
       } else {
-        for (int j = 0; j < H; ++j) hb[j] = yb[j] = Act<T>::tanh(yb[j]);
+        for (int j = 0; j < H; ++j) hb[j] = yb[j] = Act<T>::tanh(yb[j] + bias[j]);
       }
     }
   }
 }
 
-// Returns h_n; xw (T,B,H) becomes the output Y in place.
-Tensor rnn_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
+// xw (T,B,H) is x W_ih^T and becomes the output Y in place; bias (H,) = b_ih + b_hh. Returns h_n.
+Tensor rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
                    bool reverse) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
   Tensor h = h0.clone();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
-    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
+    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
                                reverse, Tn, B, H, h.data_ptr<scalar_t>());
   });
   return h;
@@ -524,7 +549,7 @@ Tensor rnn_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, bool relu, c
 
 template <typename T>
 void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn,
-                       int B, int H, T* dh, T* dG) {
+                       int B, int H, T* dh, T* dG, T* db) {
   const StepGemm<T> rec(whh, false, B, H, H);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
@@ -547,37 +572,39 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
       std::memset(dhb, 0, sizeof(T) * H);
     }
     rec(dgt, T(1), dh);
+    add_rows(dgt, B, H, db);
   }
 }
 
-// Returns dG (T,B,H) (gradient of the pre-activation) and dh0.
-std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y, const Tensor& w_hh,
+// Returns dG (T,B,H) (gradient of the pre-activation), dh0 and db (H,).
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y, const Tensor& w_hh,
                                         bool relu, const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
   Tensor dh = dhn.clone();
   Tensor dG = at::empty_like(Y);
+  Tensor db = at::zeros({H}, Y.options());
   AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
     rnn_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
                                 lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                dG.data_ptr<scalar_t>());
+                                dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
   });
-  return {dG, dh};
+  return {dG, dh, db};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(rnnlab_fused, m) {
-  m.def("lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
+  m.def("lstm_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
         "bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor c0, Tensor w_hh, "
-        "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
+        "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("gru_forward(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
         "bool train) -> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
-        "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
-  m.def("rnn_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) -> Tensor");
+        "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("rnn_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) -> Tensor");
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) "
-        "-> (Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
