@@ -168,7 +168,7 @@ def test_profile_equals_independent_retain_grad(cell, mode, layers):
         assert prof.names == ["rnn.l0", "rnn.l0_reverse"] and prof.reverse == [False, True]
 
 
-def test_record_keeps_outputs_and_restores_backend():
+def test_record_keeps_outputs_and_leaves_no_trace():
     lstm = rnnlab.LSTM(3, 4, num_layers=2)
     x = torch.randn(6, 2, 3)
     before = rnnlab.available_backends()
@@ -178,7 +178,8 @@ def test_record_keeps_outputs_and_restores_backend():
     lstm.backend = None
     with record(lstm) as rec:
         got, _ = lstm(x)
-        assert lstm.backend is not None
+        with torch.no_grad():
+            lstm(x)  # not recorded: nobody differentiates it
     torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the reference loop's maths, exactly
     torch.testing.assert_close(got, default, rtol=1e-5, atol=1e-6)  # and the default backend's result
     assert lstm.backend is None and rnnlab.available_backends() == before
@@ -186,7 +187,51 @@ def test_record_keeps_outputs_and_restores_backend():
     with pytest.raises(ZeroDivisionError):
         with record(lstm):
             1 / 0
-    assert lstm.backend is None and rnnlab.available_backends() == before
+    with record(lstm) as rec2:  # the hook was released by the failed block
+        lstm(x)
+    assert len(rec2.traces) == 2
+
+
+class _Perturb:
+    """Independent total gradient: add a zero tensor delta_t to every new state; dL/d(delta_t) = dL/dh_t."""
+
+    def __init__(self) -> None:
+        self.deltas: list[list[torch.Tensor]] = []
+
+    def wrap(self, module, layer, direction, step, state, steps):
+        deltas = [None] * steps
+        self.deltas.append(deltas)
+        order = iter(range(steps - 1, -1, -1) if direction else range(steps))
+
+        def perturbed(x_t, s):
+            t = next(order)
+            new = step(x_t, s)
+            h = new[0] if isinstance(new, tuple) else new
+            deltas[t] = torch.zeros_like(h, requires_grad=True)
+            return (h + deltas[t], *new[1:]) if isinstance(new, tuple) else h + deltas[t]
+
+        return perturbed, state
+
+
+@pytest.mark.parametrize("variant", ["zoneout_eval", "layer_norm_lstm"])
+def test_profile_of_variant_cells_equals_a_perturbation_gradient(variant):
+    from rnnlab.layers import observe_steps
+
+    torch.manual_seed(2)
+    if variant == "zoneout_eval":
+        layer = rnnlab.LSTM(2, 5, num_layers=2, zoneout=0.3).double().eval()  # eval: the expectation update
+    else:
+        layer = rnnlab.LayerNormLSTM(2, 5, num_layers=2).double()
+    x = torch.randn(9, 3, 2, dtype=torch.float64)
+    loss_fn = lambda: layer(x)[0][-1].pow(2).sum()  # noqa: E731
+    prof = gradient_profile(layer, loss_fn)
+    observer = _Perturb()
+    with observe_steps(observer):
+        loss = loss_fn()
+    flat = [d for deltas in observer.deltas for d in deltas]
+    grads = torch.autograd.grad(loss, flat)
+    expected = torch.tensor([float(g.norm()) for g in grads], dtype=torch.float64).view(2, 9)
+    torch.testing.assert_close(prof.hidden, expected, rtol=1e-9, atol=1e-15)
 
 
 def test_record_errors():

@@ -9,14 +9,14 @@
 
 from .analysis import Diagnosis, analyse
 from .gates import GateStats, gate_stats, gate_values, recording_gate_stats
-from .gradflow import GradientProfile, gradient_profile, half_life, profile_from_recording
+from .gradflow import GradientProfile, gradient_profile, half_life, profile_from_grads, profile_from_recording
 from .jacobian import (JacobianSpectrum, WeightSpectrum, jacobian_spectrum, product_spectrum, recurrent_spectra,
                        step_jacobians, trace_jacobians)
-from .probe import LayerTrace, Recording, record
+from .probe import LayerTrace, Recorder, Recording, record
 
 __all__ = [
-    "record", "Recording", "LayerTrace",
-    "GradientProfile", "gradient_profile", "profile_from_recording", "half_life",
+    "record", "Recorder", "Recording", "LayerTrace",
+    "GradientProfile", "gradient_profile", "profile_from_recording", "profile_from_grads", "half_life",
     "JacobianSpectrum", "WeightSpectrum", "jacobian_spectrum", "product_spectrum", "recurrent_spectra",
     "step_jacobians", "trace_jacobians",
     "GateStats", "gate_stats", "gate_values", "recording_gate_stats",

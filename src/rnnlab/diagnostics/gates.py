@@ -18,6 +18,7 @@ What is measured, and why:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -81,64 +82,85 @@ class GateStats:
                 "series": {k: v.tolist() for k, v in self.series.items()}}
 
 
+def _frac(mask: Tensor) -> float:
+    return int(mask.count_nonzero()) / max(mask.numel(), 1)
+
+
+def _frac_per_step(mask: Tensor) -> Tensor:
+    return mask.count_nonzero(dim=(1, 2)).double() / max(mask[0].numel(), 1)  # (T,)
+
+
 def _sigmoid_stats(out: GateStats, name: str, v: Tensor) -> Tensor:
-    low, high = (v < SIGMOID_LOW).double(), (v > SIGMOID_HIGH).double()
-    out.scalars[f"{name}_mean"] = float(v.double().mean())
-    out.scalars[f"{name}_sat_low"] = float(low.mean())
-    out.scalars[f"{name}_sat_high"] = float(high.mean())
-    out.series[f"{name}_mean"] = v.double().mean(dim=(1, 2))
-    out.histograms[name] = (torch.histc(v.double(), bins=20, min=0, max=1), torch.linspace(0, 1, 21))
-    return low + high  # (T, B, H) saturated indicator
+    # Statistics in the tensor's own dtype: converting (T, B, H) tensors to float64 costs more than the rest.
+    low, high = v < SIGMOID_LOW, v > SIGMOID_HIGH
+    out.scalars[f"{name}_mean"] = float(v.mean())
+    out.scalars[f"{name}_sat_low"] = _frac(low)
+    out.scalars[f"{name}_sat_high"] = _frac(high)
+    out.series[f"{name}_mean"] = v.mean(dim=(1, 2)).double()
+    out.histograms[name] = (torch.histc(v, bins=20, min=0, max=1).double(), torch.linspace(0, 1, 21))
+    return low | high  # (T, B, H) saturated
 
 
 def gate_stats(trace: LayerTrace) -> GateStats:
     """:class:`GateStats` of a recorded layer-direction (no gradients are taken).
+
+    Gates are recomputed from the layer's parameters: cells without torch's weight layout get empty statistics,
+    and under DropConnect in training mode the statistics use the un-dropped ``W_hh``.
 
     Example:
         >>> with record(lstm) as rec:
         ...     lstm(x)
         >>> stats = gate_stats(rec.traces[0]); stats.scalars["f_mean"]
     """
+    if trace.weights is None or trace.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        return GateStats(trace.name, trace.mode)  # a cell without torch's layout: no telemetry (documented)
     weights = tuple(None if w is None else w.detach() for w in trace.weights)
     with torch.no_grad():
-        steps = [gate_values(trace.mode, x.detach(), tuple(s.detach() for s in state_tensors(p)), weights)
-                 for x, p in zip(trace.inputs, trace.prev)]
-    gates = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}  # each (T, B, H)
+        # All steps at once: the gates of step t depend only on (x_t, state_{t-1}), both recorded, so one
+        # (T*B)-row evaluation replaces T small ones.
+        T, B = trace.steps, trace.inputs[0].size(0)
+        x = torch.cat([x_t.detach() for x_t in trace.inputs])  # (T*B, I)
+        prev = tuple(torch.cat([state_tensors(p)[k].detach() for p in trace.prev])
+                     for k in range(len(state_tensors(trace.initial))))  # each (T*B, H)
+        flat = gate_values(trace.mode, x, prev, weights)
+    gates = {k: v.view(T, B, -1) for k, v in flat.items()}  # each (T, B, H)
     out = GateStats(trace.name, trace.mode)
+    sat: Tensor | None = None
+    tanh_sat: Tensor | None = None
     if trace.mode == "LSTM":
-        sat = sum(_sigmoid_stats(out, g, gates[g]) for g in "ifo") / 3
+        sat = torch.cat([_sigmoid_stats(out, g, gates[g]) for g in "ifo"], dim=2)
         tanh_sat = torch.cat([gates["g"], torch.tanh(gates["c"])], dim=2).abs() > TANH_SAT
-        f = gates["f"].double()
+        f = gates["f"]
         # prod_{s<=t} f_s in walking order (dc_t/dc_0 along the additive path), mean over rows and units.
         walk = f.flip(0) if trace.reverse else f
-        cum = torch.cumprod(walk, dim=0).mean(dim=(1, 2))
+        cum = torch.cumprod(walk, dim=0).mean(dim=(1, 2)).double()
         out.series["forget_cumprod"] = cum.flip(0) if trace.reverse else cum
         out.scalars["forget_cumprod_end"] = float(cum[-1])
     elif trace.mode == "GRU":
-        sat = sum(_sigmoid_stats(out, g, gates[g]) for g in "rz") / 2
+        sat = torch.cat([_sigmoid_stats(out, g, gates[g]) for g in "rz"], dim=2)
         tanh_sat = gates["n"].abs() > TANH_SAT
     else:
-        a = gates["a"].double().abs()
-        sat = None
-        out.series["preact_abs_mean"] = a.mean(dim=(1, 2))
-        out.series["preact_abs_p90"] = a.flatten(1).quantile(0.9, dim=1)
+        a = gates["a"].abs()
+        out.series["preact_abs_mean"] = a.mean(dim=(1, 2)).double()
+        flat_a = a.flatten(1)  # (T, B*H)
+        k = max(1, math.ceil(0.9 * flat_a.size(1)))
+        out.series["preact_abs_p90"] = flat_a.kthvalue(k, dim=1).values.double()
         out.scalars["preact_abs_mean"] = float(a.mean())
-        top = float(a.max())
-        out.histograms["preact_abs"] = (torch.histc(a, bins=20, min=0, max=top if top > 0 else 1),
-                                        torch.linspace(0, top if top > 0 else 1, 21))
+        top = float(a.max()) or 1.0
+        out.histograms["preact_abs"] = (torch.histc(a, bins=20, min=0, max=top).double(),
+                                        torch.linspace(0, top, 21))
         if trace.mode == "RNN_TANH":
             tanh_sat = gates["h"].abs() > TANH_SAT
         else:
-            tanh_sat = None
-            dead = (gates["a"] <= 0).double()
-            out.series["relu_dead"] = dead.mean(dim=(1, 2))
-            out.scalars["relu_dead"] = float(dead.mean())
+            dead = gates["a"] <= 0
+            out.series["relu_dead"] = _frac_per_step(dead)
+            out.scalars["relu_dead"] = _frac(dead)
     if sat is not None:
-        out.series["sat_sigmoid"] = sat.double().mean(dim=(1, 2))
-        out.scalars["sigmoid_sat"] = float(sat.double().mean())
+        out.series["sat_sigmoid"] = _frac_per_step(sat)
+        out.scalars["sigmoid_sat"] = _frac(sat)
     if tanh_sat is not None:
-        out.series["sat_tanh"] = tanh_sat.double().mean(dim=(1, 2))
-        out.scalars["tanh_sat"] = float(tanh_sat.double().mean())
+        out.series["sat_tanh"] = _frac_per_step(tanh_sat)
+        out.scalars["tanh_sat"] = _frac(tanh_sat)
     return out
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .probe import LayerTrace, Recording, record, state_tensors
 
-__all__ = ["GradientProfile", "gradient_profile", "profile_from_recording", "half_life"]
+__all__ = ["GradientProfile", "gradient_profile", "profile_from_recording", "profile_from_grads", "half_life"]
 
 
 @dataclass
@@ -135,15 +135,9 @@ def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool =
     Parameters' ``.grad`` are left untouched. A state the loss does not depend on has gradient 0.
 
     Raises:
-        ValueError: the recording is empty or misses a layer, or the loss is not a scalar that requires grad.
+        ValueError: the recording is empty, or the loss is not a scalar that requires grad.
     """
-    if not rec.traces:
-        raise ValueError("rnnlab.diagnostics: the recording holds no layer trace (did the model run inside "
-                         "`with record(model)`?)")
-    missing = rec.missing()
-    if missing:
-        raise ValueError(f"rnnlab.diagnostics: layers {missing} ran no step on the recording loop (zoneout, "
-                         f"recurrent dropout, return_all_states or a custom cell); expected every layer recorded")
+    _check_complete(rec)
     if loss.dim() != 0 or not loss.requires_grad:
         raise ValueError(f"rnnlab.diagnostics: expected a scalar loss that requires grad, got shape "
                          f"{tuple(loss.shape)} with requires_grad={loss.requires_grad}")
@@ -154,14 +148,41 @@ def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool =
             tensors.extend(state_tensors(s))
     wanted = [t for t in tensors if t.requires_grad]
     grads = torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=retain_graph)
-    by_id = {id(t): g for t, g in zip(wanted, grads)}
+    return _profile(rec, {id(t): g for t, g in zip(wanted, grads)}, float(loss.detach()))
+
+
+def _check_complete(rec: Recording) -> None:
+    if not rec.traces:
+        raise ValueError("rnnlab.diagnostics: the recording holds no layer trace (did the model run inside "
+                         "`with record(model)`, with gradients enabled?)")
+
+
+def _profile(rec: Recording, by_id: dict[int, Tensor | None], loss: float) -> GradientProfile:
     hidden, hidden_init = _norm_rows(rec.traces, by_id, 0)
     has_cell = any(tr.mode == "LSTM" for tr in rec.traces)
     cell, cell_init = _norm_rows(rec.traces, by_id, 1) if has_cell else (None, None)
     return GradientProfile(
         names=[tr.name for tr in rec.traces], modes=[tr.mode for tr in rec.traces],
         reverse=[tr.reverse for tr in rec.traces], hidden=hidden, cell=cell, hidden_initial=hidden_init,
-        cell_initial=cell_init, loss=float(loss.detach()))
+        cell_initial=cell_init, loss=loss)
+
+
+def profile_from_grads(rec: Recording, loss: float = math.nan) -> GradientProfile:
+    """The gradient profile from the ``.grad`` of the states of a ``retain_grad=True`` recording, after the
+    caller's own ``backward()`` (a state without ``.grad`` got none: 0). ``loss`` is only stored.
+
+    Raises:
+        ValueError: the recording is empty or was made without ``retain_grad``.
+    """
+    _check_complete(rec)
+    if not rec.retain_grad:
+        raise ValueError("rnnlab.diagnostics: profile_from_grads needs a recording made with retain_grad=True")
+    by_id: dict[int, Tensor | None] = {}
+    for tr in rec.traces:
+        for s in (tr.initial, *tr.states):
+            for t in state_tensors(s):
+                by_id[id(t)] = t.grad
+    return _profile(rec, by_id, loss)
 
 
 def gradient_profile(model: nn.Module, loss_fn: Callable[[], Tensor]) -> GradientProfile:

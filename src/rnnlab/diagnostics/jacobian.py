@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..kernels.reference import State, Step, step_function
+from ..kernels.reference import State, Step
 from .probe import LayerTrace, rnn_layers, state_tensors
 
 __all__ = ["JacobianSpectrum", "WeightSpectrum", "step_jacobians", "trace_jacobians", "product_spectrum",
@@ -92,10 +92,9 @@ def step_jacobians(step: Step, inputs: Sequence[Tensor], prev: Sequence[State], 
 
 
 def trace_jacobians(trace: LayerTrace, rows: int | None = 4) -> Tensor:
-    """:func:`step_jacobians` of a recorded layer-direction, in its walking order, with its own weights."""
-    weights = tuple(None if w is None else w.detach() for w in trace.weights)
+    """:func:`step_jacobians` of a recorded layer-direction, in its walking order, with the step it ran."""
     order = range(trace.steps - 1, -1, -1) if trace.reverse else range(trace.steps)
-    return step_jacobians(step_function(trace.mode, weights), [trace.inputs[t] for t in order],
+    return step_jacobians(trace.step, [trace.inputs[t] for t in order],
                           [trace.prev[t] for t in order], rows)
 
 
@@ -169,8 +168,11 @@ class WeightSpectrum:
                 "top_singular_values": {g: v[:5] for g, v in self.singular_values.items()}}
 
 
-def recurrent_spectra(model: nn.Module) -> list[WeightSpectrum]:
-    """:class:`WeightSpectrum` of every layer-direction of every rnnlab layer in ``model``."""
+def recurrent_spectra(model: nn.Module, *, singular_values: bool = True) -> list[WeightSpectrum]:
+    """:class:`WeightSpectrum` of every layer-direction of every rnnlab layer in ``model``.
+
+    ``singular_values=False`` skips the SVDs (empty lists), for cheap tracking of ``rho`` during training.
+    """
     out = []
     for mname, module in rnn_layers(model):
         if module.mode not in GATE_NAMES:  # a custom cell (rnnlab.cellspec) without torch's weight layout
@@ -187,7 +189,7 @@ def recurrent_spectra(model: nn.Module) -> list[WeightSpectrum]:
                         block = block @ weights[4].detach().double()  # (H, P) @ (P, H)
                     eig = torch.linalg.eigvals(block)
                     ws.spectral_radius[gate] = float(eig.abs().max())
-                    ws.singular_values[gate] = torch.linalg.svdvals(block).tolist()
+                    ws.singular_values[gate] = torch.linalg.svdvals(block).tolist() if singular_values else []
                     ws.eigenvalues[gate] = eig.tolist()
                 out.append(ws)
     return out

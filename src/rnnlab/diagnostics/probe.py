@@ -1,41 +1,30 @@
 """Record every time step of every rnnlab recurrent layer while a model runs, on the reference loop.
 
-Limitation: a layer that runs its own per-step loop instead of a backend (options that change the per-step
-maths: zoneout, recurrent dropout in training, ``return_all_states``; cells without torch's weight layout) is
-not recorded; :meth:`Recording.missing` lists such layers and the gradient profile refuses to be partial.
-
 A fused kernel (or ``torch.nn.LSTM``) hides the per-step states ``h_t``: a hook on its output sees ``dL/dh_t`` only
-through the output itself, never the gradient that flows back through the recurrence. :func:`record` runs every
-``rnnlab.RNN/LSTM/GRU`` inside a model on :func:`rnnlab.kernels.reference.recurrence` with the layer's own
-weights (``layer.layer_weights(layer, direction)``), and wraps the one-step function so that it keeps, for every
-step, the input ``x_t``, the state before and the state after. Those kept tensors are nodes of the model's own
-autograd graph, so ``torch.autograd.grad(loss, trace.states)`` is the *total* ``dL/dh_t`` (direct path plus all
-later steps), and nothing else about the forward pass changes (same maths, same outputs).
+through the output itself, never the gradient that flows back through the recurrence. :func:`record` uses the
+layers' hook :func:`rnnlab.layers.observe_steps`: inside the block every rnnlab layer runs on
+:func:`rnnlab.kernels.reference.recurrence` with its own weights and its own step function (variants such as
+zoneout included), and the probe wraps that step so that it keeps, for every step, the input ``x_t``, the state
+before and the state after. Those kept tensors are nodes of the model's own autograd graph, so
+``torch.autograd.grad(loss, trace.states)`` is the *total* ``dL/dh_t`` (direct path plus all later steps), and
+nothing else about the forward pass changes (same maths, same outputs). Outside the block the hook costs nothing.
 
-How it reaches the layers without changing them: for the duration of the ``with`` block a backend named
-:data:`PROBE_BACKEND` is registered in :mod:`rnnlab.kernels` and each layer's ``backend`` attribute points at it;
-both are restored on exit, so the probe costs nothing when unused and never shows in ``available_backends()``
-outside the block.
+Forward passes run with gradients disabled (evaluation, ``torch.no_grad``) are not recorded.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
-from ..kernels.reference import State, recurrence, step_function
-from ..layers import RNNBase
+from ..kernels.reference import State, Step
+from ..layers import RNNBase, observe_steps
 
-__all__ = ["PROBE_BACKEND", "LayerTrace", "Recording", "record", "rnn_layers", "state_tensors"]
-
-PROBE_BACKEND = "_diagnostics_probe"
-_active = threading.local()
+__all__ = ["LayerTrace", "Recording", "Recorder", "record", "rnn_layers", "state_tensors"]
 
 
 def state_tensors(state: State) -> tuple[Tensor, ...]:
@@ -49,9 +38,11 @@ class LayerTrace:
 
     Attributes:
         name: ``"<module>.l<layer>[_reverse]"`` (``"l0"`` when the model is the layer itself).
-        mode: torch's cell name (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``).
+        mode: torch's cell name (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``), or the cell's own name for
+            cells without torch's weight layout.
         layer, direction: position in the stack (direction 1 is the reversed half of a bidirectional layer).
-        weights: ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``, the layer's own parameters.
+        weights: ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``, the layer's own parameters; ``None`` for other cells.
+        step: the step function the layer ran (what Jacobians differentiate).
         initial: the state before the first step walked (step 0, or step T-1 in reverse). It is a tensor of the
             graph that requires grad, so ``dL/d(initial)`` is the gradient that reaches the start of the sequence.
         inputs: ``x_t`` ``(B, I)`` for t = 0..T-1. states: the state after step t. prev: the state before step t.
@@ -61,7 +52,8 @@ class LayerTrace:
     mode: str
     layer: int
     direction: int
-    weights: tuple[Tensor | None, ...]
+    weights: tuple[Tensor | None, ...] | None
+    step: Step
     initial: State
     inputs: list[Tensor] = field(default_factory=list)
     states: list[State] = field(default_factory=list)
@@ -78,17 +70,10 @@ class LayerTrace:
 
 @dataclass
 class Recording:
-    """The traces of one ``with record(model)`` block, in the order the layers ran."""
+    """The traces of one recording, in the order the layers ran."""
 
     traces: list[LayerTrace] = field(default_factory=list)
-    # id(w_ih) -> (name, layer, direction); w_ih, not w_hh, because weight dropout replaces w_hh per forward
-    names: dict[int, tuple[str, int, int]] = field(default_factory=dict)
-    unsupported: list[str] = field(default_factory=list)  # layers whose cell has no torch weight layout
-
-    def missing(self) -> list[str]:
-        """Layer-directions of the model that ran no step on the recording loop (see :func:`record`)."""
-        seen = {tr.name for tr in self.traces}
-        return [name for name, _, _ in self.names.values() if name not in seen] + self.unsupported
+    retain_grad: bool = False  # retain_grad() was called on every recorded state
 
 
 def rnn_layers(model: nn.Module) -> list[tuple[str, RNNBase]]:
@@ -96,62 +81,102 @@ def rnn_layers(model: nn.Module) -> list[tuple[str, RNNBase]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, RNNBase)]
 
 
-def _probe_run_layer(mode: str, x: Tensor, state: State, weights: Sequence[Tensor | None], *,
-                     reverse: bool = False, lengths: Tensor | None = None) -> tuple[Tensor, State]:
-    """The reference ``run_layer``, with a step function that keeps what it sees in the active recording."""
-    rec: Recording | None = getattr(_active, "recording", None)
-    if rec is None or id(weights[0]) not in rec.names:
-        return recurrence(step_function(mode, weights), x, state, reverse=reverse, lengths=lengths)
-    name, layer, direction = rec.names[id(weights[0])]
-    # A fresh leaf for an initial state that needs no grad (the zeros a layer makes), so that dL/dh_0 exists;
-    # a state that already needs grad (passed in by the caller) is used as it is, keeping its graph.
-    state = tuple(s if s.requires_grad else s.detach().clone().requires_grad_(torch.is_grad_enabled())
-                  for s in state_tensors(state))
-    state = state if mode == "LSTM" else state[0]
-    trace = LayerTrace(name, mode, layer, direction, tuple(weights), state)
-    T = x.size(0)
-    trace.inputs = [None] * T  # type: ignore[list-item]
-    trace.states = [None] * T  # type: ignore[list-item]
-    trace.prev = [None] * T  # type: ignore[list-item]
-    order = iter(range(T - 1, -1, -1) if reverse else range(T))
-    step = step_function(mode, weights)
+class Recorder:
+    """Start and stop recording explicitly (what :func:`record` does around a ``with`` block).
 
-    def recording_step(x_t: Tensor, s: State) -> State:
-        t = next(order)  # recurrence calls the step once per t, in walking order
-        new = step(x_t, s)
-        trace.inputs[t], trace.prev[t], trace.states[t] = x_t, s, new
-        return new
+    Useful when the forward and backward happen in code you do not control, e.g. inside a trainer's step:
+    ``start()`` before, ``stop()`` after. With ``retain_grad=True`` every recorded state keeps its ``.grad`` after
+    an ordinary ``loss.backward()``, so :func:`rnnlab.diagnostics.gradflow.profile_from_grads` reads the profile
+    from that same backward pass, at no extra forward or backward.
 
-    rec.traces.append(trace)
-    return recurrence(recording_step, x, state, reverse=reverse, lengths=lengths)
+    Raises:
+        ValueError: ``model`` contains no rnnlab recurrent layer.
+        RuntimeError (from ``start``): another recording (or step observer) is active.
+    """
+
+    def __init__(self, model: nn.Module, *, retain_grad: bool = False) -> None:
+        layers = rnn_layers(model)
+        if not layers:
+            raise ValueError(f"rnnlab.diagnostics: expected a model containing rnnlab.RNN/LSTM/GRU layers, got "
+                             f"{type(model).__name__} with none (torch.nn recurrent layers hide their per-step "
+                             f"states)")
+        self.names = {id(module): name for name, module in layers}
+        self.rec = Recording(retain_grad=retain_grad)
+        self._block: AbstractContextManager | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._block is not None
+
+    def start(self) -> Recording:
+        block = observe_steps(self)
+        try:
+            block.__enter__()
+        except RuntimeError as err:
+            raise RuntimeError(f"rnnlab.diagnostics: record() blocks cannot be nested ({err})") from None
+        self._block = block
+        return self.rec
+
+    def stop(self) -> Recording:
+        if self._block is not None:
+            block, self._block = self._block, None
+            block.__exit__(None, None, None)
+        return self.rec
+
+    # the StepObserver protocol of rnnlab.layers.observe_steps
+    def wrap(self, module: RNNBase, layer: int, direction: int, step: Step, state: State,
+             steps: int) -> tuple[Step, State]:
+        if id(module) not in self.names or not torch.is_grad_enabled():
+            return step, state  # another model's layer, or a forward nobody will differentiate
+        mname = self.names[id(module)]
+        label = f"l{layer}" + ("_reverse" if direction else "")
+        try:
+            weights: tuple[Tensor | None, ...] | None = tuple(module.layer_weights(layer, direction))
+        except TypeError:  # a cell without torch's weight layout (e.g. LayerNormLSTM): no gate telemetry
+            weights = None
+        # A fresh leaf for an initial state that needs no grad (the zeros a layer makes), so that dL/dh_0 exists;
+        # a state that already needs grad (passed in by the caller) is used as it is, keeping its graph.
+        parts = tuple(s if s.requires_grad else s.detach().clone().requires_grad_() for s in state_tensors(state))
+        if self.rec.retain_grad:
+            for s in parts:
+                if not s.is_leaf:
+                    s.retain_grad()
+        state = parts if isinstance(state, tuple) else parts[0]
+        trace = LayerTrace(f"{mname}.{label}" if mname else label, module.mode, layer, direction, weights, step,
+                           state, [None] * steps, [None] * steps, [None] * steps)  # type: ignore[list-item]
+        self.rec.traces.append(trace)
+        return self._recording_step(trace, step, steps), state
+
+    def _recording_step(self, trace: LayerTrace, step: Step, steps: int) -> Callable[[Tensor, State], State]:
+        order = iter(range(steps - 1, -1, -1) if trace.reverse else range(steps))
+        retain = self.rec.retain_grad
+
+        def recording_step(x_t: Tensor, s: State) -> State:
+            t = next(order)  # recurrence calls the step once per t, in walking order
+            new = step(x_t, s)
+            if retain:
+                for tensor in state_tensors(new):
+                    tensor.retain_grad()
+            trace.inputs[t], trace.prev[t], trace.states[t] = x_t, s, new
+            return new
+
+        return recording_step
 
 
 @contextmanager
-def _temporary_backend() -> Iterator[None]:
-    # rnnlab.kernels has no unregister; remove our entry by hand so that the probe never outlives the block
-    # (tests that parametrize over available_backends() must not pick it up).
-    kernels.register_backend(PROBE_BACKEND, _probe_run_layer)
-    try:
-        yield
-    finally:
-        kernels._BACKENDS.pop(PROBE_BACKEND, None)
-        if PROBE_BACKEND in kernels.DEFAULT_ORDER:
-            kernels.DEFAULT_ORDER.remove(PROBE_BACKEND)
-
-
-@contextmanager
-def record(model: nn.Module) -> Iterator[Recording]:
+def record(model: nn.Module, *, retain_grad: bool = False) -> Iterator[Recording]:
     """Run every rnnlab recurrent layer of ``model`` on the recording reference loop inside the block.
 
     Args:
-        model: an ``rnnlab.RNN/LSTM/GRU`` or any module containing them.
+        model: an ``rnnlab.RNN/LSTM/GRU`` (or any rnnlab recurrent layer) or a module containing them.
+        retain_grad: keep ``.grad`` on every recorded state after a ``backward()`` (see :class:`Recorder`).
 
     Yields:
         A :class:`Recording` whose ``traces`` fill up as the model runs.
 
     Raises:
         ValueError: ``model`` contains no rnnlab recurrent layer (``torch.nn.LSTM`` cannot be instrumented).
-        RuntimeError: a recording is already active in this thread.
+        RuntimeError: a recording is already active.
 
     Example:
         >>> lstm = rnnlab.LSTM(3, 8)
@@ -159,30 +184,9 @@ def record(model: nn.Module) -> Iterator[Recording]:
         ...     out, _ = lstm(torch.randn(5, 2, 3))
         >>> grads = torch.autograd.grad(out[-1].sum(), [s[0] for s in rec.traces[0].states])
     """
-    layers = rnn_layers(model)
-    if not layers:
-        raise ValueError(f"rnnlab.diagnostics: expected a model containing rnnlab.RNN/LSTM/GRU layers, got "
-                         f"{type(model).__name__} with none (torch.nn recurrent layers hide their per-step states)")
-    if getattr(_active, "recording", None) is not None:
-        raise RuntimeError("rnnlab.diagnostics: record() blocks cannot be nested")
-    rec = Recording()
-    for mname, module in layers:
-        for layer in range(module.num_layers):
-            for direction in range(module.num_directions):
-                label = f"l{layer}" + ("_reverse" if direction else "")
-                label = f"{mname}.{label}" if mname else label
-                try:
-                    rec.names[id(module.layer_weights(layer, direction)[0])] = (label, layer, direction)
-                except TypeError:  # a cell without torch's weight layout has no kernel to stand in for
-                    rec.unsupported.append(label)
-    saved = [(module, module.backend) for _, module in layers]
-    with _temporary_backend():
-        for module, _ in saved:
-            module.backend = PROBE_BACKEND
-        _active.recording = rec
-        try:
-            yield rec
-        finally:
-            _active.recording = None
-            for module, backend in saved:
-                module.backend = backend
+    recorder = Recorder(model, retain_grad=retain_grad)
+    rec = recorder.start()
+    try:
+        yield rec
+    finally:
+        recorder.stop()

@@ -1,0 +1,129 @@
+"""GradientTracker inside the real Trainer: its numbers agree with the trainer's and with an independent profile."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rnnlab.data import build_task
+from rnnlab.diagnostics import gradient_profile
+from rnnlab.diagnostics.tracking import GradientTracker, layer_grad_norms
+from rnnlab.models import build_model
+from rnnlab.train.config import load_config
+from rnnlab.train.trainer import Callback, Trainer
+
+
+class _Metrics(Callback):
+    def __init__(self) -> None:
+        self.rows: dict[int, dict] = {}
+
+    def on_step_end(self, trainer, step, metrics):
+        self.rows[step] = dict(metrics)
+
+
+def _setup(clip_norm: float, cell: str = "gru"):
+    cfg = load_config(None, {"task.name": "adding", "task.seq_len": 12, "task.num_samples": 64,
+                             "task.batch_size": 16, "model.cell": cell, "model.hidden_size": 8,
+                             "model.num_layers": 2, "optim.clip_norm": clip_norm, "train.max_steps": 4,
+                             "train.eval_every": 0, "run.progress": False})
+    task = build_task(cfg.task, 0)
+    torch.manual_seed(0)
+    return cfg, task, build_model(cfg.model, task)
+
+
+def test_tracker_norms_agree_with_the_trainer_and_clipping(tmp_path):
+    cfg, task, model = _setup(clip_norm=1e-3)  # tiny: every step is clipped
+    seen, tracker = _Metrics(), GradientTracker(every=2)
+    Trainer(model, task, cfg, callbacks=[seen, tracker], run_dir=tmp_path).fit()
+    assert [h["step"] for h in tracker.history] == [0, 2, 4]
+    for rec in tracker.history[1:]:
+        m = seen.rows[rec["step"]]
+        assert rec["clipped"] and rec["grad_norm_pre"] == m["grad_norm"]
+        assert abs(rec["grad_norm_post"] - 1e-3) < 1e-6  # clip_grad_norm_ semantics: scaled to max_norm
+        pre = rec["layer_grad_norm_pre"]
+        assert set(pre) == {"rnn.l0", "rnn.l1", "head"}
+        # per-layer pre-clip norms put back together give the trainer's pre-clip global norm
+        assert abs(math.sqrt(sum(v * v for v in pre.values())) - m["grad_norm"]) < 1e-4 * m["grad_norm"]
+    lines = (tmp_path / "diagnostics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 2, 4]
+
+
+def test_tracker_step0_profile_equals_an_independent_profile():
+    cfg, task, model = _setup(clip_norm=1.0, cell="lstm")
+    probe = next(iter(task.val_batches()))
+    expected = gradient_profile(model, lambda: task.loss(model(probe.x, None)[0][-1], probe.y))
+    tracker = GradientTracker(every=10)
+    Trainer(model, task, cfg, callbacks=[tracker]).fit()
+    got = tracker.profiles[0]
+    torch.testing.assert_close(got.hidden, expected.hidden, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.cell, expected.cell, rtol=1e-6, atol=0)
+    assert sorted(tracker.profiles) == [0, 4]  # at_end adds the final weights
+    assert not torch.equal(tracker.profiles[4].hidden, got.hidden)  # training changed the weights
+
+
+def test_layer_grad_norms_groups_by_layer_and_direction():
+    import rnnlab
+
+    lstm = rnnlab.LSTM(2, 3, num_layers=2, bidirectional=True)
+    lstm(torch.randn(4, 2, 2))[0].sum().backward()
+    norms = layer_grad_norms(lstm)
+    assert set(norms) == {"l0", "l0_reverse", "l1", "l1_reverse"}
+    expected = math.sqrt(sum(float(p.grad.pow(2).sum()) for n, p in lstm.named_parameters() if n.endswith("l1")))
+    assert abs(norms["l1"] - expected) < 1e-6
+
+
+def test_tracker_rejects_bad_interval():
+    with pytest.raises(ValueError, match="GradientTracker: every must be an int >= 1, got 0"):
+        GradientTracker(every=0)
+
+
+class _Snapshot(Callback):
+    """Weights before each step (state_dict copies), keyed by the number of steps done."""
+
+    def __init__(self) -> None:
+        self.before: dict[int, dict] = {}
+
+    def on_fit_start(self, trainer):
+        self.before[0] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def on_step_end(self, trainer, step, metrics):
+        self.before[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_step_source_profile_is_the_training_steps_own_gradient():
+    import rnnlab
+
+    cfg, task, model = _setup(clip_norm=1.0, cell="lstm")
+    snap, tracker = _Snapshot(), GradientTracker(every=2, source="step")
+    Trainer(model, task, cfg, callbacks=[snap, tracker]).fit()
+    assert [h["profile_source"] for h in tracker.history] == ["probe", "step", "step"]
+    assert "_diagnostics_probe" not in rnnlab.available_backends() and model.rnn.backend is None
+    for step in (2, 4):
+        # independent: the weights before that step, its training batch, a fresh recording
+        _, _, fresh = _setup(clip_norm=1.0, cell="lstm")
+        fresh.load_state_dict(snap.before[step - 1])
+        batch = task.train_batch(step - 1)
+        expected = gradient_profile(fresh, lambda: task.loss(fresh(batch.x, None)[0][-1], batch.y))
+        torch.testing.assert_close(tracker.profiles[step].hidden, expected.hidden, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(tracker.profiles[step].cell, expected.cell, rtol=1e-5, atol=1e-9)
+        assert abs(tracker.profiles[step].loss - expected.loss) < 1e-5
+
+
+def test_profile_from_grads_needs_retain_grad():
+    import rnnlab
+    from rnnlab.diagnostics import profile_from_grads, record
+
+    gru = rnnlab.GRU(2, 3)
+    x = torch.randn(5, 2, 2)
+    with record(gru) as rec:
+        gru(x)[0][-1].sum().backward()
+    with pytest.raises(ValueError, match="profile_from_grads needs a recording made with retain_grad=True"):
+        profile_from_grads(rec)
+    with record(gru, retain_grad=True) as rec:
+        loss = gru(x)[0][-1].sum()
+    loss.backward()
+    expected = gradient_profile(gru, lambda: gru(x)[0][-1].sum())
+    torch.testing.assert_close(profile_from_grads(rec).hidden, expected.hidden, rtol=1e-6, atol=0)
