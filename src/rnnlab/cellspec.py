@@ -44,7 +44,8 @@ __all__ = ["CellSpec", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPE
            "LAYER_NORM_LSTM_SPEC", "LAYER_NORM_GRU_SPEC", "PEEPHOLE_LSTM_SPEC"]
 
 Params = Mapping[str, Tensor]
-ParamShapes = Callable[[int, int, bool, int], dict[str, tuple[int, ...]]]
+# ``(input_size, hidden_size, bias, proj_size=0) -> {name: shape}`` (Callable cannot spell the default).
+ParamShapes = Callable[..., dict[str, tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ class CellSpec:
 
     name: str
     params: ParamShapes
-    step: Callable[[Tensor, State, Params, Tensor | None], State]
-    gates: Callable[[Tensor, State, Params, Tensor | None], dict[str, Tensor]] | None = None
+    # ``(x, state, params, h_mask)``; typed loosely because a one-state cell's step takes a Tensor, not the union.
+    step: Callable[..., State]
+    gates: Callable[..., dict[str, Tensor]] | None = None
     state_names: tuple[str, ...] = ("h",)
     mode: str | None = None
     forget_gate: tuple[str, int, int] | None = None
@@ -100,7 +102,7 @@ def _torch_params(chunks: int, proj: bool = False) -> ParamShapes:
 
     def params(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> dict[str, tuple[int, ...]]:
         gate_size, h_out = chunks * hidden_size, (proj_size or hidden_size)
-        shapes = {"weight_ih": (gate_size, input_size), "weight_hh": (gate_size, h_out)}
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (gate_size, input_size), "weight_hh": (gate_size, h_out)}
         if bias:
             shapes |= {"bias_ih": (gate_size,), "bias_hh": (gate_size,)}
         if proj and proj_size > 0:
@@ -138,7 +140,7 @@ def _gru_gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dict[s
     return {"r": r, "z": z, "n": n}
 
 
-def _rnn(nonlinearity: str):
+def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[str, Tensor]]]:
     def step(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> Tensor:
         return RF.rnn_step(x, masked(h, h_mask), p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
                            p.get("bias_hh"), nonlinearity)
@@ -168,7 +170,7 @@ def _ln(v: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def _ln_lstm_params(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> dict:
     H = hidden_size
-    shapes = {"weight_ih": (4 * H, input_size), "weight_hh": (4 * H, H)}
+    shapes: dict[str, tuple[int, ...]] = {"weight_ih": (4 * H, input_size), "weight_hh": (4 * H, H)}
     if bias:
         shapes["bias"] = (4 * H,)
     return shapes | {"ln_ih_weight": (4 * H,), "ln_hh_weight": (4 * H,), "ln_c_weight": (H,), "ln_c_bias": (H,)}

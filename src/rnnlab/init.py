@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -49,10 +50,12 @@ def _groups(module: nn.Module) -> list[tuple[str, str, tuple[Tensor | None, ...]
         return [(f"{type(module).__name__} l{layer}{'_reverse' if d else ''}", module.mode,
                  tuple(module.layer_weights(layer, d))[:4])
                 for layer in range(module.num_layers) for d in range(module.num_directions)]
-    mode = {LSTMCell: "LSTM", GRUCell: "GRU"}.get(type(module))
+    modes: dict[type[nn.Module], str] = {LSTMCell: "LSTM", GRUCell: "GRU"}
+    mode = modes.get(type(module))
     if mode is None and isinstance(module, RNNCell):
         mode = "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
-    return [(type(module).__name__, mode, (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))]
+    weights = cast(tuple[Tensor | None, ...], (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))
+    return [(type(module).__name__, cast(str, mode), weights)]
 
 
 def _set_gate_bias(label: str, mode: str, b_ih: Tensor | None, b_hh: Tensor | None, gate: int,
@@ -67,6 +70,7 @@ def _set_gate_bias(label: str, mode: str, b_ih: Tensor | None, b_hh: Tensor | No
 def _apply_one(label: str, mode: str, weights: tuple[Tensor | None, ...], name: str, t_max: float,
                generator: torch.Generator | None) -> None:
     w_ih, w_hh, b_ih, b_hh = weights
+    w_hh = cast(Tensor, w_hh)  # weights are never None (only biases may be)
     H = w_hh.size(0) // _GATES[mode]
     gated = mode in ("LSTM", "GRU")
     if name == "orthogonal":
