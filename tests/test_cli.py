@@ -1,0 +1,90 @@
+"""Smoke tests of the CLI: every subcommand on a tiny budget, --help everywhere, one-line errors with exit 2."""
+
+import json
+
+import pytest
+
+from rnnlab.cli import main
+
+TINY = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--max-steps", "5", "--eval-every", "0",
+        "--final-eval-batches", "2", "--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 40)
+    return path
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "forecast"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: rnnlab " + command in out
+    if command == "train":
+        assert "--hidden-size" in out and "--bptt-horizon" in out and "--resume" in out
+
+
+def test_train_eval_generate_on_text(tmp_path, text_file, capsys):
+    rc = main(["train", "--task", "text", "--path", str(text_file), "--out-dir", str(tmp_path), "--name", "t",
+               "--sample-length", "30", "--embed-size", "8", *TINY])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "done: 5 steps" in out and "nats/char" in out and "--- sample" in out
+    run = tmp_path / "t"
+    for name in ("config.json", "task.json", "train.csv", "val.csv", "metrics.jsonl", "checkpoint.json",
+                 "checkpoint.safetensors", "loss.png", "sample.txt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["model"]["hidden_size"] == 16
+    assert main(["eval", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["step"] == 5 and metrics["val_loss"] > 0
+    assert main(["generate", str(run), "--prime", "Thou", "--length", "40", "--top-k", "5", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("Thou") and len(first.rstrip("\n")) >= 44
+    main(["generate", str(run), "--prime", "Thou", "--length", "40", "--top-k", "5", "--seed", "1"])
+    assert capsys.readouterr().out == first  # the seed fixes the sample
+    # resume: continue the finished run for 2 more steps
+    assert main(["train", "--resume", str(run), "--max-steps", "7", "--no-progress"]) == 0
+    assert "done: 7 steps" in capsys.readouterr().out
+
+
+def test_train_and_forecast_csv(tmp_path, capsys):
+    data = tmp_path / "s.csv"
+    data.write_text("t,a,b\n" + "".join(f"{i},{(i % 12) / 3},{i % 5}\n" for i in range(120)))
+    rc = main(["train", "--task", "csv", "--path", str(data), "--columns", "a", "b", "--target", "a",
+               "--horizon", "3", "--out-dir", str(tmp_path), "--name", "f", *TINY])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["forecast", str(tmp_path / "f")]) == 0
+    assert "next 3 steps" in capsys.readouterr().out
+    rows = (tmp_path / "f" / "forecast.csv").read_text().splitlines()
+    assert rows[0] == "index,a_actual,a_predicted" and len(rows) == 1 + 120 + 3
+    assert (tmp_path / "f" / "forecast.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "nope"], "unknown task 'nope'"),
+    (["train", "--task", "text"], "text task: give the text file with --path FILE"),
+    (["train", "--config", "missing.toml"], "config: file not found: missing.toml"),
+    (["eval", "no/such/run"], "checkpoint: expected checkpoint.json"),
+    (["generate", "no/such/run"], "has no task.json"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--no-progress"] if argv[0] == "train" else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_generate_refuses_a_non_text_run(tmp_path, capsys):
+    assert main(["train", "--task", "sine", "--num-samples", "16", "--out-dir", str(tmp_path), "--name", "s",
+                 *TINY]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "s")]) == 2
+    assert "not a character model" in capsys.readouterr().err
+    assert main(["forecast", str(tmp_path / "s")]) == 2
+    assert "not a forecasting task" in capsys.readouterr().err
