@@ -18,6 +18,9 @@ gradient as one GEMM over all ``T*B`` rows:
 .. math::
     dX = dG\, W_{ih}, \quad dW_{ih} = dG^\top X, \quad dW_{hh} = dG^\top H_{prev}
 
+Inference (no gradient needed) saves nothing and projects the input a few steps at a time into one small
+cache-resident buffer instead of a whole ``(T, B, G)`` one.
+
 Steps 2 and the per-step backward run in a compiled C++ loop (``csrc/fused.cpp``, built on first use, see
 :mod:`rnnlab.kernels._extension`): at small sizes the Python dispatch of a step costs more than its maths. With
 no compiler (or on a GPU, or a dtype other than float32/float64) the same recipe runs as a pure-PyTorch loop:
@@ -215,18 +218,16 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
             Y, hn, cn = _LSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
             return Y, (hn, cn)
         with torch.no_grad():
-            xw = _projection(x, w_ih)
-            Y, hn, cn, _, _ = ops.lstm_forward(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
-                                               w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
-                                               lengths, reverse, False)
+            Y, hn, cn = ops.lstm_infer(x.contiguous(), w_ih.contiguous(), _bias(w_ih, b_ih, b_hh), h0.contiguous(),
+                                       c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                                       lengths, reverse)
         return Y, (hn, cn)
     if mode == "GRU":
         if train:
             return _GRU.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         with torch.no_grad():
-            xw = _projection(x, w_ih)
-            Y, hn, _ = ops.gru_forward(xw, _bias(w_ih, b_ih), state.contiguous(),  # type: ignore[union-attr]
-                                       w_hh.contiguous(), _bias(w_hh, b_hh), lengths, reverse, False)
+            Y, hn = ops.gru_infer(x.contiguous(), w_ih.contiguous(), _bias(w_ih, b_ih),  # type: ignore[union-attr]
+                                  state.contiguous(), w_hh.contiguous(), _bias(w_hh, b_hh), lengths, reverse)
         return Y, hn
     relu = mode == "RNN_RELU"
     if train:

@@ -21,6 +21,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -196,6 +197,37 @@ const int64_t* lengths_ptr(const std::optional<Tensor>& lengths) {
   return lengths.has_value() && lengths->defined() ? lengths->data_ptr<int64_t>() : nullptr;
 }
 
+// ---- inference: the input projection in cache-sized chunks --------------------------------------------------
+
+// Training must keep every step's gates, so it projects all T steps at once. Inference needs them only until
+// the step has run: projecting L steps at a time into one small reused buffer (about 1 MB) keeps it in cache
+// and avoids allocating (and page-faulting) a (T, B, G) buffer. oneDNN's inference primitive does the same.
+template <typename T>
+class InputChunks {
+ public:
+  InputChunks(const T* x, const T* wih, bool reverse, int Tn, int B, int I, int G)
+      : x_(x), wih_(wih), reverse_(reverse), Tn_(Tn), B_(B), I_(I), G_(G),
+        L_(std::max(1, std::min(Tn, (1 << 18) / std::max(1, B * G)))), buf_(static_cast<size_t>(L_) * B * G) {}
+
+  // The (B, G) projection x_t W_ih^T of step t, the s-th processed step.
+  T* gates(int s, int t) {
+    if (s % L_ == 0) {
+      const int n = std::min(L_, Tn_ - s);
+      base_ = reverse_ ? Tn_ - s - n : s;
+      mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
+    }
+    return buf_.data() + static_cast<int64_t>(t - base_) * B_ * G_;
+  }
+
+ private:
+  const T* x_;
+  const T* wih_;
+  bool reverse_;
+  int Tn_, B_, I_, G_, L_;
+  int base_ = 0;
+  std::vector<T> buf_;
+};
+
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // One row of the LSTM pointwise step, in place: pre-activations -> i, f, g, o; c -> c'; m = o * tanh(c').
@@ -220,7 +252,7 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
 }
 
 template <typename T>
-void lstm_forward_impl(T* xw, const T* bias, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
+void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
                        int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
@@ -229,7 +261,8 @@ void lstm_forward_impl(T* xw, const T* bias, const T* whh, const T* whr, const i
   const StepGemm<T> project(whr, true, B, P, proj ? H : 1);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
-    T* g = xw + static_cast<int64_t>(t) * B * G;           // (B, 4H): x_t W_ih^T + b, then the activated gates
+    // (B, 4H): x_t W_ih^T, then the activated gates
+    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
     rec(h, T(1), g);                                       // += h_{t-1} W_hh^T
     T* m = proj ? (Ms ? Ms + static_cast<int64_t>(t) * B * H : mbuf.data()) : Y + static_cast<int64_t>(t) * B * P;
     for (int b = 0; b < B; ++b) {
@@ -265,13 +298,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const
   Tensor Cs = at::empty({train ? Tn : 0, B, H}, xw.options());
   Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
-    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                 proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
                                 H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
                                 train ? Cs.data_ptr<scalar_t>() : nullptr,
                                 train && proj ? Ms.data_ptr<scalar_t>() : nullptr);
   });
   return {Y, h, c, Cs, Ms};
+}
+
+// Inference: x (T,B,I) and W_ih instead of a precomputed projection; returns Y, h_n, c_n and saves nothing.
+std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias,
+                                              const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                              const std::optional<Tensor>& w_hr,
+                                              const std::optional<Tensor>& lengths, bool reverse) {
+  const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4, P = h0.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  Tensor Y = at::empty({Tn, B, P}, x.options());
+  Tensor h = h0.clone(), c = c0.clone();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab lstm_infer", [&] {
+    InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(), reverse, Tn, B, I, 4 * H);
+    lstm_forward_impl<scalar_t>(nullptr, &chunks, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
+                                H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+                                nullptr, nullptr);
+  });
+  return {Y, h, c};
 }
 
 // One row of the LSTM pointwise derivative: from dL/dm_t and dL/dc_t (carried in dc) to the pre-activation
@@ -392,7 +444,7 @@ inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict g
 }
 
 template <typename T>
-void gru_forward_impl(T* xw, const T* bih, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
+void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
                       T* Y, T* h, T* HN) {
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
@@ -400,7 +452,8 @@ void gru_forward_impl(T* xw, const T* bih, const T* whh, const T* bhh, const int
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     rec(h, T(0), hw.data());                               // h_{t-1} W_hh^T (B, 3H)
-    T* g = xw + static_cast<int64_t>(t) * B * G;           // x_t W_ih^T + b_ih, then the activated r, z, n
+    // x_t W_ih^T, then the activated r, z, n
+    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
     T* y = Y + static_cast<int64_t>(t) * B * H;
     for (int b = 0; b < B; ++b) {
       T* yb = y + static_cast<int64_t>(b) * H;
@@ -427,11 +480,27 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
   Tensor h = h0.clone();
   Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
-    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
+    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
                                lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
                                h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
   });
   return {Y, h, HN};
+}
+
+// Inference: x (T,B,I) and W_ih instead of a precomputed projection; returns Y and h_n, saves nothing.
+std::tuple<Tensor, Tensor> gru_infer(const Tensor& x, const Tensor& w_ih, const Tensor& b_ih, const Tensor& h0,
+                                     const Tensor& w_hh, const Tensor& b_hh, const std::optional<Tensor>& lengths,
+                                     bool reverse) {
+  const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 3;
+  Tensor Y = at::empty({Tn, B, H}, x.options());
+  Tensor h = h0.clone();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab gru_infer", [&] {
+    InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(), reverse, Tn, B, I, 3 * H);
+    gru_forward_impl<scalar_t>(nullptr, &chunks, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                               b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
+                               Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), nullptr);
+  });
+  return {Y, h};
 }
 
 // One row of the GRU pointwise derivative. dh holds dL/dh_t's recurrent part on entry and the direct part of
@@ -598,6 +667,10 @@ TORCH_LIBRARY(rnnlab_fused, m) {
         "bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor c0, Tensor w_hh, "
         "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_infer(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+        "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_infer(Tensor x, Tensor w_ih, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, "
+        "bool reverse) -> (Tensor, Tensor)");
   m.def("gru_forward(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
         "bool train) -> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
@@ -611,6 +684,8 @@ TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
+  m.impl("lstm_infer", &lstm_infer);
+  m.impl("gru_infer", &gru_infer);
   m.impl("gru_backward", &gru_backward);
   m.impl("rnn_forward", &rnn_forward);
   m.impl("rnn_backward", &rnn_backward);
