@@ -241,3 +241,14 @@ def test_early_stopping_stops_after_patience():
 def test_bad_bptt_settings_are_errors():
     with pytest.raises(Exception, match=r"bptt_horizon \(k2=2\) must be >= bptt_stride \(k1=4\)"):
         _setup({"task.name": "sine", "train.bptt_stride": 4, "train.bptt_horizon": 2})
+
+
+def test_init_presets_are_applied_and_unknown_ones_rejected():
+    from rnnlab.errors import UserError
+
+    cfg, task, model, _ = _setup({"task.name": "sine", "model.init": "forget_bias"})
+    H = cfg.model.hidden_size
+    b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    assert torch.allclose(b[H:2 * H], torch.ones(H))  # forget gate bias 1 (Jozefowicz et al. 2015)
+    with pytest.raises(UserError, match="nonsense"):
+        _setup({"task.name": "sine", "model.init": "nonsense"})

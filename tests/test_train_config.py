@@ -66,3 +66,14 @@ def test_every_field_has_a_flag_with_help():
     args = parser.parse_args(["--hidden-size", "9", "--task", "sine", "--no-progress", "--columns", "a", "b"])
     assert config_overrides(args) == {"model.hidden_size": 9, "task.name": "sine", "run.progress": False,
                                       "task.columns": ["a", "b"]}
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(files) >= 5
+    for f in files:
+        load_config(f)  # no unknown keys, no wrong types
+    # the main job's file is the defaults, spelled out
+    assert load_config(Path(__file__).parent.parent / "configs" / "shakespeare.toml") == Config()
