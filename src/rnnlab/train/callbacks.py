@@ -330,7 +330,7 @@ def default_callbacks(config, run_dir: str | Path | None, progress: bool | None 
             if tb.available:
                 cbs.append(tb)
     if rc.progress if progress is None else progress:
-        cbs.append(ProgressBar(items_name="chars" if config.task.name in ("shakespeare", "text") else "steps·seq"))
+        cbs.append(ProgressBar(items_name="chars" if config.task.name in ("shakespeare", "text") else "timesteps"))
     if run_dir is not None:
         cbs.append(CheckpointCallback(run_dir, tc.checkpoint_every))
         if rc.plots:
