@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .trainer import Callback, Trainer
 
-__all__ = ["build_model_and_task", "setup_run", "run_name", "task_info", "load_run"]
+__all__ = ["build_model_and_task", "setup_run", "run_name", "task_info", "load_run", "clear_results"]
 
 
 def run_name(cfg: Config) -> str:
@@ -73,9 +73,27 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
         trainer.load_state_dict(state)
     if run_dir is not None and trainer.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if resume_dir is None:
+            clear_results(run_dir)
         save_config(cfg, Path(run_dir) / "config.json")
         (Path(run_dir) / "task.json").write_text(json.dumps(task_info(task), indent=1) + "\n")
     return trainer
+
+
+# What a run writes; a new (not resumed) run into an existing folder removes these first, so that its metric files
+# never mix with an earlier run's. Other files in the folder are left alone.
+RESULT_FILES = ("config.json", "task.json", "train.csv", "val.csv", "metrics.jsonl", "loss.png", "sample.txt",
+                "checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.json", "checkpoint.prev.safetensors",
+                "forecast.csv", "forecast.png")
+
+
+def clear_results(run_dir: str | Path) -> None:
+    """Delete the files an earlier run left in ``run_dir`` (see :data:`RESULT_FILES`, plus TensorBoard events)."""
+    folder = Path(run_dir)
+    for name in RESULT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for events in folder.glob("events.out.tfevents.*"):
+        events.unlink()
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
