@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -150,7 +152,7 @@ def build_model(cfg, task) -> RecurrentNet:
 
 
 @torch.no_grad()
-def generate_text(model: RecurrentNet, vocab: list[str], prime: str = "\n", length: int = 200,
+def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str = "\n", length: int = 200,
                   temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> str:
     """Sample ``length`` characters from a character model after feeding it ``prime``.
 
@@ -158,8 +160,11 @@ def generate_text(model: RecurrentNet, vocab: list[str], prime: str = "\n", leng
     when ``top_k > 0`` (Fan et al. 2018).
 
     Raises:
-        UserError: temperature <= 0, top_k < 0, empty prime, or a prime character outside the vocabulary.
+        UserError: no vocabulary, temperature <= 0, top_k < 0, empty prime, or a prime character outside the
+            vocabulary.
     """
+    if not vocab:
+        raise UserError("generate: the model has no vocabulary (not a character model)")
     if temperature <= 0:
         raise UserError(f"generate: temperature must be > 0, got {temperature}")
     if top_k < 0:

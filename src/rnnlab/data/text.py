@@ -117,15 +117,22 @@ class CharLMTask(Task):
 
     def describe(self) -> str:
         return (f"{self.name}: {self.train_chars:,} training / {self.val_chars:,} validation characters, "
-                f"vocabulary {len(self.vocab)}, {self.steps_per_epoch} steps per epoch")
+                f"vocabulary {len(self.char_vocab)}, {self.steps_per_epoch} steps per epoch")
 
 
 def load_text_file(path: str) -> str:
     """Read a UTF-8 text file, with a one-line error if it is missing or not text."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"text task: {p} is a folder, not a file")
     if not p.is_file():
         raise UserError(f"text task: file not found: {p}")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"text task: {p} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"text task: cannot read {p}: {err.strerror or err}") from None
+    if not text:
+        raise UserError(f"text task: {p} is empty")
+    return text

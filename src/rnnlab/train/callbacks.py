@@ -175,7 +175,7 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, run_dir: str | Path, every: int = 10) -> None:
         self.dir, self.every = Path(run_dir), max(1, every)
-        self.writer = None
+        self.writer: Any = None  # a SummaryWriter once the run starts
         self.avg = _Averager()
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
