@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--backend", default="fused")
     p.add_argument("--repeats", type=int, default=5, help="profiled calls; each op's best is kept")
     p.add_argument("--rows", type=int, default=10, help="ops shown")
+    p.add_argument("--shapes", action="store_true", help="split each op by its input shapes")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -57,17 +58,18 @@ def main() -> None:
         # On a shared machine one profile is mostly noise: profile several calls, keep each op's best call.
         best: dict[str, tuple[float, int]] = {}
         for _ in range(args.repeats):
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
                 fn()
-            for e in prof.key_averages():
+            for e in prof.key_averages(group_by_input_shape=args.shapes):
                 ms = e.self_cpu_time_total / 1e3
-                if e.key not in best or ms < best[e.key][0]:
-                    best[e.key] = (ms, e.count)
+                key = f"{e.key} {e.input_shapes}" if args.shapes else e.key
+                if key not in best or ms < best[key][0]:
+                    best[key] = (ms, e.count)
         print(f"== {name} {cls_name} {args.size} (B={s.B} T={s.T} I={s.I} H={s.H}) forward+backward: "
               f"self CPU ms per op (best of {args.repeats} profiled calls)")
         rows = sorted(best.items(), key=lambda kv: -kv[1][0])[:args.rows]
         for key, (ms, count) in rows:
-            print(f"  {key[:48]:48} {ms:9.2f} ms  x{count}")
+            print(f"  {key[:48] if not args.shapes else key[:110]:48} {ms:9.2f} ms  x{count}")
         print(f"  {'sum of the ops above':48} {sum(ms for _, (ms, _c) in rows):9.2f} ms")
 
     # The loop's recurrent GEMMs alone: T products (B x H) @ (H x G), forward and backward shapes.

@@ -9,8 +9,9 @@ forward+backward of ``output.sum()`` with the input requiring grad, as inside a 
   (below 1 means rnnlab is faster). On CUDA the time is taken with CUDA events after a synchronize.
 * the fraction of the machine's GEMM peak (a square float32 matmul measured in the same run) that the model's
   GEMM FLOPs reach, which says how far each path is from the hardware limit.
-* peak training memory (``memory=True``): on CPU, the growth of the peak resident set size during one
-  forward+backward, each measurement in a fresh subprocess (a process's peak RSS only ever grows); on CUDA,
+* peak training memory (``memory=True``): on CPU (Linux), the growth of the peak resident set size (VmHWM,
+  reset just before the call) during one forward+backward, each measured in a fresh subprocess so that memory
+  freed by earlier cases and kept by the C allocator does not hide new allocations; on CUDA,
   ``torch.cuda.max_memory_allocated``.
 
 The library never imports ``benchmarks/``; the CLI (``rnnlab bench``) and ``benchmarks/bench_rnn.py`` call
@@ -225,9 +226,18 @@ def _time_case(cfg: BenchConfig, cell: str, size_name: str, pass_: str) -> dict:
 
 # -- memory -------------------------------------------------------------------------------------------------------
 
+# Linux: VmHWM (peak RSS of this process image) is reset to the current RSS by writing 5 to clear_refs.
+# getrusage's ru_maxrss would not do: it survives fork+exec, so a child inherits the parent's peak.
 _MEMORY_CHILD = r"""
-import json, resource, sys, torch, rnnlab
+import json, sys, torch, rnnlab
 from rnnlab.bench import BenchConfig, SIZES, _build, _call
+
+def status_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(key + " not in /proc/self/status")
+
 cfg = BenchConfig(**json.loads(sys.argv[1]))
 torch.set_num_threads(cfg.threads)
 ref, ours, x = _build(cfg, sys.argv[2], SIZES[sys.argv[3]])
@@ -235,9 +245,11 @@ module = ref if sys.argv[4] == "torch" else ours
 with torch.no_grad():
     module(x[:2])  # load the code paths and caches; not counted
 fn = _call(module, x, "fwdbwd")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status_kb("VmRSS")
 fn()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = status_kb("VmHWM")
 print(json.dumps({"peak_bytes": (after - before) * 1024}))
 """
 
