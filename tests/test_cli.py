@@ -30,7 +30,7 @@ def test_help(command, capsys):
 
 def test_train_eval_generate_on_text(tmp_path, text_file, capsys):
     rc = main(["train", "--task", "text", "--path", str(text_file), "--out-dir", str(tmp_path), "--name", "t",
-               "--sample-length", "30", "--embed-size", "8", *TINY])
+               "--sample-length", "30", "--embed-size", "8", *TINY, "--tensorboard"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "done: 5 steps" in out and "nats/char" in out and "--- sample" in out
@@ -50,6 +50,12 @@ def test_train_eval_generate_on_text(tmp_path, text_file, capsys):
     # resume: continue the finished run for 2 more steps
     assert main(["train", "--resume", str(run), "--max-steps", "7", "--no-progress"]) == 0
     assert "done: 7 steps" in capsys.readouterr().out
+    tensorboard = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = tensorboard.EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [5, 7]  # TensorBoard holds the same evaluation
+    assert events.Scalars("val/loss")[0].value == pytest.approx(
+        float((run / "val.csv").read_text().splitlines()[1].split(",")[1]))
 
 
 def test_train_and_forecast_csv(tmp_path, capsys):
