@@ -3,10 +3,11 @@
 For each cell, on one adding-problem batch (T steps, B rows, H units, a linear read-out of the last step):
 
 * ``plain``: one training step with the default backend: forward, backward, clip, Adam step.
+* ``plain_reference``: the same step on the reference loop (``backend="reference"``), for scale.
 * ``tracked``: a training step tracked by :class:`rnnlab.diagnostics.tracking.GradientTracker` with
   ``source="step"`` (the default): the step's own forward runs on the recording reference loop with
   ``retain_grad``, its own backward fills ``||dL/dh_t||`` for every step, then clip and Adam as in ``plain``, plus
-  the profile read-out, gate statistics, ``rho(W_hh)`` and per-layer gradient norms.
+  the profile read-out, gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient norms.
 * ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward on a probe
   batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
 * ``analyse``: :func:`rnnlab.diagnostics.analyse` with Jacobian-product spectra (4 rows), the ``gradflow`` report's
@@ -77,30 +78,35 @@ def main() -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            profile_from_grads(rec, float(loss))
-            [gate_stats(tr) for tr in rec.traces]
-            recurrent_spectra(model, singular_values=False)
+            profile_from_grads(rec, float(loss.detach()))
+            [gate_stats(tr, rows=8) for tr in rec.traces]
+            recurrent_spectra(model, singular_values=False, dtype=torch.float32)
             layer_grad_norms(model)
+
+        def plain_reference():
+            model.rnn.backend = "reference"
+            plain()
+            model.rnn.backend = None
 
         def probe():
             plain()
             layer_grad_norms(model)
-            recurrent_spectra(model, singular_values=False)
+            recurrent_spectra(model, singular_values=False, dtype=torch.float32)
             with record(model) as rec:
                 loss = loss_fn()
             profile_from_recording(rec, loss)
-            [gate_stats(tr) for tr in rec.traces]
+            [gate_stats(tr, rows=8) for tr in rec.traces]
 
         def full():
             analyse(model, loss_fn, rows=4)
 
         results = {name: timed(fn, args.warmup, args.repeats)
-                   for name, fn in (("plain", plain), ("tracked", tracked), ("probe", probe),
+                   for name, fn in (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked), ("probe", probe),
                                     ("analyse", full))}
         base_w, base_c = statistics.median(results["plain"][0]), statistics.median(results["plain"][1])
         for name, (wall, cpu) in results.items():
             mw, mc = statistics.median(wall), statistics.median(cpu)
-            print(f"{cell:9s} {name:12s} wall {mw:8.1f} [{min(wall):.1f}..{max(wall):.1f}]  cpu {mc:8.1f}  "
+            print(f"{cell:9s} {name:15s} wall {mw:8.1f} [{min(wall):.1f}..{max(wall):.1f}]  cpu {mc:8.1f}  "
                   f"ratio wall {mw / base_w:5.2f}  cpu {mc / base_c:5.2f}")
 
 

@@ -51,21 +51,29 @@ def check_page(page: Path) -> list[str]:
     return parser.srcs
 
 
-def test_gradflow_cli_writes_a_complete_report(tmp_path):
-    out = tmp_path / "gf"
-    rc = main(["gradflow", "--cells", "rnn,lstm", "--inits", "torch,orthogonal", "--seq-len", "8",
-               "--hidden-size", "8", "--num-layers", "2", "--batch-size", "4", "--rows", "2", "--out", str(out)])
+@pytest.fixture(scope="module")
+def gradflow_out(tmp_path_factory) -> Path:
+    """One small `rnnlab gradflow` run shared by the tests that read its report."""
+    out = tmp_path_factory.mktemp("gradflow") / "gf"
+    rc = main(["gradflow", "--cells", "rnn,lstm", "--inits", "orthogonal", "--seq-len", "8", "--hidden-size", "8",
+               "--num-layers", "2", "--batch-size", "4", "--rows", "2", "--out", str(out)])
     assert rc == 0
+    return out
+
+
+def test_gradflow_cli_writes_a_complete_report(gradflow_out):
+    out = gradflow_out
     srcs = check_page(out / "report.html")
     # every pair has its heatmap, Jacobian, W_hh and gate figures; the LSTM also its c heatmap; plus the overlay
-    assert len(srcs) == 2 * 2 * 4 + 2 + 1
+    assert len(srcs) == 2 * 4 + 1 + 1
     assert "lstm-orthogonal_heatmap_c.png" in srcs and "profiles.png" in srcs
     config = json.loads((out / "config.json").read_text())
-    assert config["cells"] == ["rnn_tanh", "lstm"] and config["seq_len"] == 8
+    assert config["cells"] == ["rnn_tanh", "lstm"] and config["seq_len"] == 8 and config["inits"] == ["orthogonal"]
     diag = json.loads((out / "diagnostics.json").read_text())
-    assert set(diag) == {f"{c}-{i}" for c in ("rnn_tanh", "lstm") for i in ("torch", "orthogonal")}
+    assert set(diag) == {"rnn_tanh-orthogonal", "lstm-orthogonal"}
     # orthogonal W_hh blocks have spectral radius 1 (up to rounding), recorded in the data behind the page
     assert abs(diag["lstm-orthogonal"]["weights"][1]["spectral_radius"]["f"] - 1) < 1e-5
+    assert len(diag["lstm-orthogonal"]["profile"]["hidden"][0]) == 8
 
 
 def test_gradflow_cli_errors_are_one_line(tmp_path, capsys):
@@ -99,14 +107,11 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(tmp_path):
-    out = tmp_path / "gf"
-    assert main(["gradflow", "--cells", "lstm", "--seq-len", "8", "--hidden-size", "4", "--num-layers", "1",
-                 "--batch-size", "2", "--rows", "1", "--out", str(out)]) == 0
-    n_images = len(check_page(out / "report.html"))
-    # Count the images the browser actually decoded: a script writes the count into the DOM, dumped by chromium.
-    page = out / "report.html"
-    probe = out / "probe.html"
+def test_report_renders_in_headless_chromium(gradflow_out, tmp_path):
+    page = gradflow_out / "report.html"
+    n_images = len(check_page(page))
+    # Count the images the browser actually decoded: a script writes the count into the title, dumped by chromium.
+    probe = gradflow_out / "probe.html"
     probe.write_text(page.read_text().replace(
         "</body>", "<script>window.onload=()=>{document.title='loaded:'+[...document.images]"
                    ".filter(i=>i.complete&&i.naturalWidth>0).length}</script></body>"))
@@ -114,7 +119,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
            "--dump-dom", probe.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert f"<title>loaded:{n_images}</title>" in dom
-    shot = out / "shot.png"
+    shot = tmp_path / "shot.png"
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,2000", page.as_uri()], capture_output=True, timeout=60)
     assert shot.is_file() and float(imread(shot)[..., :3].std()) > 0.01

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-size", type=int, default=d.hidden_size, help=f"default {d.hidden_size}")
     p.add_argument("--num-layers", type=int, default=d.num_layers, help=f"default {d.num_layers}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--rows", type=int, default=d.rows, help="batch rows for the Jacobian products (default 4)")
+    p.add_argument("--rows", type=int, default=d.rows,
+                   help=f"batch rows for the Jacobian products (default {d.rows})")
     p.add_argument("--t-max", type=float, default=None, help="chrono init's T_max (default: --seq-len)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data (default 0)")
     p.add_argument("--out", default="runs/gradflow", help="output folder (default runs/gradflow)")

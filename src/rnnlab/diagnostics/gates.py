@@ -101,8 +101,10 @@ def _sigmoid_stats(out: GateStats, name: str, v: Tensor) -> Tensor:
     return low | high  # (T, B, H) saturated
 
 
-def gate_stats(trace: LayerTrace) -> GateStats:
+def gate_stats(trace: LayerTrace, rows: int | None = None) -> GateStats:
     """:class:`GateStats` of a recorded layer-direction (no gradients are taken).
+
+    ``rows`` limits the statistics to the first ``rows`` batch rows (cheaper, for tracking during training).
 
     Gates are recomputed from the layer's parameters: cells without torch's weight layout get empty statistics,
     and under DropConnect in training mode the statistics use the un-dropped ``W_hh``.
@@ -118,9 +120,9 @@ def gate_stats(trace: LayerTrace) -> GateStats:
     with torch.no_grad():
         # All steps at once: the gates of step t depend only on (x_t, state_{t-1}), both recorded, so one
         # (T*B)-row evaluation replaces T small ones.
-        T, B = trace.steps, trace.inputs[0].size(0)
-        x = torch.cat([x_t.detach() for x_t in trace.inputs])  # (T*B, I)
-        prev = tuple(torch.cat([state_tensors(p)[k].detach() for p in trace.prev])
+        T, B = trace.steps, min(trace.inputs[0].size(0), rows or trace.inputs[0].size(0))
+        x = torch.cat([x_t.detach()[:B] for x_t in trace.inputs])  # (T*B, I)
+        prev = tuple(torch.cat([state_tensors(p)[k].detach()[:B] for p in trace.prev])
                      for k in range(len(state_tensors(trace.initial))))  # each (T*B, H)
         flat = gate_values(trace.mode, x, prev, weights)
     gates = {k: v.view(T, B, -1) for k, v in flat.items()}  # each (T, B, H)

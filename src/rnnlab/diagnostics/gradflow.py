@@ -118,14 +118,17 @@ def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], pa
     T = max(tr.steps for tr in traces)
     rows = torch.full((len(traces), T), math.nan, dtype=torch.float64)
     init = torch.full((len(traces),), math.nan, dtype=torch.float64)
+
+    def norms(tensors: list[Tensor]) -> Tensor:
+        gs = [grads.get(id(t)) for t in tensors]
+        gs = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, gs)]  # no path to the loss: 0
+        return torch.stack(gs).flatten(1).double().norm(dim=1)  # one reduction for all steps
+
     for n, tr in enumerate(traces):
         if part >= len(state_tensors(tr.initial)):
             continue
-        for t, s in enumerate(tr.states):
-            g = grads.get(id(state_tensors(s)[part]))
-            rows[n, t] = 0.0 if g is None else float(torch.linalg.vector_norm(g.double()))
-        g = grads.get(id(state_tensors(tr.initial)[part]))
-        init[n] = 0.0 if g is None else float(torch.linalg.vector_norm(g.double()))
+        out = norms([state_tensors(s)[part] for s in tr.states] + [state_tensors(tr.initial)[part]])
+        rows[n, :tr.steps], init[n] = out[:-1], out[-1]
     return rows, init
 
 

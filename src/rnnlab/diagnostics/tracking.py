@@ -73,6 +73,8 @@ class GradientTracker(Callback):
         source: ``"step"`` or ``"probe"``: where tracked steps take the profile from (see the module docstring).
         at_start: measure once before training (step 0: weights as initialised, no gradient norms yet).
         at_end: measure the final weights too when the last step is not a multiple of ``every``.
+        gate_rows: gate statistics on the first ``gate_rows`` batch rows only (None = all; they cost about as
+            much as the recorded forward on the whole batch).
         filename: the JSON-lines file in the run folder (nothing is written without a run folder).
 
     Attributes:
@@ -85,13 +87,14 @@ class GradientTracker(Callback):
     """
 
     def __init__(self, every: int = 100, *, profile: bool = True, source: str = "step", at_start: bool = True,
-                 at_end: bool = True, filename: str = "diagnostics.jsonl") -> None:
+                 at_end: bool = True, gate_rows: int | None = 8, filename: str = "diagnostics.jsonl") -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"GradientTracker: every must be an int >= 1, got {every!r}")
         if source not in ("step", "probe"):
             raise ValueError(f"GradientTracker: source must be 'step' or 'probe', got {source!r}")
         self.every, self.profile, self.source, self.filename = every, profile, source, filename
         self._recorder: Recorder | None = None
+        self.gate_rows = gate_rows
         self.at_start, self.at_end = at_start, at_end
         self.history: list[dict[str, Any]] = []
         self.profiles: dict[int, GradientProfile] = {}
@@ -141,7 +144,7 @@ class GradientTracker(Callback):
                 out, _ = model(x, None)
                 loss = task.loss(out if task.per_step else out[-1], y)
             prof = profile_from_recording(rec, loss)
-            return prof, [gate_stats(tr) for tr in rec.traces]
+            return prof, [gate_stats(tr, rows=self.gate_rows) for tr in rec.traces]
         finally:
             model.train(was_training)
 
@@ -165,11 +168,11 @@ class GradientTracker(Callback):
                         "layer_grad_norm_post": post,
                         "layer_grad_norm_pre": {k: v * scale for k, v in post.items()}})
         rec["rho"] = {ws.name: ws.spectral_radius
-                      for ws in recurrent_spectra(trainer.model, singular_values=False)}
+                      for ws in recurrent_spectra(trainer.model, singular_values=False, dtype=torch.float32)}
         if self.profile:
             if recording is not None and recording.traces:  # the tracked step's own forward and backward
                 prof = profile_from_grads(recording, loss=float(metrics["loss"]) if metrics else math.nan)
-                gates = [gate_stats(tr) for tr in recording.traces]
+                gates = [gate_stats(tr, rows=self.gate_rows) for tr in recording.traces]
                 rec["profile_source"] = "step"
             else:
                 prof, gates = self.measure_profile(trainer)

@@ -37,7 +37,7 @@ class GradflowConfig:
     hidden_size: int = 64
     num_layers: int = 2
     batch_size: int = 32
-    rows: int = 4  # batch rows used for the Jacobian products
+    rows: int = 2  # batch rows used for the Jacobian products (their cost grows with rows * T * S^2)
     t_max: float | None = None  # chrono's T_max; None = seq_len
     seed: int = 0
 
