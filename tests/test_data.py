@@ -148,3 +148,15 @@ def test_bundled_series():
     assert sun.n_points == 309 and sun.missing == 0 and sun.train_batch(0).y.shape == (8, 1)
     # validation forecasts start after the training points: no window's target lies in the training part
     assert sun.x_val.size(0) == 309 - sun.n_train
+
+
+@pytest.mark.parametrize("name, x_shape, y_shape", [
+    ("sine", (24, 4, 1), (24, 4, 1)), ("adding", (24, 4, 2), (4, 1)), ("copy", (25, 4, 10), (25, 4))])
+def test_synthetic_tasks_shapes_and_seeds(name, x_shape, y_shape):
+    cfg = TaskConfig(name=name, num_samples=20, batch_size=4, seq_len=24, delay=5)
+    a, b, c = build_task(cfg, 0), build_task(cfg, 0), build_task(cfg, 1)
+    batch = a.train_batch(7)
+    assert tuple(batch.x.shape) == x_shape and tuple(batch.y.shape) == y_shape
+    assert _same(batch, b.train_batch(7)) and not _same(batch, c.train_batch(7))
+    assert all(_same(u, v) for u, v in zip(a.val_batches(), b.val_batches()))
+    assert sum(v.x.size(1) for v in a.val_batches()) == 2  # a tenth of num_samples

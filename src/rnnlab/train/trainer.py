@@ -97,6 +97,10 @@ class Trainer:
         step: optimizer steps done. should_stop: set by a callback to end :meth:`fit` after the current step.
         last_eval: the latest evaluation's metrics. skipped: list of ``(step, reason)`` of steps the guard skipped.
         rank, world_size: 0 and 1 (data-parallel runs set them); :attr:`is_main` says whether this process writes.
+
+    Data parallelism hooks: ``task.train_batch(step)`` is the global batch, a pure function of the step, so a rank
+    can take its rows (e.g. ``rank::world_size``) in :meth:`train_step` with no sampler state; every file is
+    written by a callback that checks :attr:`is_main`.
     """
 
     def __init__(self, model: nn.Module, task: Task, config, callbacks: list[Callback] | tuple = (),
