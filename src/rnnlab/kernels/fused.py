@@ -171,10 +171,15 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, dY, dhn):  # type: ignore[override]
         x, h0, w_ih, w_hh, gates, HN, Y, lengths = ctx.saved_tensors
         h0c = h0.contiguous()
-        dGx, dGh, dh0, db_ih, db_hh = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
+        dGx, dHn, dh0, db_ih, db_hh = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
                                                           w_hh.contiguous(), lengths, ctx.reverse)
         dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
-        dw_hh = _dw_hh(dGh, Y, h0c, lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
+        dw_hh = None
+        if ctx.needs_input_grad[3]:
+            # rows r, z of dW_hh from dGx's r, z blocks (the same numbers), rows n from dHn: no (T, B, 3H) copy
+            H = dHn.size(-1)
+            dw_hh = torch.cat([_dw_hh(dGx[..., :2 * H], Y, h0c, lengths, ctx.reverse),
+                               _dw_hh(dHn, Y, h0c, lengths, ctx.reverse)])  # (3H, H)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None, None, None)
 

@@ -528,14 +528,17 @@ inline void gru_cell_backward(const T* __restrict gr, const T* __restrict gz, co
 
 template <typename T>
 void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, const T* h0, const T* whh,
-                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dGh, T* dbih,
+                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dHn, T* dbih,
                        T* dbhh) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
+  // dG_h differs from dG_x only in its n block, so only that block is kept for all steps (dHn, for dW_hh's n
+  // rows); the full (B, 3H) dG_h of one step lives in this scratch for the recurrent GEMM and db_hh.
+  std::vector<T> dgh_step(static_cast<size_t>(B) * G);
+  T* dght = dgh_step.data();
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     T* dgxt = dGx + static_cast<int64_t>(t) * B * G;
-    T* dght = dGh + static_cast<int64_t>(t) * B * G;
     for (int b = 0; b < B; ++b) {
       const int64_t tb = static_cast<int64_t>(t) * B + b;
       T* dgx = dgxt + static_cast<int64_t>(b) * G;
@@ -543,6 +546,7 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
       if (!is_valid(len, t, b)) {
         std::memset(dgx, 0, sizeof(T) * G);
         std::memset(dgh, 0, sizeof(T) * G);
+        std::memset(dHn + tb * H, 0, sizeof(T) * H);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
@@ -554,26 +558,31 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
     rec(dght, T(1), dh);                                   // += dG_h W_hh (padding rows: dG = 0, dh carried)
     add_rows(dgxt, B, G, dbih);
     add_rows(dght, B, G, dbhh);
+    for (int b = 0; b < B; ++b)
+      if (is_valid(len, t, b))
+        std::memcpy(dHn + (static_cast<int64_t>(t) * B + b) * H, dght + static_cast<int64_t>(b) * G + 2 * H,
+                    sizeof(T) * H);
   }
 }
 
-// Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dGh (T,B,3H) (of h W_hh^T + b_hh), dh0, db_ih, db_hh.
+// Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dHn (T,B,H) (of W_hn h + b_hn; the r, z blocks of the
+// gradient of h W_hh^T + b_hh are dGx's), dh0, db_ih, db_hh.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& gates,
                                                 const Tensor& HN, const Tensor& Y, const Tensor& h0,
                                                 const Tensor& w_hh, const std::optional<Tensor>& lengths,
                                                 bool reverse) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dGx = at::empty_like(gates), dGh = at::empty_like(gates);
+  Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
     gru_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
                                 Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                 lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                dGx.data_ptr<scalar_t>(), dGh.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
+                                dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
                                 dbhh.data_ptr<scalar_t>());
   });
-  return {dGx, dGh, dh, dbih, dbhh};
+  return {dGx, dHn, dh, dbih, dbhh};
 }
 
 // ---- Elman RNN ------------------------------------------------------------------------------------------------
