@@ -44,6 +44,8 @@ def gate_values(mode: str, x: Tensor, state: State, weights: tuple[Tensor | None
         ValueError: unknown mode.
     """
     w_ih, w_hh, b_ih, b_hh = weights[:4]
+    if w_ih is None or w_hh is None:
+        raise ValueError(f"gate_values: {mode} weights must include W_ih and W_hh, got None")
     h = state_tensors(state)[0]
     if mode == "LSTM":
         c = state_tensors(state)[1]

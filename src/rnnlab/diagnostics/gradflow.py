@@ -120,8 +120,8 @@ def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], pa
     init = torch.full((len(traces),), math.nan, dtype=torch.float64)
 
     def norms(tensors: list[Tensor]) -> Tensor:
-        gs = [grads.get(id(t)) for t in tensors]
-        gs = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, gs)]  # no path to the loss: 0
+        found = [grads.get(id(t)) for t in tensors]
+        gs = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]  # no path to the loss: 0
         return torch.stack(gs).flatten(1).double().norm(dim=1)  # one reduction for all steps
 
     for n, tr in enumerate(traces):

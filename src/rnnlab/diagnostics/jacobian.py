@@ -182,6 +182,7 @@ def recurrent_spectra(model: nn.Module, *, singular_values: bool = True,
         for layer in range(module.num_layers):
             for direction in range(module.num_directions):
                 weights = module.layer_weights(layer, direction)
+                assert weights[1] is not None  # W_hh always exists; only biases and W_hr are optional
                 w_hh = weights[1].detach().to(dtype)
                 blocks = w_hh.chunk(len(GATE_NAMES[module.mode]), dim=0)
                 label = f"l{layer}" + ("_reverse" if direction else "")

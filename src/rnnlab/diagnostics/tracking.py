@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.base import Batch
 from ..train.trainer import Callback, Trainer
 from .gates import gate_stats
 from .gradflow import GradientProfile, profile_from_grads, profile_from_recording
@@ -99,7 +100,7 @@ class GradientTracker(Callback):
         self.history: list[dict[str, Any]] = []
         self.profiles: dict[int, GradientProfile] = {}
         self.seconds = 0.0
-        self._probe = None
+        self._probe: Batch | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.profile and self._probe is None:
@@ -136,6 +137,8 @@ class GradientTracker(Callback):
     def measure_profile(self, trainer: Trainer) -> tuple[GradientProfile, list]:
         """The gradient profile and gate statistics of the probe batch with the current weights."""
         model, task = trainer.model, trainer.task
+        if self._probe is None:
+            self._probe = next(iter(task.val_batches()))
         x, y = self._probe.x.to(trainer.device), self._probe.y.to(trainer.device)
         was_training = model.training
         model.eval()

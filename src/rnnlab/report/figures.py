@@ -40,6 +40,8 @@ def plot_heatmap(profile: GradientProfile, path: str | Path, title: str = "", wh
     """``log10 ||dL/dh_t||`` over (layer-direction, time); the initial state is the leftmost column."""
     rows = profile.hidden if which == "hidden" else profile.cell
     init = profile.hidden_initial if which == "hidden" else profile.cell_initial
+    if rows is None or init is None:
+        raise ValueError(f"plot_heatmap: the profile has no {which!r} norms (only LSTM layers have a cell state)")
     data = _log10(torch.cat([init.unsqueeze(1), rows], dim=1)).numpy()  # (N, T+1)
     fig = Figure(figsize=(9, 1.2 + 0.5 * len(profile.names)))
     ax = fig.add_subplot()
