@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import UserError
 
@@ -17,8 +18,20 @@ from .errors import UserError
 COMMANDS: list[str] = ["train", "eval", "generate", "forecast", "gradflow", "compare", "export", "bench"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line, exit status 2 (argparse prints the whole usage block first,
+    dozens of lines for ``train``, which buries the one line that matters). Subparsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"rnnlab: warning: {message}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnnlab",
         description="Recurrent neural networks from first principles: train, inspect and benchmark RNN/LSTM/GRU.",
     )
@@ -39,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # a warning is one line too (e.g. a checkpoint fallback)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -48,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batches < 0:
         raise UserError(f"--batches must be >= 0, got {args.batches}")
-    state, cfg_dict = load_checkpoint(args.run_dir)
+    state, cfg_dict = load_checkpoint(args.run_dir, fallback=True)
     cfg = config_from_dict(cfg_dict)
     model, task = build_model_and_task(cfg)
     model.load_state_dict(state["model"])

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = config_overrides(args)
     if args.resume:
-        _, saved = load_checkpoint(args.resume)
+        _, saved = load_checkpoint(args.resume, fallback=True)
         if args.config:
             raise UserError("--resume uses the run's saved config; give changes as flags, not --config")
         nested: dict = {}
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"rnnlab train: skipped step {step}: {reason}", file=sys.stderr)
     if len(trainer.skipped) > 5:
         print(f"rnnlab train: ... {len(trainer.skipped)} skipped steps in all", file=sys.stderr)
+    if trainer.stop_reason:  # train.max_bad_steps consecutive non-finite steps: a failed run, not bad input
+        print(f"rnnlab train: error: {trainer.stop_reason}; the last checkpoint with finite weights is in "
+              f"{run_dir}", file=sys.stderr)
+        return 1
     summary = (f"done: {result['step']} steps in {result['train_time']:.0f} s of training "
                f"({time.perf_counter() - t0:.0f} s in all); validation loss {result['val_loss']:.4f}")
     if trainer.task.kind == "lm":

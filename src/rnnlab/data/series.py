@@ -36,18 +36,27 @@ def read_csv_columns(path: str | Path, columns: list[str] | None = None) -> tupl
     ``columns`` empty or None: every column whose cells are all numeric or empty.
 
     Raises:
-        UserError: missing file, no header, unknown column (the message lists the available ones), a
-            non-numeric cell in a requested column.
+        UserError: missing or unreadable file, no header or no data row, unknown column (the message lists the
+            available ones), a non-numeric cell in a requested column, an infinite value (NaN is missing, Inf
+            is an error).
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"csv task: {p} is a folder, not a file")
     if not p.is_file():
         raise UserError(f"csv task: file not found: {p}")
-    with p.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise UserError(f"csv task: {p} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"csv task: cannot read {p}: {err.strerror or err}") from None
+    header = [h.strip() for h in rows[0]] if rows else []
+    numbered = [(k + 2, r) for k, r in enumerate(rows[1:]) if any(cell.strip() for cell in r)]  # row 1 = header
+    if not header or not numbered:
         raise UserError(f"csv task: {p} needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    lines, body = [k for k, _ in numbered], [r for _, r in numbered]
 
     def parse(cell: str) -> float:
         cell = cell.strip()
@@ -79,7 +88,14 @@ def read_csv_columns(path: str | Path, columns: list[str] | None = None) -> tupl
                 data.append(col)
         if not names:
             raise UserError(f"csv task: {p.name} has no numeric column; columns: {header}")
-    return names, np.stack(data, axis=1)
+    values = np.stack(data, axis=1)
+    infinite = np.argwhere(np.isinf(values))
+    if infinite.size:
+        i, j = (int(v) for v in infinite[0])
+        cell = body[i][header.index(names[j])].strip()
+        raise UserError(f"csv task: {p.name} row {lines[i]}, column {names[j]!r}: {cell!r} is infinite (empty "
+                        f"and NaN cells are interpolated as missing, infinities are errors)")
+    return names, values
 
 
 def interpolate_missing(values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -17,11 +17,13 @@ import csv
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import save_checkpoint
 from .config import config_to_dict
+from .guard import first_nonfinite_parameter
 from .trainer import Callback, Trainer
 
 __all__ = ["EvalCallback", "EarlyStopping", "MetricsLogger", "TensorBoardLogger", "ProgressBar",
@@ -262,6 +264,12 @@ class CheckpointCallback(Callback):
 
     def save(self, trainer: Trainer) -> None:
         if trainer.is_main:
+            bad = first_nonfinite_parameter(trainer.model)
+            if bad is not None:
+                # Never replace a usable checkpoint with broken weights: the last good one stays.
+                warnings.warn(f"checkpoint: not written at step {trainer.step}: parameter {bad} is not finite; "
+                              f"the previous checkpoint in {self.dir} is kept", UserWarning, stacklevel=2)
+                return
             save_checkpoint(self.dir, trainer.state_dict(), config_to_dict(trainer.config))
 
     def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:

@@ -7,21 +7,28 @@ A checkpoint is two files in the run folder:
 * ``checkpoint.json``: the config, the step, the schedule and callback states, and the structure of the state
   dict, with each tensor replaced by ``{"__tensor__": key}``.
 
-Each file is written to a temporary name in the same folder and renamed over the old one (``os.replace`` is atomic
-on POSIX and Windows), tensors first: a crash leaves either the previous checkpoint or the new one. Both files
-record the step, and loading refuses a mismatched pair. safetensors holds raw tensors only, so loading runs no
-code (``torch.load`` of a pickle can).
+Each file is written to a temporary name in the same folder, fsynced and renamed over the old one (``os.replace``
+is atomic on POSIX and Windows), tensors first. Integrity: the JSON records the SHA-256 of the tensor file and
+of itself, so a truncated or altered file is detected on load, as is a pair cut apart by a crash (both record
+the step). Before a new checkpoint is written, the intact one is copied to ``checkpoint.prev.*``: wherever a
+SIGKILL lands, an intact pair remains, and ``load_checkpoint(..., fallback=True)`` uses the previous one when
+the latest is damaged (tested by killing training mid-write in tests/test_crash_safety.py). safetensors holds
+raw tensors only, so loading runs no code; a pickle (``torch.save``/``.pt``) is refused without being opened as
+one (``torch.load`` of a pickle can run arbitrary code).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from ..errors import UserError
@@ -29,6 +36,9 @@ from ..errors import UserError
 __all__ = ["save_checkpoint", "load_checkpoint", "encode_state", "decode_state", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint"
+PREVIOUS = ".prev"  # checkpoint.prev.{safetensors,json}: the one before, kept as the fallback
+FORMAT = "rnnlab-checkpoint-2"  # adds the SHA-256 checksums
+LEGACY_FORMATS = ("rnnlab-checkpoint-1",)  # read without checksums
 
 
 def encode_state(obj: Any, tensors: dict[str, Tensor], path: str = "") -> Any:
@@ -72,59 +82,166 @@ def decode_state(obj: Any, tensors: dict[str, Tensor]) -> Any:
     return obj
 
 
-def _atomic_write(path: Path, write) -> None:
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _doc_checksum(doc: dict[str, Any]) -> str:
+    """SHA-256 of the JSON document without its ``checksum`` field, in a canonical form (sorted keys)."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path`` (atomic on POSIX/Windows)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+class _Damaged(Exception):
+    """A checkpoint pair that is missing, truncated, altered or mismatched; the message says which and how."""
+
+
+def _previous(json_path: Path) -> Path:
+    return json_path.with_name(f"{json_path.stem}{PREVIOUS}.json")
+
+
+def _read_pair(json_path: Path) -> tuple[bytes, bytes, dict[str, Any], dict[str, Tensor]]:
+    """Read and verify one pair: ``(json bytes, tensor bytes, document, tensors)``; raises :class:`_Damaged`.
+
+    Checks, in order: both files exist; the JSON parses and matches its own checksum; the tensor file's header
+    is whole and names the JSON's step; the tensor file matches the SHA-256 the JSON recorded. The tensors are
+    parsed from the verified bytes by safetensors (raw data, no code runs).
+    """
+    tensor_path = json_path.with_suffix(".safetensors")
+    if not json_path.is_file() or not tensor_path.is_file():
+        found = "neither" if not json_path.is_file() and not tensor_path.is_file() else "one"
+        raise _Damaged(f"expected {json_path.name} and {tensor_path.name} in {json_path.parent}, found {found}")
+    raw_doc, raw_tensors = json_path.read_bytes(), tensor_path.read_bytes()
+    try:
+        doc = json.loads(raw_doc.decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise _Damaged(f"{json_path} is not valid JSON (truncated or not a checkpoint?): "
+                       f"{str(err).splitlines()[0][:120]}") from None
+    if not isinstance(doc, dict) or not {"format", "step", "config", "state"} <= set(doc):
+        raise _Damaged(f"{json_path} is not an rnnlab checkpoint (missing format/step/config/state)")
+    legacy = doc["format"] in LEGACY_FORMATS
+    if not legacy and doc.get("checksum") != _doc_checksum(doc):
+        raise _Damaged(f"{json_path} does not match its checksum (altered or damaged)")
+    header_len = int.from_bytes(raw_tensors[:8], "little") if len(raw_tensors) >= 8 else -1
+    if header_len < 0 or 8 + header_len > len(raw_tensors):
+        raise _Damaged(f"{tensor_path.name} is truncated or not a safetensors file ({len(raw_tensors)} bytes)")
+    try:
+        meta = json.loads(raw_tensors[8:8 + header_len]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise _Damaged(f"{tensor_path.name} has an unreadable header (truncated or altered)") from None
+    if meta.get("step") != doc.get("step"):
+        raise _Damaged(f"{tensor_path.name} is from step {meta.get('step')} but {json_path.name} "
+                       f"from step {doc.get('step')} (interrupted write?)")
+    if not legacy and doc.get("tensors_sha256") != _sha256(raw_tensors):
+        raise _Damaged(f"{tensor_path.name} does not match the SHA-256 checksum recorded in {json_path.name} "
+                       f"(truncated or altered)")
+    try:
+        tensors = load_bytes(raw_tensors)
+    except Exception as err:  # noqa: BLE001 - any parse failure of the tensor file is damage
+        raise _Damaged(f"{tensor_path.name} cannot be read: {str(err).splitlines()[0][:120]}") from None
+    return raw_doc, raw_tensors, doc, tensors
+
+
+def _json_path(path: Path) -> Path:
+    """The checkpoint's JSON path for a run folder, a ``.json`` or a ``.safetensors`` path.
+
+    Any other file is refused before it is opened as anything but bytes: a ``.pt``/``.pth``/pickle file is never
+    unpickled (unpickling runs code chosen by whoever wrote the file).
+    """
+    if path.suffix == ".json":
+        return path
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json")
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        hint = ""
+        if magic[:1] == b"\x80" or magic == b"PK\x03\x04":
+            hint = ("; it looks like a pickle/torch.save file, and rnnlab never unpickles checkpoints (unpickling "
+                    "can run arbitrary code): load it yourself only if you trust it, then save the weights with "
+                    "safetensors")
+        raise UserError(f"checkpoint: {path} is not an rnnlab checkpoint (expected a run folder or its "
+                        f"{CHECKPOINT_NAME}.json){hint}")
+    return path / f"{CHECKPOINT_NAME}.json"
+
+
 def save_checkpoint(folder: str | Path, state: dict[str, Any], config: dict[str, Any],
                     name: str = CHECKPOINT_NAME) -> Path:
     """Write ``state`` (a trainer state dict) and the resolved ``config`` to ``folder/name.{safetensors,json}``.
+
+    The intact checkpoint already there is first copied to ``name.prev.{safetensors,json}``; then the tensors and
+    the JSON (which records the tensors' SHA-256 and its own) are each written atomically. At every instant at
+    least one intact pair exists once a first checkpoint was written, whenever the process is killed.
 
     Returns the JSON path.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stray in folder.glob(f".{name}*.tmp*"):  # left by a process killed mid-write
+        stray.unlink(missing_ok=True)
     tensors: dict[str, Tensor] = {}
     structure = encode_state(state, tensors)
     step = str(state.get("step", ""))
-    _atomic_write(folder / f"{name}.safetensors",
-                  lambda p: save_file(tensors, str(p), metadata={"step": step, "format": "rnnlab-checkpoint-1"}))
-    doc = {"format": "rnnlab-checkpoint-1", "step": step, "config": config, "state": structure}
-    _atomic_write(folder / f"{name}.json", lambda p: p.write_text(json.dumps(doc, indent=1), encoding="utf-8"))
-    return folder / f"{name}.json"
+    blob = save_bytes(tensors, metadata={"step": step, "format": FORMAT})
+    doc = {"format": FORMAT, "step": step, "tensors_sha256": _sha256(blob), "config": config, "state": structure}
+    doc["checksum"] = _doc_checksum(doc)
+    json_path = folder / f"{name}.json"
+    try:
+        old_doc, old_tensors, _, _ = _read_pair(json_path)
+    except _Damaged:
+        pass  # nothing intact to keep: a damaged pair must never replace the intact previous one
+    else:
+        prev = _previous(json_path)
+        _atomic_write(prev.with_suffix(".safetensors"), old_tensors)
+        _atomic_write(prev, old_doc)
+    _atomic_write(json_path.with_suffix(".safetensors"), blob)
+    _atomic_write(json_path, json.dumps(doc, indent=1).encode("utf-8"))
+    return json_path
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_checkpoint(path: str | Path, *, fallback: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint; ``path`` is the run folder or the ``.json`` file. Returns ``(state, config_dict)``.
 
-    Raises:
-        UserError: missing files, or a JSON and tensor file from different steps.
-    """
-    path = Path(path)
-    json_path = path if path.suffix == ".json" else path / f"{CHECKPOINT_NAME}.json"
-    tensor_path = json_path.with_suffix(".safetensors")
-    if not json_path.is_file() or not tensor_path.is_file():
-        raise UserError(f"checkpoint: expected {json_path.name} and {tensor_path.name} in {json_path.parent}, "
-                        f"found {'neither' if not json_path.is_file() and not tensor_path.is_file() else 'one'}")
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"checkpoint: {json_path} is not valid JSON: {err}") from None
-    from safetensors import safe_open
+    Both files are verified against the SHA-256 checksums written with them. With ``fallback=True`` a damaged
+    checkpoint (truncated, altered, or a pair cut apart by a crash) is reported with a warning and the previous
+    one (``checkpoint.prev.*``) is loaded instead; the CLI's resume, eval, generate and forecast do this.
 
-    with safe_open(str(tensor_path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("step") != doc.get("step"):
-        raise UserError(f"checkpoint: {tensor_path.name} is from step {meta.get('step')} but {json_path.name} "
-                        f"from step {doc.get('step')} (interrupted write?)")
-    tensors = load_file(str(tensor_path))
-    return decode_state(doc["state"], tensors), doc["config"]
+    Raises:
+        UserError: missing files, a damaged checkpoint (and, with ``fallback``, no intact previous one), or a
+            file that is not an rnnlab checkpoint (a pickle is refused without being unpickled).
+    """
+    json_path = _json_path(Path(path))
+    candidates = [json_path, _previous(json_path)] if fallback else [json_path]
+    problems: list[str] = []
+    for k, candidate in enumerate(candidates):
+        try:
+            _, _, doc, tensors = _read_pair(candidate)
+        except _Damaged as err:
+            problems.append(str(err))
+            continue
+        if k > 0:
+            warnings.warn(f"checkpoint: {problems[0]}; using the previous checkpoint {candidate} "
+                          f"(step {doc['step']})", UserWarning, stacklevel=2)
+        return decode_state(doc["state"], tensors), doc["config"]
+    nothing = not any(c.is_file() or c.with_suffix(".safetensors").is_file() for c in candidates)
+    if len(problems) == 1 or nothing:
+        raise UserError(f"checkpoint: {problems[0]}")
+    raise UserError(f"checkpoint: no intact checkpoint in {json_path.parent}: {json_path.name}: {problems[0]}; "
+                    f"{candidates[1].name}: {problems[1]}")
 
 
 def restore_rng_dtype(state: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import UserError
 
 __all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
-           "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields"]
+           "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config"]
 
 
 def _f(default: Any, help: str, flag: str | None = None) -> Any:
@@ -108,6 +108,7 @@ class TrainConfig:
     seed: int = _f(0, "seed for weights, data order and dropout: a seed fixes a run")
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     device: str = _f("cpu", "torch device, e.g. cpu or cuda")
+    max_bad_steps: int = _f(10, "stop the run after N consecutive skipped (non-finite) steps (0 = never)")
 
 
 @dataclass
@@ -172,7 +173,7 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
     """Build a :class:`Config` from nested ``{section: {key: value}}``, on top of ``base`` (defaults if None).
 
     Raises:
-        UserError: unknown section or key, or a value of the wrong type.
+        UserError: unknown section or key, a value of the wrong type or out of range (see validate_config).
     """
     cfg = dataclasses.replace(base) if base is not None else Config()
     if not isinstance(data, dict):
@@ -191,7 +192,52 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
                 raise UserError(f"config: unknown key {key!r} in [{section}]; expected one of {sorted(known)}")
             updates[key] = _coerce(f"{section}.{key}", value, _field_type(cls, key))
         setattr(cfg, section, dataclasses.replace(current, **updates))
+    validate_config(cfg)
     return cfg
+
+
+# Ranges of the numeric fields. A value outside is an error naming the field: never clamped, never left to fail
+# deep inside torch with a traceback (``--hidden-size 0``, ``--lr nan``, ``--checkpoint-every -1``).
+_AT_LEAST: dict[str, int] = {
+    "model.hidden_size": 1, "model.num_layers": 1, "model.embed_size": 0,
+    "task.batch_size": 1, "task.seq_len": 1, "task.horizon": 1, "task.num_samples": 1, "task.delay": 1,
+    "optim.weight_decay": 0, "optim.momentum": 0, "optim.warmup_steps": 0, "optim.min_lr": 0,
+    "optim.step_size": 1, "optim.plateau_patience": 0, "optim.clip_norm": 0, "optim.clip_value": 0,
+    "train.max_steps": 0, "train.max_time": 0, "train.bptt_stride": 0, "train.bptt_horizon": 0,
+    "train.eval_every": 0, "train.eval_batches": 0, "train.final_eval_batches": 0,
+    "train.early_stop_patience": 0, "train.checkpoint_every": 0, "train.log_every": 1, "train.threads": 0,
+    "train.max_bad_steps": 0, "run.sample_length": 0,
+}
+_POSITIVE = ("optim.lr", "optim.gamma", "run.sample_temperature")
+
+
+def validate_config(cfg: Config) -> None:
+    """Check value ranges (the types were checked on loading) and the device name.
+
+    Raises:
+        UserError: ``config: task.batch_size must be >= 1, got 0`` and the like.
+    """
+    import math
+
+    for section, f in iter_fields():
+        key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config: {key} must be a finite number, got {value}")
+        if key in _AT_LEAST and value < _AT_LEAST[key]:
+            raise UserError(f"config: {key} must be >= {_AT_LEAST[key]}, got {value}")
+        if key in _POSITIVE and value <= 0:
+            raise UserError(f"config: {key} must be > 0, got {value}")
+    if not 0 < cfg.task.val_fraction < 1:
+        raise UserError(f"config: task.val_fraction must be in (0, 1), got {cfg.task.val_fraction}")
+    import torch
+
+    try:
+        device = torch.device(cfg.train.device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"config: train.device: unknown device {cfg.train.device!r}; expected e.g. 'cpu', "
+                        f"'cuda' or 'cuda:1'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"config: train.device is {cfg.train.device!r} but torch sees no CUDA device")
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

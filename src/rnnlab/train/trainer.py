@@ -96,6 +96,8 @@ class Trainer:
     Attributes:
         step: optimizer steps done. should_stop: set by a callback to end :meth:`fit` after the current step.
         last_eval: the latest evaluation's metrics. skipped: list of ``(step, reason)`` of steps the guard skipped.
+        stop_reason: why :meth:`fit` stopped early on its own (``train.max_bad_steps`` consecutive skipped
+            steps), or None.
         rank, world_size: 0 and 1 (data-parallel runs set them); :attr:`is_main` says whether this process writes.
 
     Data parallelism hooks: ``task.train_batch(step)`` is the global batch, a pure function of the step, so a rank
@@ -125,6 +127,8 @@ class Trainer:
         self.should_stop = False
         self.last_eval: dict[str, float] = {}
         self.skipped: list[tuple[int, str]] = []
+        self.stop_reason: str | None = None
+        self._bad_streak = 0  # consecutive skipped steps
         self.rank, self.world_size = 0, 1
         self.train_time = 0.0  # seconds spent in fit(), summed over resumes
         # Carried across batches of a stateful task: the detached state at the start of `_ctx_x`, and the last
@@ -152,11 +156,20 @@ class Trainer:
             metrics = self.train_step(self.task.train_batch(self.step))
             self.step += 1
             self.train_time = time.perf_counter() - start
+            self._bad_streak = self._bad_streak + 1 if metrics["skipped"] else 0
+            if tc.max_bad_steps and self._bad_streak >= tc.max_bad_steps:
+                # Skipping cannot help any more (diverged weights, or data that is bad from here on): stop, and
+                # keep the last checkpoint, which skipped steps never made worse.
+                self.stop_reason = (f"stopped after {self._bad_streak} consecutive non-finite steps (steps "
+                                    f"{self.step - self._bad_streak + 1}-{self.step}); last: {self.skipped[-1][1]}")
+                self.should_stop = True
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, metrics)
         self.train_time = time.perf_counter() - start
         result = {"step": self.step, "train_time": self.train_time, "skipped_steps": len(self.skipped),
                   **{k: v for k, v in self.last_eval.items() if k != "final"}}
+        if self.stop_reason:
+            result["stopped"] = self.stop_reason
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         return result
@@ -222,8 +235,10 @@ class Trainer:
         grad_norm, clipped = clip_gradients(params, self.config.optim.clip_norm, self.config.optim.clip_value)
         if not math.isfinite(grad_norm):
             name = first_nonfinite_grad(self.model)
-            return self._skip(f"gradient norm is {grad_norm}; first non-finite gradient (in backward order) at "
-                              f"parameter {name}", t0, saved_state, saved_ctx, T, x.size(1))
+            # An Inf input can give a finite loss (saturating gates) and still a NaN gradient (inf * 0): blame the data.
+            source = "first non-finite value at the input batch; " if _has_nonfinite(xs) else ""
+            return self._skip(f"gradient norm is {grad_norm}; {source}first non-finite gradient (in backward "
+                              f"order) at parameter {name}", t0, saved_state, saved_ctx, T, x.size(1))
         self.optimizer.step()
         if task.stateful:
             self._state = s_state
@@ -292,8 +307,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:  # a checkpoint of another model (other cell, size or layers)
+            detail = " ".join(str(err).split())
+            raise UserError(f"checkpoint: the saved state does not fit this model ({detail[:300]})") from None
         self.schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
         self.train_time = float(state["train_time"])
