@@ -1,6 +1,7 @@
-"""Data-parallel training (rnnlab.train.distributed) with torchrun: 2 processes on loopback equal 1 process.
+"""Data-parallel training with torchrun: ``rnnlab train`` in 2 processes on loopback equals 1 process.
 
-Two CPU processes (gloo, ``torchrun --standalone``: loopback only) train on halves of each global batch; the
+Two CPU processes (gloo, ``torchrun --standalone``: loopback only) run the ``rnnlab train`` command
+(``rnnlab.train.run.setup_run`` distributes it) on halves of each global batch; the
 weights they end with, the validation loss and the logged steps must equal a single process trained on the
 whole batch, and a 2-process run resumed from its own checkpoint must end where an uninterrupted run ends.
 """
@@ -32,53 +33,51 @@ OVERRIDES = {
     "run.progress": False, "run.plots": False, "run.tensorboard": False, "run.sample_length": 0,
 }
 
+# Runs inside each torchrun process: the real `rnnlab train` command, three times (setup_run distributes it).
 WORKER = textwrap.dedent('''
-    import os, sys, json
+    import os, sys
     import torch.distributed as dist
-    from rnnlab.train.config import load_config
-    from rnnlab.train.run import setup_run
-    from rnnlab.train.distributed import distribute
+    from rnnlab.cli import main
 
-    base, overrides = sys.argv[1], json.loads(sys.argv[2])
-    rank = int(os.environ["RANK"])
+    base, config = sys.argv[1], sys.argv[2]
 
-    def train(name, steps, resume=False):
-        cfg = load_config(None, {**overrides, "train.max_steps": steps})
-        run_dir = os.path.join(base, name)
-        # Only rank 0 gets the run folder: setup_run writes config.json/task.json before distribute() sets ranks.
-        trainer = setup_run(cfg, run_dir=run_dir if rank == 0 else None, resume_dir=run_dir if resume else None)
-        distribute(trainer)
-        result = trainer.fit()
+    def train(*args):
+        assert main(["train", *args]) == 0
         dist.barrier()  # rank 0's checkpoint is complete before anyone reads it
-        print("RESULT", name, rank, json.dumps({"step": result["step"], "val_loss": result.get("val_loss")}))
 
-    train("ddp", 4)                   # 4 steps straight
-    train("resumed", 2)               # 2 steps, checkpoint ...
-    train("resumed", 4, resume=True)  # ... then resumed from it to step 4
+    train("--config", config, "--max-steps", "4", "--out-dir", base, "--name", "ddp")      # 4 steps straight
+    train("--config", config, "--max-steps", "2", "--out-dir", base, "--name", "resumed")  # 2 steps, checkpoint,
+    train("--resume", os.path.join(base, "resumed"), "--max-steps", "4")                 # then resumed to step 4
 ''')
 
 
-def _torchrun(tmp_path: Path) -> dict[tuple[str, int], dict]:
+def _config(tmp_path: Path) -> Path:
+    sections: dict[str, dict] = {}
+    for dotted, value in OVERRIDES.items():
+        section, key = dotted.split(".")
+        sections.setdefault(section, {})[key] = value
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON scalars are valid TOML here
+    path = tmp_path / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _torchrun(tmp_path: Path, config: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           str(tmp_path), json.dumps(OVERRIDES)]
+           str(tmp_path), str(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT"):
-            _, name, rank, payload = line.split(" ", 3)
-            results[(name, int(rank))] = json.loads(payload)  # the resumed run's second fit overwrites the first
-    assert sorted(results) == [("ddp", 0), ("ddp", 1), ("resumed", 0), ("resumed", 1)], proc.stdout[-2000:]
-    return results
 
 
-def _single(run_dir: Path, steps: int) -> dict:
-    cfg = load_config(None, {**OVERRIDES, "train.max_steps": steps})
-    trainer = setup_run(cfg, run_dir=run_dir)
-    return trainer.fit()
+def _final_val_loss(run_dir: Path) -> float:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == "val"][-1]["val_loss"]
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -87,17 +86,18 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path: Path) -> None:
-    single = _single(tmp_path / "single", 4)
-    runs = _torchrun(tmp_path)
-    ddp0, ddp1 = runs[("ddp", 0)], runs[("ddp", 1)]
-    assert ddp0["step"] == ddp1["step"] == 4
-    # Every rank evaluated the whole split with identical replicas: the same number, equal to one process's.
-    assert ddp0["val_loss"] == pytest.approx(ddp1["val_loss"], rel=1e-6)
-    assert ddp0["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    from rnnlab.cli import main
+
+    config = _config(tmp_path)
+    assert main(["train", "--config", str(config), "--max-steps", "4", "--out-dir", str(tmp_path),
+                 "--name", "single"]) == 0
+    _torchrun(tmp_path, config)
+
     w1, w2 = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     assert w1.keys() == w2.keys()
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-6, msg=f"weight {key}")
+    assert _final_val_loss(tmp_path / "ddp") == pytest.approx(_final_val_loss(tmp_path / "single"), rel=1e-5)
     # Training moved the weights: equal results are not two untouched models.
     start = _initial_weights()
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-3
@@ -111,7 +111,6 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path:
     assert records("ddp") == records("single")
 
     # Resumed at step 2 from its own checkpoint, the 2-process run ends where the uninterrupted one does.
-    assert runs[("resumed", 0)]["step"] == 4
     w3 = _weights(tmp_path / "resumed")
     for key in w1:
         torch.testing.assert_close(w3[key], w1[key], rtol=1e-5, atol=1e-6, msg=f"resumed weight {key}")

@@ -18,13 +18,12 @@ Known limits: dropout draws different masks per rank (as in any data-parallel ru
 single process only in distribution); a non-finite loss on one rank only would leave the others waiting in the
 gradient all-reduce (the gloo/nccl timeout ends the run); the logged training loss is rank 0's slice's.
 
-Usage (a trainer from :func:`rnnlab.train.run.setup_run`)::
+:func:`rnnlab.train.run.setup_run` calls :func:`distribute` on every trainer it builds (a no-op unless launched
+by torchrun with ``WORLD_SIZE > 1``), so the same command trains on one process or many::
 
-    trainer = setup_run(cfg)
-    distribute(trainer)          # no-op unless launched by torchrun with WORLD_SIZE > 1
-    trainer.fit()
+    torchrun --standalone --nproc-per-node 2 -m rnnlab train --task sine --batch-size 64
 
-launched as ``torchrun --standalone --nproc-per-node 2 script.py``.
+and a script does the same with ``trainer = setup_run(cfg); trainer.fit()`` under torchrun.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ def distribute(trainer, info: DistributedInfo | None = None, backend: str | None
         UserError: a batch size not divisible by the world size shows up at the first step.
     """
     info = info if info is not None else env_info()
-    if info is None:
+    if info is None or isinstance(trainer.task, ShardedTask):  # one process, or already distributed
         return trainer
     if trainer.device.type == "cuda":
         # One GPU per process: torchrun's LOCAL_RANK picks it.

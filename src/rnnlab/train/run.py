@@ -68,8 +68,13 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
     model, task = build_model_and_task(cfg)
     cbs = default_callbacks(cfg, run_dir, progress) + list(callbacks or [])
     trainer = Trainer(model, task, cfg, callbacks=cbs, run_dir=run_dir)
+    # Under torchrun (WORLD_SIZE > 1): this rank's slice of each batch, gradients averaged over ranks, rank 0
+    # writes; a no-op otherwise. Before the writes below, which only the main process does.
+    from .distributed import distribute
+
+    distribute(trainer)
     if resume_dir is not None:
-        state, _ = load_checkpoint(resume_dir, fallback=True)
+        state, _ = load_checkpoint(resume_dir)
         trainer.load_state_dict(state)
     if run_dir is not None and trainer.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -106,7 +111,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, An
     for name in ("task.json",):
         if not (run_dir / name).is_file():
             raise UserError(f"run folder {run_dir} has no {name} (is it a folder written by `rnnlab train`?)")
-    state, cfg_dict = load_checkpoint(run_dir, fallback=True)
+    state, cfg_dict = load_checkpoint(run_dir)
     cfg = config_from_dict(cfg_dict)
     info = json.loads((run_dir / "task.json").read_text())
 
