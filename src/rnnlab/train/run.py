@@ -74,7 +74,7 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
 
     distribute(trainer)
     if resume_dir is not None:
-        state, _ = load_checkpoint(resume_dir)
+        state, _ = load_checkpoint(resume_dir, fallback=True)
         trainer.load_state_dict(state)
     if run_dir is not None and trainer.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, An
     for name in ("task.json",):
         if not (run_dir / name).is_file():
             raise UserError(f"run folder {run_dir} has no {name} (is it a folder written by `rnnlab train`?)")
-    state, cfg_dict = load_checkpoint(run_dir)
+    state, cfg_dict = load_checkpoint(run_dir, fallback=True)
     cfg = config_from_dict(cfg_dict)
     info = json.loads((run_dir / "task.json").read_text())
 
