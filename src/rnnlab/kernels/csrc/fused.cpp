@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -75,7 +76,14 @@ using Pack = void (*)(int layout, int identifier, int trans, int m, int n, int k
                       int ld, float* dest);
 using Compute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
                          const float* b, int ldb, float beta, float* c, int ldc);
-constexpr int64_t kMinPackedWeights = 128 * 1024;
+// Weight matrices with fewer elements use plain sgemm; RNNLAB_FUSED_PACK_MIN overrides it (for measurements).
+int64_t min_packed_weights() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("RNNLAB_FUSED_PACK_MIN");
+    return env ? std::atoll(env) : int64_t{128 * 1024};
+  }();
+  return value;
+}
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
 
 struct PackedApi {
@@ -121,7 +129,7 @@ class StepGemm<float> {
     if (!api.ok() || w == nullptr) return;  // no W: an unused product (e.g. no projection)
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
     // and loses below 512x128 (2x slower at H=64: the packed call's fixed cost dominates tiny products).
-    if (static_cast<int64_t>(n) * k < kMinPackedWeights) return;
+    if (static_cast<int64_t>(n) * k < min_packed_weights()) return;
     packed_.resize(api.get_size(kBMatrix, m, n, k) / sizeof(float) + 1);
     api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, m, n, k, 1.0f, w, trans ? k : n, packed_.data());
   }
