@@ -147,6 +147,22 @@ def test_compare_quick_trains_three_cells_and_writes_the_report(tmp_path):
     assert json.loads((out / "config.json").read_text())["steps"] == 40
 
 
+def test_compare_lag_sweep_reports_the_largest_solved_length(tmp_path):
+    from rnnlab.report.compare import largest_solved
+
+    assert largest_solved({25: {"lstm": True, "rnn_tanh": True}, 50: {"lstm": True, "rnn_tanh": False},
+                           100: {"lstm": False, "rnn_tanh": False}}) == {"lstm": 50, "rnn_tanh": 25}
+    assert largest_solved({25: {"gru": False}}) == {"gru": None}
+    out = tmp_path / "sweep"
+    assert main(["compare", "--quick", "--cells", "gru", "--lags", "6", "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    mse = summary["lag_sweep"]["val_mse"]["6"]["gru"]
+    val = [json.loads(line) for line in (out / "runs" / "gru-T6" / "metrics.jsonl").open() if '"val"' in line]
+    assert abs(val[-1]["val_loss"] - mse) < 1e-9
+    assert summary["lag_sweep"]["largest_solved"]["gru"] == (6 if mse <= 0.1 / 6 else None)
+    assert "largest T solved" in (out / "report.html").read_text()
+
+
 def test_compare_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert main(["compare", "--init", "xavier", "--out", str(tmp_path)]) == 2
     assert "compare: --init expects one of ['torch', 'orthogonal'" in capsys.readouterr().err

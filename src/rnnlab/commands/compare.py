@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"default {getattr(d, name)}")
     p.add_argument("--lags", type=_ints, default=[], help="lag sweep: comma list of sequence lengths, e.g. "
                    "25,50,100,200 (reports the largest each cell solves)")
-    p.add_argument("--quick", action="store_true", help=f"smoke run with a tiny budget: {QUICK}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run with a tiny budget (overrides these flags): {QUICK}")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.set_defaults(func=run)
 

@@ -29,7 +29,7 @@ from ..train.trainer import Callback, Trainer
 from .figures import _TINY, plot_curves, save
 from .html import Section, write_html
 
-__all__ = ["CompareConfig", "run_compare", "QUICK"]
+__all__ = ["CompareConfig", "run_compare", "largest_solved", "QUICK"]
 
 # --quick: a smoke run that finishes in well under a minute on one core.
 QUICK = {"steps": 40, "hidden_size": 16, "batch_size": 32, "num_samples": 256, "seq_len": 20, "track_every": 20}
@@ -62,7 +62,6 @@ class CompareConfig:
         if cfg.quick:
             for k, v in QUICK.items():
                 setattr(cfg, k, v)
-            cfg.lags = [10, 20] if cfg.lags else []  # a sweep, if asked for, shrinks to two short lags
         bad = [c for c in cfg.cells if c not in CELLS and c != "rnn"]
         if not cfg.cells or bad:
             raise UserError(f"compare: --cells expects a comma list of {list(CELLS)}, got {cfg.cells}")
@@ -153,6 +152,12 @@ def _rho_curves(runs: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[f
     return out
 
 
+def largest_solved(solved: dict[int, dict[str, bool]]) -> dict[str, int | None]:
+    """Per cell, the largest sequence length it solved (None if none), from ``{T: {cell: solved}}``."""
+    cells = {c for row in solved.values() for c in row}
+    return {c: max((T for T, row in solved.items() if row.get(c)), default=None) for c in sorted(cells)}
+
+
 def _fmt(v: float) -> str:
     return "inf" if math.isinf(v) else f"{v:.3g}"
 
@@ -201,8 +206,7 @@ def run_compare(cfg: CompareConfig, out: str | Path) -> Path:
         sweep_table = [["T", *[CELLS[c] for c in cfg.cells]]]
         for T, rs in lag_runs.items():
             sweep_table.append([str(T), *[f"{r['val_mse']:.4f}" + (" solved" if r["solved"] else "") for r in rs]])
-        largest = {c: max([T for T, rs in lag_runs.items() for r in rs if r["cell"] == c and r["solved"]],
-                          default=None) for c in cfg.cells}
+        largest = largest_solved({T: {r["cell"]: r["solved"] for r in rs} for T, rs in lag_runs.items()})
         sweep_table.append(["largest T solved", *[str(largest[c] or "none") for c in cfg.cells]])
         sweep = {"val_mse": {str(T): {r["cell"]: r["val_mse"] for r in rs} for T, rs in lag_runs.items()},
                  "largest_solved": largest}
