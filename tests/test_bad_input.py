@@ -197,3 +197,52 @@ def test_eval_and_resume_of_a_folder_without_checkpoint(tmp_path, capsys):
 def test_no_command_and_unknown_command(capsys):
     rc, lines = run_cli(["fly"], capsys)
     assert_one_clear_line(rc, lines, r"invalid choice: 'fly'")
+
+
+@pytest.fixture(scope="module")
+def lm_and_forecast_runs(tmp_path_factory, files) -> tuple[Path, Path]:
+    """A finished character model (text task) and a finished forecasting run (csv task)."""
+    root = tmp_path_factory.mktemp("more_runs")
+    (files / "t.txt").write_text("hello world, this is a tiny text for a char model. " * 40)
+    (files / "xy.csv").write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(40)))
+    (files / "short_ab.csv").write_text("a,b\n1,2\n3,4\n5,6\n")
+    (files / "inf_ab.csv").write_text("a,b\n" + "".join(f"{i},{'inf' if i == 20 else i}\n" for i in range(40)))
+    small = TINY[2:]  # TINY without "--task sine"
+    assert main(["train", "--task", "text", "--path", str(files / "t.txt"), *small, "--sample-length", "0",
+                 "--out-dir", str(root), "--name", "lm"]) == 0
+    assert main(["train", "--task", "csv", "--path", str(files / "ok.csv"), *small, "--out-dir", str(root),
+                 "--name", "fc"]) == 0
+    return root / "lm", root / "fc"
+
+
+OTHER_CASES = [
+    ("generate_temperature_0", "generate", "lm", ["--temperature", "0"], r"temperature must be a finite number > 0"),
+    ("generate_temperature_negative", "generate", "lm", ["--temperature", "-1"], r"temperature must be a finite"),
+    ("generate_temperature_nan", "generate", "lm", ["--temperature", "nan", "--prime", "h"],
+     r"temperature must be a finite number > 0, got nan"),
+    ("generate_top_k_negative", "generate", "lm", ["--top-k", "-2", "--prime", "h"], r"top_k must be >= 0, got -2"),
+    ("generate_prime_unknown_chars", "generate", "lm", ["--prime", "ZZZ"], r"not in the model's vocabulary: \['Z'\]"),
+    ("generate_prime_empty", "generate", "lm", ["--prime", ""], r"prime text must not be empty"),
+    ("generate_length_negative", "generate", "lm", ["--length", "-1"], r"--length must be >= 0, got -1"),
+    ("generate_on_forecast_run", "generate", "fc", [], r"not a character model"),
+    ("forecast_on_char_model", "forecast", "lm", [], r"not a forecasting task"),
+    ("forecast_missing_input", "forecast", "fc", ["--input", "{d}/nope.csv"], r"csv task: file not found"),
+    ("forecast_series_shorter_than_window", "forecast", "fc", ["--input", "{d}/short_ab.csv"],
+     r"the series has 3 points, fewer than the model's window of 6"),
+    ("forecast_input_with_inf", "forecast", "fc", ["--input", "{d}/inf_ab.csv"],
+     r"inf_ab\.csv row 22, column 'b': 'inf' is infinite"),
+    ("forecast_input_other_columns", "forecast", "fc", ["--input", "{d}/xy.csv"],
+     r"columns \['a', 'b'\] not in xy\.csv; available: \['x', 'y'\]"),
+    ("forecast_output_folder_missing", "forecast", "fc", ["--output", "{d}/no/such/folder/f.csv"],
+     r"--output .*f\.csv: the folder .* does not exist"),
+    ("eval_batches_negative", "eval", "fc", ["--batches", "-1"], r"--batches must be >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("command,run,argv,pattern", [pytest.param(c, r, a, p, id=i) for i, c, r, a, p in OTHER_CASES])
+def test_other_commands_bad_input(command, run, argv, pattern, lm_and_forecast_runs, files, capsys):
+    folder = lm_and_forecast_runs[0] if run == "lm" else lm_and_forecast_runs[1]
+    before = fingerprint(folder)
+    rc, lines = run_cli([command, str(folder), *(a.replace("{d}", str(files)) for a in argv)], capsys)
+    assert_one_clear_line(rc, lines, pattern)
+    assert fingerprint(folder) == before

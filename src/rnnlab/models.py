@@ -165,8 +165,8 @@ def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str = "\
     """
     if not vocab:
         raise UserError("generate: the model has no vocabulary (not a character model)")
-    if temperature <= 0:
-        raise UserError(f"generate: temperature must be > 0, got {temperature}")
+    if not 0 < temperature < float("inf"):  # also refuses NaN, which would turn every probability into NaN
+        raise UserError(f"generate: temperature must be a finite number > 0, got {temperature}")
     if top_k < 0:
         raise UserError(f"generate: top_k must be >= 0, got {top_k}")
     if not prime:

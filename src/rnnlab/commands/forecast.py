@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..train.run import load_run
 
+    for flag, target in (("--output", args.output), ("--plot", args.plot)):
+        if target and not Path(target).parent.is_dir():  # fail before the work, not with a traceback after it
+            raise UserError(f"forecast: {flag} {target}: the folder {Path(target).parent} does not exist")
     cfg, model, info = load_run(args.run_dir)
     if "scaler" not in info:
         raise UserError(f"{args.run_dir} is a {info['name']} run, not a forecasting task (csv, sunspots, co2)")
