@@ -141,7 +141,7 @@ def test_jit_script_is_not_supported() -> None:
     forward dispatches on Python types and backends; use torch.compile or torch.export instead."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(RuntimeError):
+        with pytest.raises(Exception):  # RuntimeError or torch.jit.frontend's NotSupportedError, by construct
             torch.jit.script(rnnlab.LSTM(3, 4))
 
 
@@ -153,3 +153,23 @@ def test_compile_inductor_equals_eager(name: str) -> None:
     compiled = torch.compile(layer, fullgraph=True)  # inductor: generated C++ kernels
     x = torch.randn(2, 3, 3) if layer.batch_first else torch.randn(3, 2, 3)
     _assert_same(layer, lambda inp, hx: compiled(inp, hx), x, atol=1e-5)
+
+
+def test_compile_task_model_equals_eager() -> None:
+    """A task model (embedding -> rnnlab LSTM -> linear head, from rnnlab.models) captures whole too."""
+    from rnnlab.models import CharLM
+
+    torch._dynamo.reset()
+    model = CharLM(vocab_size=11, hidden_size=6, embed_size=5)
+    ids = torch.randint(0, 11, (3, 2))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    logits_c, (h_c, c_c) = compiled(ids)
+    logits_e, (h_e, c_e) = model(ids)
+    for got, want in ((logits_c, logits_e), (h_c, h_e), (c_c, c_e)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    target = torch.randint(0, 11, (3, 2))
+    loss = lambda logits: torch.nn.functional.cross_entropy(logits.reshape(-1, 11), target.reshape(-1))  # noqa: E731
+    g_c = torch.autograd.grad(loss(logits_c), list(model.parameters()))
+    g_e = torch.autograd.grad(loss(logits_e), list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), g_c, g_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"grad of {name}")

@@ -390,7 +390,9 @@ class RNNBase(nn.Module):
         # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
         backend = "reference" if self.backend is None and _capturing() else self.backend
         run_layer = resolve_backend(backend)
-        observer = _observer.get()
+        # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
+        # no per-step Python to observe.
+        observer = None if _capturing() else _observer.get()
         on_loop = self._needs_reference_loop() or observer is not None
         if on_loop and observer is None:
             self._warn_reference_loop(backend or get_backend())
