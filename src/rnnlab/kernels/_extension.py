@@ -68,7 +68,7 @@ def load_extension() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name=f"rnnlab_fused_{tag}", sources=[str(SOURCE)], extra_cflags=["-O3", *flags],
+        load(name=f"rnnlab_fused_{tag}", sources=[str(SOURCE)], extra_cflags=["-O3", "-fno-math-errno", "-fno-trapping-math", *flags],
              is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any build or load failure means: use the fallback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
