@@ -14,11 +14,17 @@ Published: no step count to compare (the papers report final accuracies); the cl
 bias 1 reaches the threshold in fewer steps than bias 0 on most seeds.
 
     python benchmarks/convergence/forget_bias.py --seeds 0 1 2
+    python benchmarks/convergence/forget_bias.py --biases 0 --reuse-adding   # b_f = 1 runs taken from adding.py
+
+``--reuse-adding`` takes the b_f = 1 runs from the adding benchmark's JSON files (``adding_quick.json``,
+``adding_seeds_1_2.json``, ``adding.json``) instead of training them again: with the same seed, T, H, batch,
+optimiser, clip, test set and stopping rule they are the same runs (the script checks those settings match).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +54,28 @@ def build(bias: float, hidden: int, seed: int) -> LastStep:
     return model
 
 
+def reused_runs(args: argparse.Namespace) -> list[dict]:
+    """b_f = 1 LSTM runs of ``args.seeds`` from the adding benchmark's JSON files, when their settings match."""
+    same = ("hidden", "batch", "lr", "clip", "eval_every", "test_size")
+    out = []
+    for name in ("adding_quick", "adding_seeds_1_2", "adding"):
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        cfg = data["config"]
+        if cfg["init"] != "forget_bias" or any(cfg[k] != getattr(args, k) for k in same) \
+                or cfg["stop_below"] < THRESHOLD or cfg["steps"] < args.steps:
+            continue
+        for r in data["runs"]:
+            if r["cell"] == "lstm" and r["seq_len"] == args.seq_len and r["seed"] in args.seeds \
+                    and not any(o["seed"] == r["seed"] for o in out):
+                hit = next((s for s, v in zip(r["curve"]["steps"], r["curve"]["values"]) if v < THRESHOLD), None)
+                out.append({"seed": r["seed"], "forget_bias": 1.0, "steps_to_threshold": hit,
+                            "final_mse": r["final_mse"], "curve": r["curve"], "from": str(path.name)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -59,17 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--biases", nargs="+", type=float, default=[0.0, 1.0], choices=[0.0, 1.0])
+    p.add_argument("--reuse-adding", action="store_true",
+                   help="take b_f = 1 runs of these seeds from adding.py's JSON files (same settings)")
     p.add_argument("--dry-run", action="store_true", help="5 steps per run (smoke test)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.dry_run:
         args.steps, args.eval_every, args.seeds, args.test_size, args.seq_len = 5, 5, args.seeds[:1], 64, 20
+        args.biases, args.reuse_adding = [0.0, 1.0], False
     setup()
     xt, yt = adding_problem(args.test_size, args.seq_len, torch.Generator().manual_seed(10_000 + args.seq_len))
     xt = xt.transpose(0, 1).contiguous()
-    runs = []
+    runs = reused_runs(args) if args.reuse_adding else []
     for seed in args.seeds:
-        for bias in (0.0, 1.0):
+        for bias in args.biases:
+            if any(r["seed"] == seed and r["forget_bias"] == bias for r in runs):
+                continue
             model = build(bias, args.hidden, seed)
             data = torch.Generator().manual_seed(seed)
 
@@ -84,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"seed": seed, "forget_bias": bias, "steps_to_threshold": hit, "final_mse": curve.values[-1],
                          "curve": curve.to_dict()})
     rows = []
+    missing = [(s, b) for s in args.seeds for b in (0.0, 1.0)
+               if not any(r["seed"] == s and r["forget_bias"] == b for r in runs)]
+    if missing:
+        raise SystemExit(f"forget_bias: no run for (seed, b_f) {missing}; add the bias to --biases or --reuse-adding")
     for seed in args.seeds:
         r0, r1 = (next(r for r in runs if r["seed"] == seed and r["forget_bias"] == b) for b in (0.0, 1.0))
         show = lambda h: f"> {args.steps}" if h is None else str(h)  # noqa: E731
