@@ -190,7 +190,7 @@ def _kill_plan(n: int, seed: int) -> list[tuple[str, float | None]]:
     return plan
 
 
-def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: int, runner) -> None:
+def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: int, runner) -> int:
     from rnnlab.cli import main
 
     assert main(["train", *CONFIG, "--max-steps", str(max_steps), "--out-dir", str(tmp_path),
@@ -200,12 +200,14 @@ def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: in
 
     crashed = tmp_path / "crashed"
     killed, attempts, plan = 0, 0, _kill_plan(kills * 3, seed)
+    damaged_latest = 0  # kills that left the latest checkpoint damaged, so that the resume had to fall back
     while killed < kills:
         assert attempts < len(plan), f"only {killed} kills landed in {attempts} attempts"
         kill, external = plan[attempts]
         attempts += 1
         if runner(crashed, kill, max_steps, external) == -signal.SIGKILL:
             killed += 1
+            damaged_latest += _latest_is_damaged(crashed)
             continue
         # it finished before the kill point: check it, then start over so that the kills keep counting
         got_step, got = _final_weights(crashed)
@@ -214,6 +216,21 @@ def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: in
     assert runner(crashed, "none", max_steps, None) == 0
     got_step, got = _final_weights(crashed)
     _assert_bit_identical(got_step, got, want_step, want)
+    return damaged_latest
+
+
+def _latest_is_damaged(run_dir: Path) -> int:
+    """1 if the run has a checkpoint but its latest pair fails verification (the resume must use .prev)."""
+    from rnnlab.errors import UserError
+    from rnnlab.train.checkpoint import load_checkpoint
+
+    if not (run_dir / "checkpoint.prev.json").exists():
+        return 0
+    try:
+        load_checkpoint(run_dir)
+    except UserError:
+        return 1
+    return 0
 
 
 def _assert_bit_identical(got_step, got, want_step, want) -> None:
@@ -227,12 +244,14 @@ def _assert_bit_identical(got_step, got, want_step, want) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (the slow variant spawns interpreters)")
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    _kill_resume_until_done(tmp_path, kills=6, max_steps=14, seed=0, runner=_run_forked)
+    damaged = _kill_resume_until_done(tmp_path, kills=6, max_steps=14, seed=0, runner=_run_forked)
+    assert damaged >= 1, "no kill left the latest checkpoint damaged: the fallback path was not exercised"
 
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical_20_kills(tmp_path):
-    _kill_resume_until_done(tmp_path, kills=24, max_steps=80, seed=1, runner=_run_subprocess)
+    damaged = _kill_resume_until_done(tmp_path, kills=24, max_steps=80, seed=1, runner=_run_subprocess)
+    assert damaged >= 1
 
 
 # -- checksums and fallback ------------------------------------------------------------------------------------
