@@ -100,9 +100,9 @@ def main() -> None:
         def full():
             analyse(model, loss_fn, rows=4)
 
-        results = {name: timed(fn, args.warmup, args.repeats)
-                   for name, fn in (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked), ("probe", probe),
-                                    ("analyse", full))}
+        steps = (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked), ("probe", probe),
+                 ("analyse", full))
+        results = {name: timed(fn, args.warmup, args.repeats) for name, fn in steps}
         base_w, base_c = statistics.median(results["plain"][0]), statistics.median(results["plain"][1])
         for name, (wall, cpu) in results.items():
             mw, mc = statistics.median(wall), statistics.median(cpu)

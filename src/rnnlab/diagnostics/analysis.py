@@ -36,7 +36,7 @@ def analyse(model: nn.Module, loss_fn: Callable[[], Tensor], *, windows: Sequenc
     Args:
         model: an rnnlab layer or a module containing rnnlab layers.
         loss_fn: computes a scalar loss by calling ``model``.
-        windows: Jacobian product lengths ``k`` (default: 1, 2, 5, 10, 20, 50, ... up to ``T``).
+        windows: Jacobian product lengths ``k`` (default: 1, 2, 5, 10, 20, 50, ... below ``T``, and ``T``).
         rows: batch rows used for the Jacobians (their cost grows with ``rows * T * S^2``).
 
     Example:
@@ -50,7 +50,11 @@ def analyse(model: nn.Module, loss_fn: Callable[[], Tensor], *, windows: Sequenc
     jacobians = []
     for tr in rec.traces:
         T = tr.steps
-        ks = [k for k in (windows or [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]) if k <= T] or [T]
+        # default: 1, 2, 5, 10, 20, 50, ... below T, and T itself (the whole sequence, ds_{T-1}/ds_initial)
+        ks = [k for k in windows if k <= T] if windows else [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k < T]
+        ks = ks or [T]
+        if not windows:
+            ks.append(T)
         sizes = [s.size(-1) for s in state_tensors(tr.initial)]
         jacobians.append(product_spectrum(trace_jacobians(tr, rows), ks, hidden_size=sizes[0]))
     return Diagnosis(profile, jacobians, recurrent_spectra(model), [gate_stats(tr) for tr in rec.traces])
