@@ -190,15 +190,16 @@ def run_compare(cfg: CompareConfig, out: str | Path) -> Path:
                      title=f"Adding problem, T={cfg.seq_len}: training loss", hline=ADDING_BASELINE_MSE,
                      hline_label="baseline (predict 1): 1/6").name, "training loss per step, same seed and budget"),
         (_profile_grid(runs, out / "profiles.png", cfg.seq_len).name,
-         "gradient profile on a fixed validation batch at step 0 (dark) through the end (light)"),
+         "gradient profile at step 0 (first validation batch, dark) and at each tracked step (that step's own "
+         "training batch) through the end (light)"),
         (plot_curves(_tracked_curves(runs, "grad_norm_pre"), out / "grad_norm.png", ylabel="pre-clip gradient norm",
                      title="Global gradient norm before clipping").name, "at each tracked step"),
         (plot_curves(_rho_curves(runs), out / "rho.png", ylabel="max rho(W_hh) over gate blocks", logy=False,
                      title="Spectral radius of the recurrent weights").name, "at each tracked step"),
     ]
-    sections = [Section("Results", text=f"solved: validation MSE <= {cfg.solve_fraction} x 1/6. Half-life: steps "
-                        f"for ||dL/dh|| (last layer) to halve on a fixed validation batch.", table=table,
-                        images=images)]
+    text = (f"solved: validation MSE <= {cfg.solve_fraction} x 1/6. Half-life: steps for ||dL/dh|| (last layer) "
+            f"to halve (step 0: first validation batch; end: the last tracked step's own training batch).")
+    sections = [Section("Results", text=text, table=table, images=images)]
     sweep: dict[str, Any] = {}
     if cfg.lags:
         lag_runs = {T: [_train(cfg, cell, T, out / "runs" / f"{cell}-T{T}") for cell in cfg.cells]
