@@ -260,8 +260,8 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
 }
 
 template <typename T>
-void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len, bool reverse, int Tn, int B, int H,
-                       int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
+void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len,
+                       bool reverse, int Tn, int B, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> mbuf(proj && Ms == nullptr ? static_cast<size_t>(B) * H : 0);
@@ -286,7 +286,8 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
     T* y = Y + static_cast<int64_t>(t) * B * P;
     if (proj) project(m, T(0), y);                         // h_t = m_t W_hr^T (padding rows of m are 0)
     for (int b = 0; b < B; ++b)
-      if (is_valid(len, t, b)) std::memcpy(h + static_cast<int64_t>(b) * P, y + static_cast<int64_t>(b) * P, sizeof(T) * P);
+      if (is_valid(len, t, b))
+        std::memcpy(h + static_cast<int64_t>(b) * P, y + static_cast<int64_t>(b) * P, sizeof(T) * P);
     if (Cs) std::memcpy(Cs + static_cast<int64_t>(t) * B * H, c, sizeof(T) * B * H);
   }
 }
@@ -294,8 +295,8 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
 // xw (T,B,4H) is x W_ih^T; bias (4H,) = b_ih + b_hh is added in the gate loop (no broadcast copy).
 // Returns Y (T,B,P), h_n, c_n and, when train, the cell states C (T,B,H) (padding steps hold the carried state)
 // and, with projections, m = o*tanh(c) (T,B,H). xw (T,B,4H) is overwritten with the activated gates i,f,g,o.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& c0,
-                                                                const Tensor& w_hh,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& bias, const Tensor& h0,
+                                                                const Tensor& c0, const Tensor& w_hh,
                                                                 const std::optional<Tensor>& w_hr,
                                                                 const std::optional<Tensor>& lengths, bool reverse,
                                                                 bool train) {
@@ -407,9 +408,9 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
 // Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0, with
 // projections dH (T,B,P) = dL/dh_t for every step (for dW_hr), and db (4H,) = sum of dG over T and B.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn,
-                                                         const Tensor& gates, const Tensor& Cs, const Tensor& c0,
-                                                         const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                                                         const std::optional<Tensor>& lengths, bool reverse) {
+                                                                 const Tensor& gates, const Tensor& Cs, const Tensor& c0,
+                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                                                                 const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
   Tensor dh = dhn.clone(), dc = dcn.clone();
@@ -452,8 +453,8 @@ inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict g
 }
 
 template <typename T>
-void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh, const T* bhh, const int64_t* len, bool reverse, int Tn, int B, int H,
-                      T* Y, T* h, T* HN) {
+void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh, const T* bhh, const int64_t* len,
+                      bool reverse, int Tn, int B, int H, T* Y, T* h, T* HN) {
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
   const StepGemm<T> rec(whh, true, B, G, H);
@@ -472,8 +473,8 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
       T* gb = g + static_cast<int64_t>(b) * G;
       const T* hwb = hw.data() + static_cast<int64_t>(b) * G;
       T* hnb = HN ? HN + (static_cast<int64_t>(t) * B + b) * H : hnbuf.data();
-      gru_cell_forward<T>(gb, gb + H, gb + 2 * H, bih, bih + H, bih + 2 * H, hwb, hwb + H, hwb + 2 * H, bhh, bhh + H, bhh + 2 * H,
-                          h + static_cast<int64_t>(b) * H, yb, hnb, H);
+      gru_cell_forward<T>(gb, gb + H, gb + 2 * H, bih, bih + H, bih + 2 * H, hwb, hwb + H, hwb + 2 * H, bhh,
+                          bhh + H, bhh + 2 * H, h + static_cast<int64_t>(b) * H, yb, hnb, H);
     }
   }
 }
@@ -488,9 +489,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
   Tensor h = h0.clone();
   Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
-    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
-                               lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
-                               h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
+    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                               b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
+                               Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
   });
   return {Y, h, HN};
 }
@@ -575,9 +576,10 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
 
 // Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dHn (T,B,H) (of W_hn h + b_hn; the r, z blocks of the
 // gradient of h W_hh^T + b_hh are dGx's), dh0, db_ih, db_hh.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& gates,
-                                                const Tensor& HN, const Tensor& Y, const Tensor& h0,
-                                                const Tensor& w_hh, const std::optional<Tensor>& lengths,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn,
+                                                                const Tensor& gates, const Tensor& HN, const Tensor& Y,
+                                                                const Tensor& h0, const Tensor& w_hh,
+                                                                const std::optional<Tensor>& lengths,
                                                 bool reverse) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
   Tensor dh = dhn.clone();
@@ -596,7 +598,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY
 // ---- Elman RNN ------------------------------------------------------------------------------------------------
 
 template <typename T>
-void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B, int H, T* h) {
+void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B,
+                      int H, T* h) {
   const StepGemm<T> rec(whh, true, B, H, H);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
@@ -622,13 +625,13 @@ void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64
 }
 
 // xw (T,B,H) is x W_ih^T and becomes the output Y in place; bias (H,) = b_ih + b_hh. Returns h_n.
-Tensor rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
-                   bool reverse) {
+Tensor rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh, bool relu,
+                   const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
   Tensor h = h0.clone();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
-    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
-                               reverse, Tn, B, H, h.data_ptr<scalar_t>());
+    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
+                               lengths_ptr(lengths), reverse, Tn, B, H, h.data_ptr<scalar_t>());
   });
   return h;
 }
@@ -663,8 +666,9 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
 }
 
 // Returns dG (T,B,H) (gradient of the pre-activation), dh0 and db (H,).
-std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y, const Tensor& w_hh,
-                                        bool relu, const std::optional<Tensor>& lengths, bool reverse) {
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
+                                                const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
+                                                bool reverse) {
   const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
   Tensor dh = dhn.clone();
   Tensor dG = at::empty_like(Y);
@@ -692,7 +696,8 @@ TORCH_LIBRARY(rnnlab_fused, m) {
         "bool train) -> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
         "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("rnn_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) -> Tensor");
+  m.def("rnn_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, "
+        "bool reverse) -> Tensor");
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) "
         "-> (Tensor, Tensor, Tensor)");
 }
