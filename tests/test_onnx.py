@@ -22,7 +22,8 @@ pytest.importorskip("onnxscript")
 
 import rnnlab  # noqa: E402
 from rnnlab.errors import UserError  # noqa: E402
-from rnnlab.export import example_inputs, export_onnx, verify_onnx  # noqa: E402
+from rnnlab.export import example_inputs, export_onnx, recurrent_layer, verify_onnx  # noqa: E402
+from rnnlab.models import CharLM  # noqa: E402
 
 TOL = 1e-4
 # torch.export's own internals warn about a deprecated pytree spelling; nothing rnnlab can change.
@@ -52,6 +53,8 @@ SLOW_CASES = {
     "gru-bidir-2layer": lambda: rnnlab.GRU(3, 4, num_layers=2, bidirectional=True),
     "rnn-relu-bidir-2layer": lambda: rnnlab.RNN(3, 4, num_layers=2, nonlinearity="relu", bidirectional=True),
     "gru-no-bias": lambda: rnnlab.GRU(3, 4, bias=False),
+    # A task model with token input: int64 ids -> embedding -> 2-layer GRU -> linear head.
+    "charlm-gru-2layer": lambda: CharLM(vocab_size=11, hidden_size=6, cell="gru", num_layers=2, embed_size=5),
 }
 
 
@@ -60,7 +63,7 @@ def _check(name: str, make, tmp_path: Path) -> None:
     layer = make()
     _train_a_little(layer)
     exported = export_onnx(layer, tmp_path / f"{name}.onnx", seq_len=3)
-    lstm = isinstance(layer, rnnlab.LSTM)
+    lstm = recurrent_layer(layer).mode == "LSTM"
     assert exported.input_names == (["input", "h_0", "c_0"] if lstm else ["input", "h_0"])
     assert exported.output_names == (["output", "h_n", "c_n"] if lstm else ["output", "h_n"])
     assert verify_onnx(exported, layer) <= TOL

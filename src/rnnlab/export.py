@@ -191,6 +191,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, seq_len: int, batch_size:
         with _export_mode(model), torch.no_grad(), warnings.catch_warnings():
             # "axis name batch will not be used": the state tensors share the input's batch axis, as intended.
             warnings.filterwarnings("ignore", message=".*axis name.*")
+            # torch.export's own use of a deprecated pytree spelling; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             program = torch.onnx.export(_Flat(model, lstm).eval(), example, dynamo=True, input_names=input_names,
                                         output_names=output_names, dynamic_shapes=dynamic,
                                         opset_version=opset_version, verbose=False)
