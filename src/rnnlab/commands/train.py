@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..data import available_tasks
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = config_overrides(args)
     if args.resume:
-        _, saved = load_checkpoint(args.resume, fallback=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fallback is reported once, when setup_run loads the state
+            _, saved = load_checkpoint(args.resume, fallback=True)
         if args.config:
             raise UserError("--resume uses the run's saved config; give changes as flags, not --config")
         nested: dict = {}
