@@ -127,3 +127,18 @@ def test_profile_from_grads_needs_retain_grad():
     loss.backward()
     expected = gradient_profile(gru, lambda: gru(x)[0][-1].sum())
     torch.testing.assert_close(profile_from_grads(rec).hidden, expected.hidden, rtol=1e-6, atol=0)
+
+
+def test_tbptt_windows_get_their_own_profile_rows():
+    cfg = load_config(None, {"task.name": "sine", "task.seq_len": 12, "task.num_samples": 32, "task.batch_size": 4,
+                             "model.cell": "gru", "model.hidden_size": 6, "train.max_steps": 2,
+                             "train.bptt_stride": 4, "train.eval_every": 0, "run.progress": False})
+    task = build_task(cfg.task, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task)
+    tracker = GradientTracker(every=2)
+    Trainer(model, task, cfg, callbacks=[tracker]).fit()
+    rec = tracker.history[-1]
+    assert rec["profile_source"] == "step"
+    assert list(rec["profile"]) == ["rnn.l0", "rnn.l0#1", "rnn.l0#2"]  # three windows of 4 steps
+    assert all(len(v) == 4 and all(g > 0 for g in v) for v in rec["profile"].values())

@@ -37,7 +37,8 @@ class LayerTrace:
     """Everything one layer-direction saw during one forward pass, in time order (index ``t`` = step ``t``).
 
     Attributes:
-        name: ``"<module>.l<layer>[_reverse]"`` (``"l0"`` when the model is the layer itself).
+        name: ``"<module>.l<layer>[_reverse]"`` (``"l0"`` when the model is the layer itself), with ``"#k"``
+            appended for the k-th repeated run of the same layer-direction in one recording (TBPTT windows).
         mode: torch's cell name (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``), or the cell's own name for
             cells without torch's weight layout.
         layer, direction: position in the stack (direction 1 is the reversed half of a bidirectional layer).
@@ -142,7 +143,11 @@ class Recorder:
                 if not s.is_leaf:
                     s.retain_grad()
         state = parts if isinstance(state, tuple) else parts[0]
-        trace = LayerTrace(f"{mname}.{label}" if mname else label, module.mode, layer, direction, weights, step,
+        name = f"{mname}.{label}" if mname else label
+        # A layer run again in the same recording (truncated-BPTT windows, a decoder loop) gets "#k" suffixes.
+        repeats = sum(tr.name.split("#")[0] == name for tr in self.rec.traces)
+        name = f"{name}#{repeats}" if repeats else name
+        trace = LayerTrace(name, module.mode, layer, direction, weights, step,
                            state, [None] * steps, [None] * steps, [None] * steps)  # type: ignore[list-item]
         self.rec.traces.append(trace)
         return self._recording_step(trace, step, steps), state
