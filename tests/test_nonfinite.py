@@ -206,3 +206,25 @@ def test_cli_stops_with_one_clear_line_and_the_run_still_evaluates(tmp_path, mon
     assert main(["eval", str(tmp_path / "r")]) == 0
     state, _ = load_checkpoint(tmp_path / "r")
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_bad_step_streak_survives_a_resume(tmp_path):
+    """2 bad steps, a crash, a resume, 1 more bad step: with max_bad_steps=3 the run stops there."""
+    cfg = load_config(None, {**BASE, "train.max_steps": 20, "train.max_bad_steps": 3,
+                             "train.checkpoint_every": 1, "run.out_dir": str(tmp_path), "run.name": "r"})
+
+    class Crash(Callback):
+        def on_step_end(self, tr, step, metrics):
+            if step == 4:
+                raise KeyboardInterrupt  # after the step-4 checkpoint (default callbacks run first)
+
+    first = setup_run(cfg, callbacks=[Crash()])
+    first.task = Poisoned(first.task, {2, 3, 4})
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = setup_run(cfg, resume_dir=tmp_path / "r")
+    resumed.task = Poisoned(resumed.task, {2, 3, 4})
+    assert resumed.step == 4
+    resumed.fit()
+    assert resumed.step == 5 and [s for s, _ in resumed.skipped] == [3, 4, 5]
+    assert resumed.stop_reason and "3 consecutive" in resumed.stop_reason

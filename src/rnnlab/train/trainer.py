@@ -301,6 +301,7 @@ class Trainer:
             "train_time": self.train_time,
             "last_eval": self.last_eval,
             "skipped": [list(s) for s in self.skipped],
+            "bad_streak": self._bad_streak,
             "rng": {"torch": torch.get_rng_state(), **{f"cuda{i}": s for i, s in enumerate(cuda)}},
             "carry": {"state": self._state, "ctx_x": self._ctx_x},
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks},
@@ -318,6 +319,7 @@ class Trainer:
         self.train_time = float(state["train_time"])
         self.last_eval = dict(state["last_eval"])
         self.skipped = [(int(s), str(r)) for s, r in state["skipped"]]
+        self._bad_streak = int(state.get("bad_streak", 0))  # absent in checkpoints written before it existed
         torch.set_rng_state(state["rng"]["torch"])
         cuda = [state["rng"][k] for k in sorted(state["rng"]) if k.startswith("cuda")]
         if cuda and torch.cuda.is_available():
