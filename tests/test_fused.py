@@ -280,3 +280,19 @@ def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match=r"fused backend: unknown RNN mode 'LSTMX'; expected 'LSTM'"):
         fused.run_layer("LSTMX", torch.randn(2, 1, 3), torch.zeros(1, 3), _weights("RNN_TANH", 3, 3))
+
+
+def test_bench_config_errors_name_the_field():
+    """`rnnlab bench` rejects bad input with one line naming the field, expected vs got (no benchmark is run)."""
+    from rnnlab.bench import BenchConfig
+    from rnnlab.cli import main
+    from rnnlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"bench: cells must be a non-empty subset of \['lstm', 'gru', 'rnn'\], "
+                                        r"got \['lstmx'\]"):
+        BenchConfig(cells=("lstmx",)).validate()
+    with pytest.raises(UserError, match=r"bench: rounds must be >= 1, got 0"):
+        BenchConfig(rounds=0).validate()
+    with pytest.raises(UserError, match=r"bench: backend must be one of .*, got 'nope'"):
+        BenchConfig(backend="nope").validate()
+    assert main(["bench", "--sizes", "S9", "--no-memory"]) == 2
