@@ -105,6 +105,7 @@ def _in_fresh_process(backend: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~15 s of interpreter start-up on the shared machine; the default run covers it in-process
 def test_same_seed_same_trajectory_across_processes():
     here = trajectory("fused")
     there = _in_fresh_process("fused")
