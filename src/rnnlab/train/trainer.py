@@ -166,7 +166,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, metrics)
         self.train_time = time.perf_counter() - start
-        result = {"step": self.step, "train_time": self.train_time, "skipped_steps": len(self.skipped),
+        result: dict[str, Any] = {"step": self.step, "train_time": self.train_time, "skipped_steps": len(self.skipped),
                   **{k: v for k, v in self.last_eval.items() if k != "final"}}
         if self.stop_reason:
             result["stopped"] = self.stop_reason
