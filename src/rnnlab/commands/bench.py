@@ -20,13 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(interleaved rounds, warm-up, median and min/max, wall and process CPU time), forward-only "
                     "and forward+backward, at the sizes S1-S4; print the ratio table and write it as JSON.")
     p.add_argument("--quick", action="store_true",
-                   help="3 rounds, 1 warm-up, no memory subprocesses (finishes in about a minute)")
+                   help="5 rounds, 1 warm-up, no memory subprocesses (about a minute)")
     p.add_argument("--cells", type=_names, default=d.cells, help=f"comma list among {list(CELLS)} (default all)")
     p.add_argument("--sizes", type=_names, default=d.sizes,
                    help="comma list among " + ", ".join(f"{k}={v.B}x{v.T}x{v.I}x{v.H}" for k, v in SIZES.items())
                         + " (B x T x I x H; default all)")
     p.add_argument("--passes", type=_names, default=d.passes, help=f"comma list among {list(PASSES)} (default both)")
-    p.add_argument("--rounds", type=int, default=None, help=f"timed rounds per case (default {d.rounds}; quick 3)")
+    p.add_argument("--rounds", type=int, default=None, help=f"timed rounds per case (default {d.rounds}; quick 5)")
     p.add_argument("--warmup", type=int, default=None, help=f"warm-up calls (default {d.warmup}; quick 1)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (default 1)")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = BenchConfig(cells=args.cells, sizes=args.sizes, passes=args.passes,
-                      rounds=args.rounds if args.rounds is not None else (3 if args.quick else BenchConfig.rounds),
+                      rounds=args.rounds if args.rounds is not None else (5 if args.quick else BenchConfig.rounds),
                       warmup=args.warmup if args.warmup is not None else (1 if args.quick else BenchConfig.warmup),
                       threads=args.threads, device=args.device, dtype=args.dtype, seed=args.seed,
                       backend=args.backend, memory=not (args.no_memory or args.quick),

@@ -3,7 +3,7 @@
 The build uses :func:`torch.utils.cpp_extension.load`, which compiles into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and rebuilds only when the source or flags
 change, under a file lock so that parallel processes build it once. The first use in a fresh cache compiles
-(15-25 s on a 2-core machine); later processes only load the ``.so``.
+(15-55 s on a shared 2-core machine); later processes only load the ``.so``.
 
 When no C++ compiler is present, or the build fails, :func:`load_extension` returns ``False`` after a one-line
 warning and :mod:`rnnlab.kernels.fused` runs its pure-PyTorch step loop instead. ``RNNLAB_FUSED_EXT=0`` skips
