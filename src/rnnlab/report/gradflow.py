@@ -72,12 +72,16 @@ def summary_row(cell: str, init: str, diag: Diagnosis, n: int) -> list[str]:
     prof = diag.profile
     g = prof.by_distance(n)
     gs = diag.gates[n].scalars
-    keep = gs.get("f_mean", gs.get("z_mean", math.nan))
     return [cell, init, prof.names[n], f"{prof.loss:.4f}", _fmt(prof.half_lives()[n]),
             _fmt(float(g[-1] / g[0]) if float(g[0]) > 0 else math.nan),
             _fmt(max(diag.weights[n].spectral_radius.values())),
             _fmt(float(diag.jacobians[n].singular_values[-1, :, 0].mean())),
-            _fmt(gs.get("sigmoid_sat", math.nan)), _fmt(gs.get("tanh_sat", math.nan)), _fmt(keep)]
+            _na(gs.get("sigmoid_sat")), _na(gs.get("tanh_sat")), _na(gs.get("f_mean", gs.get("z_mean")))]
+
+
+def _na(v: float | None) -> str:
+    """A statistic the cell does not have (no sigmoid gates in an Elman RNN) shows as "-"."""
+    return "-" if v is None else _fmt(v)
 
 
 def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
