@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CONFIG = ["--task", "sine", "--num-samples", "32", "--batch-size", "4", "--seq-len", "8", "--hidden-size", "6",
           "--num-layers", "2", "--dropout", "0.3", "--eval-every", "0", "--final-eval-batches", "1",
@@ -325,6 +327,76 @@ def test_cli_resume_falls_back_to_previous_checkpoint_and_finishes_identically(t
         assert main(["train", "--resume", str(cut)]) == 0
     step, got = _final_weights(cut)
     _assert_bit_identical(step, got, 6, want)
+
+
+def _same(a, b) -> bool:
+    """Exact equality of two decoded states (tensors with torch.equal, everything else with ==)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def check_random_damage(target: str, op: str, where: float, byte: int) -> None:
+    """One random change to one file: the strict load raises a UserError or returns exactly the saved state (a
+    change that leaves the JSON's content equal, e.g. in whitespace, is harmless); the fallback load returns the
+    latest or the previous state exactly. Never another exception, never different data."""
+    import tempfile
+
+    from rnnlab.errors import UserError
+    from rnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    states = [{"step": k, "w": torch.arange(24.0).view(4, 6) * k, "opt": {0: {"m": torch.ones(3) * k}},
+               "rng": torch.get_rng_state(), "t": (k, "x")} for k in (1, 2)]
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        for k, st in enumerate(states):
+            save_checkpoint(folder, st, {"k": k})
+        path = folder / f"checkpoint.{target}"
+        data = bytearray(path.read_bytes())
+        i = min(int(where * len(data)), len(data) - 1)
+        if op == "truncate":
+            data = data[:i]
+        elif op == "flip":
+            data[i] ^= (byte % 255) + 1  # never a no-op
+        elif op == "insert":
+            data[i:i] = bytes([byte])
+        else:
+            del data[i]
+        path.write_bytes(bytes(data))
+        try:
+            state, cfg = load_checkpoint(folder)
+        except UserError as err:
+            assert str(err).startswith("checkpoint: ") and "\n" not in str(err)
+        else:
+            assert _same(state, states[1]) and cfg == {"k": 1}, "a damaged checkpoint loaded different data"
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state, cfg = load_checkpoint(folder, fallback=True)
+        assert (_same(state, states[1]) and cfg == {"k": 1}) or (_same(state, states[0]) and cfg == {"k": 0})
+
+
+_DAMAGE = dict(target=st.sampled_from(["json", "safetensors"]),
+               op=st.sampled_from(["truncate", "flip", "insert", "delete"]),
+               where=st.floats(0, 1), byte=st.integers(0, 255))
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, database=None)
+@given(**_DAMAGE)
+def test_random_damage_is_detected_or_harmless(target, op, where, byte):
+    check_random_damage(target, op, where, byte)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, database=None)
+@given(**_DAMAGE)
+def test_random_damage_is_detected_or_harmless_slow(target, op, where, byte):
+    check_random_damage(target, op, where, byte)
 
 
 # -- pickles are never unpickled -------------------------------------------------------------------------------
