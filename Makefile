@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,data]"
 	touch $@
 
+# The main job: `rnnlab train` with its defaults (configs/shakespeare.toml): an LSTM character model on
+# Shakespeare, 400 steps, then a generated sample; results in runs/shakespeare-lstm/.
 run: setup
-	$(BIN)/python examples/seed_simple_rnn.py
-	$(BIN)/python examples/seed_custom_lstm.py
+	$(BIN)/rnnlab train
 
 test: setup
 	$(BIN)/python -m pytest -q
