@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def extension_disabled() -> bool:
     return os.environ.get("RNNLAB_FUSED_EXT", "1").strip() == "0"
 
 
+def _announce_first_build(name: str) -> None:
+    """One line on stderr when nothing is cached yet, so a first-use pause of tens of seconds is explained."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: only for this notice
+
+        folder = _get_build_directory(name, False)
+        if not os.path.exists(os.path.join(folder, f"{name}.so")):
+            print(f"rnnlab: building the fused C++ kernels (first use only, 15-60 s; cached in {folder})",
+                  file=sys.stderr, flush=True)
+    except Exception:  # noqa: BLE001 - the notice is a courtesy; never let it break loading
+        pass
+
+
 @functools.cache
 def load_extension() -> bool:
     """Compile (first time) and load the kernels into ``torch.ops.rnnlab_fused``; ``False`` if unavailable."""
@@ -65,12 +79,14 @@ def load_extension() -> bool:
                       "step loop (slower at small sizes)", RuntimeWarning, stacklevel=3)
         return False
     tag, flags = isa_flags()
+    name = f"rnnlab_fused_{tag}"
+    _announce_first_build(name)
     try:
         from torch.utils.cpp_extension import load
 
         # -fno-trapping-math lets gcc if-convert and vectorize the gate loops (torch builds with it too).
         cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", *flags]
-        load(name=f"rnnlab_fused_{tag}", sources=[str(SOURCE)], extra_cflags=cflags, is_python_module=False,
+        load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, is_python_module=False,
              verbose=False)
     except Exception as err:  # noqa: BLE001 - any build or load failure means: use the fallback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
