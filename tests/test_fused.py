@@ -296,3 +296,6 @@ def test_bench_config_errors_name_the_field():
     with pytest.raises(UserError, match=r"bench: backend must be one of .*, got 'nope'"):
         BenchConfig(backend="nope").validate()
     assert main(["bench", "--sizes", "S9", "--no-memory"]) == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"bench: device 'cuda' requested but torch.cuda.is_available\(\) is False"):
+            BenchConfig(device="cuda").validate()
