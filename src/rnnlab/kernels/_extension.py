@@ -78,6 +78,10 @@ def load_extension() -> bool:
         warnings.warn(f"rnnlab: no C++ compiler ({compiler!r}) found; the fused backend uses its pure-PyTorch "
                       "step loop (slower at small sizes)", RuntimeWarning, stacklevel=3)
         return False
+    if shutil.which("ninja") is None:
+        # torch's builder runs `ninja` from PATH; the `ninja` wheel (a dependency) puts it beside the interpreter,
+        # which is not on PATH when a venv's python is called by its full path.
+        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     tag, flags = isa_flags()
     name = f"rnnlab_fused_{tag}"
     _announce_first_build(name)
