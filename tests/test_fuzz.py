@@ -38,7 +38,18 @@ settings.register_profile("rnnlab-slow", max_examples=300, **_COMMON)
 DEFAULT = settings.get_profile("rnnlab-default")
 SLOW = settings.get_profile("rnnlab-slow")
 
-TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9)}
+# Half precision: both sides round every op to 11 (float16) or 8 (bfloat16) significant bits, in different orders.
+TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9),
+       torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+# float32/float64 drawn twice as often; half precision with weights of scale <= 0.5 (no overflow of float16).
+DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float32, torch.float64, torch.float16, torch.bfloat16])
+HALF = (torch.float16, torch.bfloat16)
+
+
+@st.composite
+def dtype_and_scale(draw) -> tuple[torch.dtype, float]:
+    dtype = draw(DTYPES)
+    return dtype, draw(st.sampled_from([0.1, 0.5] if dtype in HALF else [0.1, 0.5, 1.0, 2.0]))
 ERRORS = (ValueError, TypeError, RuntimeError)
 
 OURS = {"RNN_TANH": rnnlab.RNN, "RNN_RELU": rnnlab.RNN, "LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU}
@@ -65,10 +76,11 @@ def layer_cases(draw, modes=tuple(OURS)):
         cfg["dropout"] = draw(st.floats(0.0, 1.0))  # inactive in eval mode, where we compare
     if mode.startswith("RNN"):
         cfg["nonlinearity"] = mode[4:].lower()
-    case = dict(mode=mode, cfg=cfg, dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+    dtype, scale = draw(dtype_and_scale())
+    case = dict(mode=mode, cfg=cfg, dtype=dtype,
                 kind=draw(st.sampled_from(["batched", "unbatched", "packed"])), T=draw(st.integers(1, 6)),
                 B=draw(st.integers(1, 4)), given_state=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)),
-                scale=draw(st.sampled_from([0.1, 0.5, 1.0, 2.0])))
+                scale=scale)
     if case["kind"] == "packed":
         case["lengths"] = draw(st.lists(st.integers(1, case["T"]), min_size=case["B"], max_size=case["B"]))
         case["lengths"][draw(st.integers(0, case["B"] - 1))] = case["T"]  # padded length is the longest
@@ -139,7 +151,11 @@ def _assert_same(ours: dict, theirs: dict, dtype: torch.dtype, where: str) -> No
         assert a is not None and b is not None, f"{where}: {key} is None"
         assert a.shape == b.shape, f"{where}: {key} shape {tuple(a.shape)} vs {tuple(b.shape)}"
         assert torch.isfinite(a).all(), f"{where}: {key} not finite from finite input"
-        torch.testing.assert_close(a.detach(), b.detach(), **TOL[dtype], msg=lambda m: f"{where}: {key}: {m}")
+        # atol in units of the tensor's largest entry: a gradient summed over steps and rows carries rounding
+        # of the size of its largest terms (weights at scale 2 give entries ~10 next to entries ~0.01).
+        scale = max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
+        tol = dict(atol=TOL[dtype]["atol"] * scale, rtol=TOL[dtype]["rtol"])
+        torch.testing.assert_close(a.detach(), b.detach(), **tol, msg=lambda m: f"{where}: {key}: {m}")
 
 
 # -- valid layers vs torch.nn ----------------------------------------------------------------------------------
@@ -153,7 +169,13 @@ def check_layer_matches_torch(case: dict, backend: str) -> None:
     ours.eval()
     theirs.eval()
     n_states = 2 if case["mode"] == "LSTM" else 1
-    _assert_same(_run(ours, case, n_states), _run(theirs, case, n_states), dtype, f"{backend} {case}")
+    a, b = _run(ours, case, n_states), _run(theirs, case, n_states)
+    if dtype in HALF and case["mode"] == "RNN_RELU":
+        # In half precision a pre-activation within rounding of 0 lands on either side of the ReLU kink, so the
+        # gradients jump by whole terms (vs a float64 truth, torch.nn's own bfloat16 gradients are off by up to
+        # 90% of their magnitude on such cases). Outputs are continuous and still compared.
+        a, b = ({k: v for k, v in d.items() if not k.endswith(".grad")} for d in (a, b))
+    _assert_same(a, b, dtype, f"{backend} {case}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -176,10 +198,10 @@ def test_layer_matches_torch_slow(case, backend):
 @st.composite
 def cell_cases(draw, modes=tuple(CELLS)):
     mode = draw(st.sampled_from(modes))
+    dtype, scale = draw(dtype_and_scale())
     return dict(mode=mode, input_size=draw(st.integers(1, 6)), hidden_size=draw(st.integers(1, 6)),
-                bias=draw(st.booleans()), dtype=draw(st.sampled_from([torch.float32, torch.float64])),
-                B=draw(st.one_of(st.none(), st.integers(0, 4))), given_state=draw(st.booleans()),
-                seed=draw(st.integers(0, 2**31 - 1)), scale=draw(st.sampled_from([0.1, 0.5, 1.0, 2.0])))
+                bias=draw(st.booleans()), dtype=dtype, B=draw(st.one_of(st.none(), st.integers(0, 4))),
+                given_state=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)), scale=scale)
 
 
 def _cell_args(mode: str) -> dict:
@@ -213,7 +235,10 @@ def check_cell_matches_torch(case: dict) -> None:
     _randomise(ours, case["seed"], case["scale"])
     theirs.load_state_dict(ours.state_dict())
     n_states = 2 if case["mode"] == "LSTM" else 1
-    _assert_same(_run_cell(ours, case, n_states), _run_cell(theirs, case, n_states), case["dtype"], str(case))
+    a, b = _run_cell(ours, case, n_states), _run_cell(theirs, case, n_states)
+    if case["dtype"] in HALF and case["mode"] == "RNN_RELU":  # see check_layer_matches_torch
+        a, b = ({k: v for k, v in d.items() if not k.endswith(".grad")} for d in (a, b))
+    _assert_same(a, b, case["dtype"], str(case))
 
 
 @DEFAULT
