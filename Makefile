@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test test-slow clean
+.PHONY: setup run test test-slow clean figures
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev,data]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,data,export]"
 	touch $@
 
 # The main job: `rnnlab train` with its defaults (configs/shakespeare.toml): an LSTM character model on
@@ -22,11 +22,18 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/rnnlab train
 
+# The default suite (tests marked `slow` are excluded by pyproject's addopts), then the type check of the package.
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m mypy
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+# Every figure of docs/guide.md, docs/zh/ and docs/results.md (results figures are drawn from the JSON files that
+# benchmarks/convergence/*.py write).
+figures: setup
+	$(BIN)/python scripts/make_figures.py
