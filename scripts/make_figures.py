@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from torch import Tensor, nn
 
 import rnnlab
@@ -316,9 +317,22 @@ def _runs(*names: str) -> list[dict]:
     return runs
 
 
+ADDING_FILES = ("adding_quick", "adding_seeds_1_2", "adding", "adding_rnn_5000", "adding_lag50", "adding_lag200",
+                "adding_lag200_lstm", "adding_lags")
+
+
+def _adding_runs() -> list[dict]:
+    """Every adding-problem run, one per (cell, T, seed): a later file in ADDING_FILES replaces an earlier run of the
+    same key (adding_rnn_5000 holds the same tanh-RNN seeds as the 2,000-step runs, run to 5,000 steps)."""
+    by_key: dict[tuple, dict] = {}
+    for r in _runs(*ADDING_FILES):
+        by_key[(r["cell"], r["seq_len"], r["seed"])] = r
+    return list(by_key.values())
+
+
 def fig_results_adding(path: Path) -> Path | None:
     """Test MSE against steps, every cell and seed of the adding-problem runs at T = 100."""
-    runs = [r for r in _runs("adding_quick", "adding_seeds_1_2", "adding") if r["seq_len"] == 100]
+    runs = [r for r in _adding_runs() if r["seq_len"] == 100]
     if not runs:
         return None
     fig = Figure(figsize=(7.5, 4.2))
@@ -340,40 +354,82 @@ def fig_results_adding(path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def fig_results_lags(path: Path) -> Path | None:
+    """Lag sweep of the adding problem: final test MSE and steps used, per cell and sequence length."""
+    runs = _adding_runs()
+    if not {r["seq_len"] for r in runs} - {100}:
+        return None
+    fig = Figure(figsize=(10, 4.0))
+    ax_m, ax_s = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        rs = sorted((r for r in runs if r["cell"] == cell), key=lambda r: r["seq_len"])
+        if not rs:
+            continue
+        ax_m.plot([r["seq_len"] for r in rs], [r["final_mse"] for r in rs], "o", color=COLORS[cell],
+                  label=LABELS[cell], alpha=0.8)
+        ax_s.plot([r["seq_len"] for r in rs], [r["curve"]["steps_run"] for r in rs], "o", color=COLORS[cell],
+                  label=LABELS[cell], alpha=0.8)
+    ax_m.axhline(1 / 6, color="k", ls=":", lw=1, label="predict 1: 1/6")
+    ax_m.axhline(0.05, color="gray", ls="--", lw=1, label="pass: 0.05")
+    ax_m.set_yscale("log")
+    ax_m.set_ylabel("final test MSE")
+    ax_s.set_ylabel("optimiser steps run (gated: until MSE < 0.05)")
+    ax_m.yaxis.set_minor_formatter(NullFormatter())
+    for ax in (ax_m, ax_s):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([50, 100, 200, 400], ["50", "100", "200", "400"])
+        ax.set_xlabel("sequence length T")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_m.set_title("Adding problem: lag sweep (one point per seed)")
+    return _save(fig, path)
+
+
 def fig_results_mnist1d(path: Path) -> Path | None:
-    data = _load("mnist1d")
-    if data is None:
+    """Test accuracy against steps for every MNIST-1D model run (mnist1d.json and the extra RNN run)."""
+    runs = _runs("mnist1d", "mnist1d_rnn_lr1e-3")
+    if not runs:
         return None
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.add_subplot()
-    colors = {"gru6_bi_flat": "tab:green", "lstm64_last": "tab:blue", "rnn64_last": "tab:red"}
-    for r in data["runs"]:
+    colors = {"gru6_bi_flat": "tab:green", "lstm64_last": "tab:blue", "rnn64_last": "tab:red",
+              "rnn64_last_lr1e-3": "tab:orange"}
+    for r in runs:
         c = r["curve"]
-        ax.plot(c["steps"], c["values"], color=colors[r["model"]], label=f"{r['model']} (seed {r['seed']})")
+        ax.plot(c["steps"], c["values"], color=colors.get(r["model"], "gray"),
+                label=f"{r['model']} (Adam {r['lr']:g}, seed {r['seed']})")
     ax.axhline(0.91, color="tab:green", ls=":", lw=1, label="published GRU 0.91 (Greydanus 2020)")
+    ax.axhline(0.10, color="k", ls=":", lw=0.8, label="chance 0.10")
+    ax.set_ylim(0, 1)
     ax.set_xlabel("optimiser step (batch 100)")
     ax.set_ylabel("test accuracy (1,000 signals)")
-    ax.set_title("MNIST-1D")
+    ax.set_title("MNIST-1D: bidirectional GRU(6) flattened; LSTM(64) and tanh RNN(64) on the last state",
+                 fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def fig_results_copy(path: Path) -> Path | None:
-    data = _load("copy_memory")
-    if data is None:
+    """Copy memory: test cross-entropy divided by the memoryless baseline, per T (longer runs dashed)."""
+    runs = _runs("copy_memory", "copy_memory_T30_10k")
+    if not runs:
         return None
-    delays = sorted({r["delay"] for r in data["runs"]})
+    delays = sorted({r["delay"] for r in runs})
     fig = Figure(figsize=(5 * len(delays), 4.0))
     for i, d in enumerate(delays):
         ax = fig.add_subplot(1, len(delays), i + 1)
-        for r in (r for r in data["runs"] if r["delay"] == d):
-            ax.plot(r["curve"]["steps"], r["curve"]["values"], color=COLORS[r["cell"]], label=LABELS[r["cell"]])
-        ax.axhline(r["baseline"], color="k", ls=":", lw=1, label=f"memoryless 10 ln8/(T+20) = {r['baseline']:.3f}")
-        ax.set_yscale("log")
+        for r in (r for r in runs if r["delay"] == d):
+            c = r["curve"]
+            ax.plot(c["steps"], [v / r["baseline"] for v in c["values"]], color=COLORS[r["cell"]],
+                    ls="-" if c["steps_run"] <= 3000 else "--", label=f"{LABELS[r['cell']]} ({c['steps_run']} steps)")
+        ax.axhline(1.0, color="k", ls=":", lw=1, label=f"memoryless 10 ln8/(T+20) = {r['baseline']:.3f}")
+        ax.axhline(0.9, color="gray", ls="--", lw=0.8, label="0.9 x baseline")
+        ax.set_ylim(0, 1.6)
         ax.set_title(f"Copy memory, T = {d}")
         ax.set_xlabel("optimiser step (batch 64)")
-        ax.set_ylabel("test cross-entropy (nats per step)")
+        ax.set_ylabel("test cross-entropy / memoryless baseline")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -428,6 +484,7 @@ FIGURES: dict[str, Callable[[Path], Path | None]] = {
     "tbptt": fig_tbptt,
     "clipping": fig_clipping,
     "results_adding": fig_results_adding,
+    "results_lags": fig_results_lags,
     "results_mnist1d": fig_results_mnist1d,
     "results_copy": fig_results_copy,
     "results_shakespeare": fig_results_shakespeare,

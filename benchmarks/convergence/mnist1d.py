@@ -12,7 +12,8 @@ Models here (all rnnlab layers, default fused backend):
 
 * ``gru6_bi_flat``: the paper's GRUBase on ``rnnlab.GRU(1, 6, bidirectional=True)``; Adam 1e-2, no clip.
 * ``lstm64_last``: ``rnnlab.LSTM(1, 64)``, linear read-out of the last state; forget bias 1; Adam 1e-2, clip 1.
-* ``rnn64_last``: ``rnnlab.RNN(1, 64)`` (tanh), same read-out and optimiser.
+* ``rnn64_last``: ``rnnlab.RNN(1, 64)`` (tanh), same read-out and optimiser; ``rnn64_last_lr1e-3`` the same at
+  Adam 1e-3 (a check that the RNN's result is not just a too-large learning rate).
 
 Pass: GRU >= 0.89, LSTM(64) >= 0.90, tanh RNN(64) clearly lower (below the LSTM by >= 0.10).
 
@@ -23,6 +24,7 @@ Pass: GRU >= 0.89, LSTM(64) >= 0.90, tanh RNN(64) clearly lower (below the LSTM 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -42,6 +44,8 @@ MODELS = {  # name: (cell, hidden, bidirectional, read-out, lr, clip, init)
     "gru6_bi_flat": ("gru", 6, True, "flat", 1e-2, None, "torch"),
     "lstm64_last": ("lstm", 64, False, "last", 1e-2, 1.0, "forget_bias"),
     "rnn64_last": ("rnn_tanh", 64, False, "last", 1e-2, 1.0, "torch"),
+    # the same RNN at a 10x smaller learning rate: is the tanh RNN's failure the recipe's or the cell's?
+    "rnn64_last_lr1e-3": ("rnn_tanh", 64, False, "last", 1e-3, 1.0, "torch"),
 }
 
 
@@ -61,6 +65,7 @@ class FlatReadout(nn.Module):
         return self.head(out.transpose(0, 1).reshape(x.size(1), -1))  # (B, classes)
 
 
+@functools.lru_cache(maxsize=1)
 def load() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST-1D as time-major tensors: ``x`` ``(40, N, 1)``, ``y`` ``(N,)`` for train and test."""
     from rnnlab.data.classify import mnist1d_task
@@ -83,7 +88,7 @@ def build(name: str, seed: int) -> tuple[nn.Module, float, float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["gru6_bi_flat", "lstm64_last", "rnn64_last"], choices=list(MODELS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=6000, help="optimiser steps (paper: 6,000)")
     p.add_argument("--batch", type=int, default=100)
@@ -121,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, need in PASS.items():
         if name in final:
             verdicts[name] = all(a >= need for a in final[name])
-    if "rnn64_last" in final and "lstm64_last" in final:
-        verdicts["rnn64_last"] = max(final["rnn64_last"]) <= min(final["lstm64_last"]) - 0.10
+    for rnn in ("rnn64_last", "rnn64_last_lr1e-3"):
+        if rnn in final and "lstm64_last" in final:
+            verdicts[rnn] = max(final[rnn]) <= min(final["lstm64_last"]) - 0.10
     rows = []
     for name in args.models:
         rs = [r for r in runs if r["model"] == name]
-        need = {"gru6_bi_flat": ">= 0.89", "lstm64_last": ">= 0.90", "rnn64_last": "LSTM - 0.10"}[name]
+        need = {"gru6_bi_flat": ">= 0.89", "lstm64_last": ">= 0.90"}.get(name, "LSTM - 0.10")
         ok = verdicts.get(name)
         rows.append([name, rs[0]["params"], " ".join(fmt(r["final_acc"], 3) for r in rs),
                      " ".join(fmt(r["best_acc"], 3) for r in rs), fmt(PUBLISHED_GRU, 2) if name.startswith("gru")
