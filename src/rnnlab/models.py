@@ -21,26 +21,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, RNNBase
+from .variants import LayerNormGRU, LayerNormLSTM, PeepholeLSTM
 
 __all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", "build_model", "make_layer",
-           "generate_text", "detach_state"]
+           "generate_text", "detach_state", "layer_options", "CELLS"]
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# The variants (rnnlab.variants, docs/variants.md) take the same constructor as LSTM/GRU; an LSTM-like cell's
+# state is (h, c), a GRU-like or Elman cell's is h alone, exactly as for torch's cells.
+_LAYERS: dict[str, type[RNNBase]] = {"lstm": LSTM, "gru": GRU, "layernorm_lstm": LayerNormLSTM,
+                                     "layernorm_gru": LayerNormGRU, "peephole_lstm": PeepholeLSTM}
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "layernorm_lstm", "layernorm_gru", "peephole_lstm")
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-               backend: str | None = None) -> nn.Module:
-    """The rnnlab layer for a cell name (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``), time-major."""
+               backend: str | None = None, **options) -> nn.Module:
+    """The rnnlab layer for a cell name (one of :data:`CELLS`), time-major.
+
+    Args:
+        cell: ``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``, ``layernorm_lstm``, ``layernorm_gru`` or
+            ``peephole_lstm``.
+        dropout: between stacked layers (ignored for one layer, where torch would only warn).
+        options: :class:`rnnlab.RNNBase` keyword options (``recurrent_dropout``, ``zoneout``, ``weight_dropout``,
+            ``forget_bias``, ``learn_init``).
+
+    Raises:
+        UserError: unknown cell, or an option the cell does not support (e.g. ``forget_bias`` on an Elman RNN).
+    """
     cell = cell.lower()
     if cell not in CELLS:
         raise UserError(f"model: unknown cell {cell!r}; expected one of {list(CELLS)}")
     between = dropout if num_layers > 1 else 0.0
-    if cell == "lstm":
-        return LSTM(input_size, hidden_size, num_layers, dropout=between, backend=backend)
-    if cell == "gru":
-        return GRU(input_size, hidden_size, num_layers, dropout=between, backend=backend)
-    return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:], dropout=between, backend=backend)
+    try:
+        if cell in _LAYERS:
+            return _LAYERS[cell](input_size, hidden_size, num_layers, dropout=between, backend=backend, **options)
+        return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:], dropout=between, backend=backend,
+                   **options)
+    except ValueError as err:  # the layer's own check, e.g. "forget_bias needs a cell with a forget gate"
+        raise UserError(f"model: {err}") from None
 
 
 def detach_state(state):
@@ -56,21 +74,24 @@ class RecurrentNet(nn.Module):
     """``[embedding] -> recurrent layer -> dropout -> Linear`` at every step.
 
     Args:
-        cell: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``.
+        cell: a name in :data:`CELLS` (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu`` and the variants
+            ``layernorm_lstm``, ``layernorm_gru``, ``peephole_lstm``).
         input_size: features per step, or the vocabulary size when ``embed_size`` is used with token ids.
         hidden_size, num_layers: of the recurrent layer. output_size: of the head.
         tokens: inputs are int64 token ids: embedded with ``embed_size`` (or one-hot when ``embed_size`` is 0).
         dropout: on the recurrent layer's output (and between its layers).
         backend: rnnlab kernel for the layer (None = the default).
+        layer_options: :class:`rnnlab.RNNBase` keyword options passed to the layer (``recurrent_dropout``,
+            ``zoneout``, ``weight_dropout``, ``forget_bias``, ``learn_init``; see docs/variants.md).
 
     Shape:
         x: ``(T, B)`` int64 if ``tokens`` else ``(T, B, input_size)``. output: ``(T, B, output_size)``.
-        state: as the layer's ``hx`` (an LSTM's is ``(h, c)``), ``(num_layers, B, hidden_size)`` each.
+        state: as the layer's ``hx`` (an LSTM-like cell's is ``(h, c)``), ``(num_layers, B, hidden_size)`` each.
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
                  *, tokens: bool = False, embed_size: int = 0, dropout: float = 0.0,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, layer_options: dict | None = None) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
             raise UserError(f"model: dropout must be in [0, 1), got {dropout}")
@@ -78,7 +99,7 @@ class RecurrentNet(nn.Module):
         self.input_size = input_size
         self.embed = nn.Embedding(input_size, embed_size) if tokens and embed_size > 0 else None
         rnn_in = embed_size if self.embed is not None else input_size
-        self.rnn = make_layer(cell, rnn_in, hidden_size, num_layers, dropout, backend)
+        self.rnn = make_layer(cell, rnn_in, hidden_size, num_layers, dropout, backend, **(layer_options or {}))
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, output_size)
 
@@ -98,32 +119,51 @@ class CharLM(RecurrentNet):
     """Character language model: ids ``(T, B)`` -> next-character logits ``(T, B, vocab_size)``."""
 
     def __init__(self, vocab_size: int, hidden_size: int, cell: str = "lstm", num_layers: int = 1,
-                 embed_size: int = 64, dropout: float = 0.0, backend: str | None = None) -> None:
+                 embed_size: int = 64, dropout: float = 0.0, backend: str | None = None,
+                 layer_options: dict | None = None) -> None:
         super().__init__(cell, vocab_size, hidden_size, vocab_size, num_layers, tokens=True, embed_size=embed_size,
-                         dropout=dropout, backend=backend)
+                         dropout=dropout, backend=backend, layer_options=layer_options)
 
 
 class SequenceClassifier(RecurrentNet):
     """Per-step class logits ``(T, B, num_classes)``; a classification task scores the last step."""
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None) -> None:
-        super().__init__(cell, input_size, hidden_size, num_classes, num_layers, dropout=dropout, backend=backend)
+                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None,
+                 layer_options: dict | None = None) -> None:
+        super().__init__(cell, input_size, hidden_size, num_classes, num_layers, dropout=dropout, backend=backend,
+                         layer_options=layer_options)
 
 
 class SequenceRegressor(RecurrentNet):
     """Per-step real outputs ``(T, B, output_size)`` (next value, or a forecast read at the last step)."""
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None) -> None:
-        super().__init__(cell, input_size, hidden_size, output_size, num_layers, dropout=dropout, backend=backend)
+                 num_layers: int = 1, dropout: float = 0.0, backend: str | None = None,
+                 layer_options: dict | None = None) -> None:
+        super().__init__(cell, input_size, hidden_size, output_size, num_layers, dropout=dropout, backend=backend,
+                         layer_options=layer_options)
+
+
+def layer_options(cfg) -> dict:
+    """The :class:`rnnlab.RNNBase` keyword options of a model config, those left at their off value omitted.
+
+    Omitting them (rather than passing zeros) keeps a plain config's layer exactly as before these options existed,
+    and keeps a config saved before them loadable (``getattr`` defaults).
+    """
+    opts = {"recurrent_dropout": getattr(cfg, "recurrent_dropout", 0.0), "zoneout": getattr(cfg, "zoneout", 0.0),
+            "weight_dropout": getattr(cfg, "weight_dropout", 0.0), "forget_bias": getattr(cfg, "forget_bias", None),
+            "learn_init": getattr(cfg, "learn_init", False)}
+    off = {"recurrent_dropout": 0.0, "zoneout": 0.0, "weight_dropout": 0.0, "forget_bias": None, "learn_init": False}
+    return {k: v for k, v in opts.items() if v != off[k]}
 
 
 def build_model(cfg, task) -> RecurrentNet:
     """The model a task needs, from a :class:`rnnlab.train.config.ModelConfig`; applies ``cfg.init``.
 
     Raises:
-        UserError: unknown cell or init preset, or init presets unavailable in this install.
+        UserError: unknown cell or init preset, init presets unavailable in this install, or a layer option the
+            cell does not support.
     """
     backend = cfg.backend or None
     if backend is not None:
@@ -131,7 +171,8 @@ def build_model(cfg, task) -> RecurrentNet:
 
         if backend not in available_backends():
             raise UserError(f"model: unknown backend {backend!r}; expected one of {available_backends()}")
-    common = dict(cell=cfg.cell, num_layers=cfg.num_layers, dropout=cfg.dropout, backend=backend)
+    common = dict(cell=cfg.cell, num_layers=cfg.num_layers, dropout=cfg.dropout, backend=backend,
+                  layer_options=layer_options(cfg))
     if task.kind == "lm":
         model: RecurrentNet = CharLM(task.input_size, cfg.hidden_size, embed_size=cfg.embed_size, **common)
     elif task.kind == "classification":

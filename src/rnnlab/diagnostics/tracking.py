@@ -46,7 +46,9 @@ from .probe import Recorder, Recording, record
 
 __all__ = ["GradientTracker", "layer_grad_norms"]
 
-_LAYER = re.compile(r"^(?P<module>.*?)\.?(?:weight|bias)_(?:ih|hh|hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
+# Any parameter of a recurrent layer-direction ends in `_l{k}` or `_l{k}_reverse` (torch's scheme, which the
+# variants follow: `weight_ih_l0`, `bias_l0`, `ln_c_weight_l1_reverse`, `weight_ci_l0`, learned `h0_l0`).
+_LAYER = re.compile(r"^(?:(?P<module>.*)\.)?[A-Za-z0-9_]+?_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
 def layer_grad_norms(model: nn.Module) -> dict[str, float]:
@@ -58,7 +60,7 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
             continue
         m = _LAYER.match(name)
         if m:
-            key = f"{m['module']}.l{m['layer']}{m['rev'] or ''}".lstrip(".")
+            key = f"{m['module'] or ''}.l{m['layer']}{m['rev'] or ''}".lstrip(".")
         else:
             key = name.rsplit(".", 1)[0] if "." in name else name
         sq[key] = sq.get(key, 0.0) + float(p.grad.detach().double().pow(2).sum())

@@ -7,7 +7,7 @@ import argparse
 import typing
 from typing import Any
 
-from .config import Config, field_flag, iter_fields
+from .config import Config, field_flag, iter_fields, optional_base
 
 __all__ = ["add_config_flags", "config_overrides"]
 
@@ -25,6 +25,7 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] 
         group = groups.get(section) or groups.setdefault(
             section, parser.add_argument_group(f"{section} options ([{section}] in a TOML config)"))
         kind = typing.get_type_hints(type(getattr(defaults, section)))[f.name]
+        kind = optional_base(kind) or kind  # `float | None`: the flag sets a value; leaving it out keeps it unset
         default = getattr(getattr(defaults, section), f.name)
         dest = f"cfg__{section}__{f.name}"
         help_text = f"{f.metadata['help']} (default: {default!r})"

@@ -30,7 +30,8 @@ from typing import Any
 from ..errors import UserError
 
 __all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
-           "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config"]
+           "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config",
+           "optional_base"]
 
 
 def _f(default: Any, help: str, flag: str | None = None) -> Any:
@@ -47,13 +48,21 @@ def _f(default: Any, help: str, flag: str | None = None) -> Any:
 class ModelConfig:
     """The network: an rnnlab recurrent layer with the task's head (see :mod:`rnnlab.models`)."""
 
-    cell: str = _f("lstm", "recurrent cell: lstm, gru, rnn_tanh or rnn_relu")
+    cell: str = _f("lstm", "recurrent cell: lstm, gru, rnn_tanh, rnn_relu, layernorm_lstm, layernorm_gru or "
+                           "peephole_lstm (see docs/variants.md)")
     hidden_size: int = _f(512, "hidden units per layer")
     num_layers: int = _f(1, "stacked recurrent layers")
     embed_size: int = _f(64, "character-model input embedding width (0 = one-hot input)")
     dropout: float = _f(0.0, "dropout between recurrent layers and before the output head, in [0, 1)")
     init: str = _f("torch", "weight init preset: torch (default), orthogonal, forget_bias, irnn, chrono")
     backend: str = _f("", "whole-sequence kernel (see rnnlab.available_backends()); empty = the default one")
+    recurrent_dropout: float = _f(0.0, "variational dropout of h_{t-1} into W_hh, one mask per sequence, in [0, 1) "
+                                       "(Gal & Ghahramani 2016)")
+    zoneout: float = _f(0.0, "probability a unit keeps its previous state at a step, in [0, 1) (Krueger et al. 2017)")
+    weight_dropout: float = _f(0.0, "DropConnect on W_hh, one mask per forward, in [0, 1) (Wan et al. 2013)")
+    forget_bias: float | None = _f(None, "set the forget-gate bias (GRU: update gate) to this after init; unset = "
+                                         "off (Jozefowicz et al. 2015)")
+    learn_init: bool = _f(False, "learn the initial hidden (and cell) state instead of zeros")
 
 
 @dataclass
@@ -109,6 +118,8 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     device: str = _f("cpu", "torch device, e.g. cpu or cuda")
     max_bad_steps: int = _f(10, "stop the run after N consecutive skipped (non-finite) steps (0 = never)")
+    track_every: int = _f(0, "gradient tracking every N steps into <run>/diagnostics.jsonl (0 = off; see "
+                             "docs/gradflow.md)")
 
 
 @dataclass
@@ -150,13 +161,25 @@ def field_flag(f: dataclasses.Field) -> str:
     return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
-def _field_type(cls: type, name: str) -> type:
+def _field_type(cls: type, name: str) -> Any:
     hints = typing.get_type_hints(cls)
     return hints[name]
 
 
-def _coerce(where: str, value: Any, kind: type) -> Any:
-    """Check ``value`` against the field type; ints are accepted for floats, nothing else is converted."""
+def optional_base(kind: Any) -> type | None:
+    """``float`` for a field typed ``float | None`` (unset = off), None for a field that cannot be unset."""
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
+def _coerce(where: str, value: Any, kind: Any) -> Any:
+    """Check ``value`` against the field type; ints are accepted for floats, nothing else is converted.
+    A ``X | None`` field accepts None (JSON ``null``; TOML has no null: leave the key out)."""
+    base = optional_base(kind)
+    if base is not None:
+        return None if value is None else _coerce(where, value, base)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is list:
@@ -206,13 +229,14 @@ _AT_LEAST: dict[str, int] = {
     "train.max_steps": 0, "train.max_time": 0, "train.bptt_stride": 0, "train.bptt_horizon": 0,
     "train.eval_every": 0, "train.eval_batches": 0, "train.final_eval_batches": 0,
     "train.early_stop_patience": 0, "train.checkpoint_every": 0, "train.log_every": 1, "train.threads": 0,
-    "train.max_bad_steps": 0, "run.sample_length": 0,
+    "train.max_bad_steps": 0, "train.track_every": 0, "run.sample_length": 0,
 }
+_UNIT = ("model.recurrent_dropout", "model.zoneout", "model.weight_dropout")  # probabilities, in [0, 1)
 _POSITIVE = ("optim.lr", "optim.gamma", "run.sample_temperature")
 
 
 def validate_config(cfg: Config) -> None:
-    """Check value ranges (the types were checked on loading) and the device name.
+    """Check value ranges (the types were checked on loading), the cell name and the device name.
 
     Raises:
         UserError: ``config: task.batch_size must be >= 1, got 0`` and the like.
@@ -223,10 +247,18 @@ def validate_config(cfg: Config) -> None:
         key, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"config: {key} must be a finite number, got {value}")
+        if value is None:  # an unset optional field (off)
+            continue
         if key in _AT_LEAST and value < _AT_LEAST[key]:
             raise UserError(f"config: {key} must be >= {_AT_LEAST[key]}, got {value}")
         if key in _POSITIVE and value <= 0:
             raise UserError(f"config: {key} must be > 0, got {value}")
+        if key in _UNIT and not 0 <= value < 1:
+            raise UserError(f"config: {key} must be in [0, 1), got {value}")
+    from ..models import CELLS  # lazy: the model zoo imports torch and the layers
+
+    if cfg.model.cell.lower() not in CELLS:  # before any data is loaded, not after
+        raise UserError(f"config: model.cell: unknown cell {cfg.model.cell!r}; expected one of {list(CELLS)}")
     if not 0 < cfg.task.val_fraction < 1:
         raise UserError(f"config: task.val_fraction must be in (0, 1), got {cfg.task.val_fraction}")
     import torch

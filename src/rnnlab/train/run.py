@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .trainer import Callback, Trainer
 
-__all__ = ["build_model_and_task", "setup_run", "run_name", "task_info", "load_run", "clear_results"]
+__all__ = ["build_model_and_task", "setup_run", "tracking_callbacks", "run_name", "task_info", "load_run", "clear_results"]
 
 
 def run_name(cfg: Config) -> str:
@@ -51,6 +51,21 @@ def task_info(task: Task) -> dict[str, Any]:
     return info
 
 
+def tracking_callbacks(cfg: Config) -> list[Callback]:
+    """``[GradientTracker(every=cfg.train.track_every)]`` when tracking is on, else ``[]``.
+
+    The tracker (:mod:`rnnlab.diagnostics.tracking`, docs/gradflow.md) appends one JSON line per tracked step to
+    ``<run>/diagnostics.jsonl``: pre/post-clip global and per-layer gradient norms, ``rho(W_hh)``, the gradient
+    profile and gate statistics. It comes after the default callbacks, so the evaluation of a step has run before
+    it arms its recorder for the next training step.
+    """
+    if cfg.train.track_every <= 0:
+        return []
+    from ..diagnostics.tracking import GradientTracker  # lazy: it imports the trainer, which imports this package
+
+    return [GradientTracker(every=cfg.train.track_every)]
+
+
 def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: str | Path | None = None,
               callbacks: list[Callback] | None = None, progress: bool | None = None) -> Trainer:
     """Build the trainer of a run, with the default callbacks plus ``callbacks``.
@@ -62,11 +77,12 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
         progress: override ``cfg.run.progress``.
 
     The resolved config is written to ``run_dir/config.json`` and the task's vocabulary/scaler to ``task.json``.
+    With ``cfg.train.track_every > 0`` a gradient tracker is added too (see :func:`tracking_callbacks`).
     """
     if run_dir == "auto":
         run_dir = Path(cfg.run.out_dir) / run_name(cfg)
     model, task = build_model_and_task(cfg)
-    cbs = default_callbacks(cfg, run_dir, progress) + list(callbacks or [])
+    cbs = default_callbacks(cfg, run_dir, progress) + tracking_callbacks(cfg) + list(callbacks or [])
     trainer = Trainer(model, task, cfg, callbacks=cbs, run_dir=run_dir)
     # Under torchrun (WORLD_SIZE > 1): this rank's slice of each batch, gradients averaged over ranks, rank 0
     # writes; a no-op otherwise. Before the writes below, which only the main process does.
@@ -89,7 +105,7 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
 # never mix with an earlier run's. Other files in the folder are left alone.
 RESULT_FILES = ("config.json", "task.json", "train.csv", "val.csv", "metrics.jsonl", "loss.png", "sample.txt",
                 "checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.json", "checkpoint.prev.safetensors",
-                "forecast.csv", "forecast.png")
+                "forecast.csv", "forecast.png", "diagnostics.jsonl")
 
 
 def clear_results(run_dir: str | Path) -> None:
