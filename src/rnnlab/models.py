@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ __all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", 
 
 # The variants (rnnlab.variants, docs/variants.md) take the same constructor as LSTM/GRU; an LSTM-like cell's
 # state is (h, c), a GRU-like or Elman cell's is h alone, exactly as for torch's cells.
-_LAYERS: dict[str, type[RNNBase]] = {"lstm": LSTM, "gru": GRU, "layernorm_lstm": LayerNormLSTM,
+_LAYERS: dict[str, Callable[..., RNNBase]] = {"lstm": LSTM, "gru": GRU, "layernorm_lstm": LayerNormLSTM,
                                      "layernorm_gru": LayerNormGRU, "peephole_lstm": PeepholeLSTM}
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "layernorm_lstm", "layernorm_gru", "peephole_lstm")
 
