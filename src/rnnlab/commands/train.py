@@ -24,8 +24,9 @@ __all__ = ["register", "run"]
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model on a task (no arguments: LSTM character model on Shakespeare)",
-        description=__doc__.split("\n\n")[0] + f" Tasks: {', '.join(available_tasks())}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__.split("\n\n")[0] + f" Tasks: {', '.join(available_tasks())}.")
+    # No ArgumentDefaultsHelpFormatter: config flags default to None (unset, so the TOML file wins) and their help
+    # already names the config default.
     p.add_argument("--config", metavar="FILE", help="TOML file with [model], [task], [optim], [train], [run] tables")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint (its config, plus any flags given here)")
