@@ -318,7 +318,7 @@ def _runs(*names: str) -> list[dict]:
 
 
 ADDING_FILES = ("adding_quick", "adding_seeds_1_2", "adding", "adding_rnn_5000", "adding_lag50", "adding_lag200",
-                "adding_lag200_lstm", "adding_lags")
+                "adding_lag200_lstm", "adding_lag400_gru", "adding_lags")
 
 
 def _adding_runs() -> list[dict]:
@@ -365,10 +365,11 @@ def fig_results_lags(path: Path) -> Path | None:
         rs = sorted((r for r in runs if r["cell"] == cell), key=lambda r: r["seq_len"])
         if not rs:
             continue
-        ax_m.plot([r["seq_len"] for r in rs], [r["final_mse"] for r in rs], "o", color=COLORS[cell],
-                  label=LABELS[cell], alpha=0.8)
-        ax_s.plot([r["seq_len"] for r in rs], [r["curve"]["steps_run"] for r in rs], "o", color=COLORS[cell],
-                  label=LABELS[cell], alpha=0.8)
+        marker = {"lstm": "s", "gru": "o", "rnn_tanh": "^"}[cell]  # distinct shapes: points can coincide
+        ax_m.plot([r["seq_len"] for r in rs], [r["final_mse"] for r in rs], marker, color=COLORS[cell],
+                  label=LABELS[cell], alpha=0.7, mfc="none" if cell == "lstm" else None, ms=9 if cell == "lstm" else 6)
+        ax_s.plot([r["seq_len"] for r in rs], [r["curve"]["steps_run"] for r in rs], marker, color=COLORS[cell],
+                  label=LABELS[cell], alpha=0.7, mfc="none" if cell == "lstm" else None, ms=9 if cell == "lstm" else 6)
     ax_m.axhline(1 / 6, color="k", ls=":", lw=1, label="predict 1: 1/6")
     ax_m.axhline(0.05, color="gray", ls="--", lw=1, label="pass: 0.05")
     ax_m.set_yscale("log")
