@@ -1,6 +1,6 @@
 """Regenerate every figure of the guide (docs/guide.md, docs/zh/) and of docs/results.md with one command.
 
-    python scripts/make_figures.py                 # all figures into docs/figures/ (about a minute on one core)
+    python scripts/make_figures.py                 # all figures into docs/figures/ (about 10 s of CPU)
     python scripts/make_figures.py --list          # the names this script produces
     python scripts/make_figures.py --only vanishing forget_gate --out /tmp/figs
 

@@ -107,6 +107,17 @@ def test_figure_script_measures_what_the_guide_says(tmp_path):
     assert "backward through the graph a second time" in figures.blog_loop_error()
 
 
+@pytest.mark.slow
+def test_make_figures_reproduces_the_committed_figures(tmp_path):
+    """Regenerating every figure gives the committed PNGs byte for byte (seeds fix every measurement). Slow-marked
+    (~10 s of CPU) and brittle by design: a kernel change that moves a number moves a pixel; rerun `make figures`."""
+    figures = _load(ROOT / "scripts" / "make_figures.py")
+    assert figures.main(["--out", str(tmp_path)]) == 0
+    for name in figures.FIGURES:
+        made = (tmp_path / f"{name}.png").read_bytes()
+        assert made == (ROOT / "docs" / "figures" / f"{name}.png").read_bytes(), f"{name}.png differs"
+
+
 def test_makefile_figures_target_runs_the_script():
     text = (ROOT / "Makefile").read_text()
     target = re.search(r"^figures:.*\n((?:\t.*\n)+)", text, re.M)
