@@ -55,6 +55,7 @@ def files(tmp_path_factory) -> Path:
     (d / "inf.csv").write_text("a\n" + "".join(f"{'inf' if i == 7 else i}\n" for i in range(40)))
     (d / "neg_inf.csv").write_text("a,b\n" + "".join(f"{i},{'-Infinity' if i == 30 else i}\n" for i in range(40)))
     (d / "all_nan.csv").write_text("a,b\n" + "".join(f"{i},nan\n" for i in range(40)))
+    (d / "one_nan.csv").write_text("a,b\n" + "".join(f"{i},{'NaN' if i == 5 else i}\n" for i in range(40)))
     (d / "short.csv").write_text("a\n1\n2\n3\n4\n")
     (d / "empty.txt").write_text("")
     (d / "one.txt").write_text("x")
@@ -90,7 +91,12 @@ TRAIN_CASES = [
     ("csv_no_numeric_column", ["--task", "csv", "--path", "{d}/letters.csv"], r"letters\.csv has no numeric column"),
     ("csv_inf", ["--task", "csv", "--path", "{d}/inf.csv"], r"inf\.csv.*row 9.*column 'a'.*infinite"),
     ("csv_minus_inf", ["--task", "csv", "--path", "{d}/neg_inf.csv"], r"neg_inf\.csv.*row 32.*column 'b'.*infinite"),
-    ("csv_all_nan_column", ["--task", "csv", "--path", "{d}/all_nan.csv", "--columns", "b"], r"has no values"),
+    ("csv_all_nan_column", ["--task", "csv", "--path", "{d}/all_nan.csv", "--columns", "b", "--missing",
+                            "interpolate"], r"has no values"),
+    ("csv_nan_cell", ["--task", "csv", "--path", "{d}/one_nan.csv"],
+     r"one_nan\.csv has 1 empty or NaN value\(s\), the first in row 7 .*column 'b'; pass --missing interpolate"),
+    ("csv_missing_policy", ["--task", "csv", "--path", "{d}/ok.csv", "--missing", "drop"],
+     r"--missing must be 'error' or 'interpolate', got 'drop'"),
     ("csv_unknown_column", ["--task", "csv", "--path", "{d}/ok.csv", "--columns", "zz"],
      r"columns \['zz'\] not in ok\.csv; available: \['a', 'b'\]"),
     ("csv_unknown_target", ["--task", "csv", "--path", "{d}/ok.csv", "--target", "zz"], r"target columns \['zz'\]"),

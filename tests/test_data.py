@@ -123,8 +123,11 @@ def test_series_windows_scaling_and_missing_values(tmp_path):
         f"{d},{10 + d % 7},x,{d % 3}\n" for d in range(4, 60)))
     names, values = read_csv_columns(path)
     assert names == ["day", "temp", "rain"] and np.isnan(values[1, 1])
+    with pytest.raises(UserError, match=r"d.csv has 1 empty or NaN value\(s\), the first in row 3 .*column 'temp'; "
+                                        r"pass --missing interpolate"):
+        _task("csv", path=str(path), columns=["temp", "rain"], target=["temp"], seq_len=8, horizon=3, batch_size=4)
     t = _task("csv", path=str(path), columns=["temp", "rain"], target=["temp"], seq_len=8, horizon=3,
-              batch_size=4)
+              batch_size=4, missing="interpolate")
     b = t.train_batch(0)
     assert b.x.shape == (8, 4, 2) and b.y.shape == (4, 3) and t.output_size == 3
     assert t.missing == 1
@@ -137,7 +140,7 @@ def test_series_windows_scaling_and_missing_values(tmp_path):
     with pytest.raises(UserError, match="column 'name' of d.csv has non-numeric values"):
         _task("csv", path=str(path), columns=["name"])
     with pytest.raises(UserError, match="too few for windows of seq_len=100"):
-        _task("csv", path=str(path), seq_len=100)
+        _task("csv", path=str(path), missing="interpolate", seq_len=100)
 
 
 def test_bundled_series():

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     source = args.input or (cfg.task.path if info["name"] == "csv" else str(statsmodels_csv(info["name"])))
     needed = list(dict.fromkeys(info["inputs"] + info["targets"]))
     names, raw = read_csv_columns(source, needed)
+    if info["name"] == "csv" and cfg.task.missing == "error" and np.isnan(raw).any():
+        raise UserError(f"forecast: {source} has {int(np.isnan(raw).sum())} empty or NaN value(s) and the run was "
+                        f"trained with --missing error; retrain with --missing interpolate to fill them")
     values, _ = interpolate_missing(raw)
     shift = np.array([info["scaler"]["shift"][info["columns"].index(c)] for c in names])
     scale = np.array([info["scaler"]["scale"][info["columns"].index(c)] for c in names])

@@ -3,6 +3,8 @@ only matters to the task that needs it)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import register_task
 from .base import Task
 
@@ -87,8 +89,15 @@ def _csv(cfg, seed: int) -> Task:
 
     if not cfg.path:
         raise UserError("csv task: give the file with --path FILE (and optionally --columns, --target)")
+    if cfg.missing not in ("error", "interpolate"):
+        raise UserError(f"csv task: --missing must be 'error' or 'interpolate', got {cfg.missing!r}")
     wanted = list(dict.fromkeys(list(cfg.columns) + list(cfg.target))) if cfg.columns else []
     names, raw = read_csv_columns(cfg.path, wanted or None)
+    if cfg.missing == "error" and np.isnan(raw).any():
+        rows, cols = np.nonzero(np.isnan(raw))
+        raise UserError(f"csv task: {cfg.path} has {rows.size} empty or NaN value(s), the first in row {rows[0] + 2} "
+                        f"(counting the header as row 1), column {names[cols[0]]!r}; pass --missing interpolate to "
+                        f"fill them linearly in time")
     inputs = list(cfg.columns) or names
     unknown = [c for c in cfg.target if c not in names]
     if unknown:

@@ -4,7 +4,8 @@ A series ``(N, C)`` is split in time: the first ``1 - val_fraction`` of the poin
 validation (a model must never see the future it is scored on). Scaling (``standard``: zero mean, unit variance;
 ``minmax``: to [0, 1]; ``none``) is fitted on the training points only. Windows of ``seq_len`` steps of the input
 columns predict the next ``horizon`` steps of the target columns, all at once from the last step's output
-(direct multi-step forecasting). Missing values (empty cells, ``NaN``) are filled by linear interpolation in time,
+(direct multi-step forecasting). Missing values (empty cells, ``NaN``) are an error for a user's CSV unless
+``--missing interpolate`` is given; then, and always for the bundled series, they are filled by linear interpolation in time,
 and the count is reported by :meth:`SeriesTask.describe`.
 
 * ``sunspots``: yearly sunspot numbers 1700-2008 (``statsmodels/datasets/sunspots/sunspots.csv``);
@@ -94,7 +95,7 @@ def read_csv_columns(path: str | Path, columns: list[str] | None = None) -> tupl
         i, j = (int(v) for v in infinite[0])
         cell = body[i][header.index(names[j])].strip()
         raise UserError(f"csv task: {p.name} row {lines[i]}, column {names[j]!r}: {cell!r} is infinite (empty "
-                        f"and NaN cells are interpolated as missing, infinities are errors)")
+                        f"and NaN cells are missing values (see --missing), infinities are errors)")
     return names, values
 
 
