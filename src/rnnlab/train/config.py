@@ -106,7 +106,7 @@ class OptimConfig:
 class TrainConfig:
     """The loop: budget, truncated BPTT, evaluation, early stopping, checkpoints."""
 
-    max_steps: int = _f(400, "optimizer steps (the budget)")
+    max_steps: int = _f(800, "optimizer steps (the budget)")
     max_time: float = _f(0.0, "stop after this many seconds of training (0 = no limit)")
     bptt_stride: int = _f(0, "k1: steps the forward pass advances between backward passes (0 = seq_len)")
     bptt_horizon: int = _f(0, "k2: steps each backward pass reaches back, >= k1 (0 = k1)")
