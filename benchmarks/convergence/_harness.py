@@ -174,22 +174,6 @@ def median(xs: Sequence[float]) -> float:
     return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
-class LastStep(nn.Module):
-    """A recurrent layer read out by a linear map of its last output: ``y = W h_T + b``.
-
-    Shape: input ``(T, B, I)``; output ``(B, out_features)``.
-    """
-
-    def __init__(self, layer: nn.Module, hidden: int, out_features: int) -> None:
-        super().__init__()
-        self.rnn = layer
-        self.head = nn.Linear(hidden, out_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.rnn(x)  # (T, B, H)
-        return self.head(out[-1])  # (B, O)
-
-
 class EveryStep(nn.Module):
     """A recurrent layer read out at every step by one linear map: ``y_t = W h_t + b``.
 
@@ -204,3 +188,11 @@ class EveryStep(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.rnn(x)  # (T, B, H)
         return self.head(out)  # (T, B, O)
+
+
+class LastStep(EveryStep):
+    """The same read-out of the last output only: ``y = W h_T + b``. Shape: output ``(B, out_features)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)  # (T, B, H)
+        return self.head(out[-1])  # (B, O)
