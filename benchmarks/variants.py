@@ -16,7 +16,7 @@ import warnings
 import torch
 
 import rnnlab
-from rnnlab.bench import SIZES, _stats, _time_call
+from rnnlab.bench import SIZES, summary, time_call
 
 VARIANTS = {
     "LSTM": [
@@ -56,11 +56,11 @@ def measure(size: str, rounds: int, warmup: int) -> list[dict]:
         times: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in calls}
         for r in range(rounds):
             for name, fn in (calls if r % 2 == 0 else calls[::-1]):  # alternate the order between rounds
-                times[name].append(_time_call(fn, "cpu"))
-        base = _stats([c for _, c in times[calls[0][0]]])["median"]
+                times[name].append(time_call(fn, "cpu"))
+        base = summary([c for _, c in times[calls[0][0]]])["median"]
         for name, _ in calls:
-            cpu = _stats([c for _, c in times[name]])
-            wall = _stats([w for w, _ in times[name]])
+            cpu = summary([c for _, c in times[name]])
+            wall = summary([w for w, _ in times[name]])
             rows.append({"size": size, "family": family, "variant": name, "cpu": cpu, "wall": wall,
                          "ratio_cpu": cpu["median"] / base})
     return rows

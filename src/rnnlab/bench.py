@@ -41,7 +41,7 @@ from torch import nn
 from .errors import UserError
 
 __all__ = ["Size", "SIZES", "CELLS", "PASSES", "TARGETS", "BenchConfig", "run", "format_table", "gemm_peak",
-           "write_json"]
+           "write_json", "time_call", "summary"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_call(fn: Callable[[], None], device: str) -> tuple[float, float]:
+def time_call(fn: Callable[[], None], device: str) -> tuple[float, float]:
     """``(wall seconds, process CPU seconds)`` of one call; CUDA time by events."""
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -149,7 +149,7 @@ def gemm_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 
     b = torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=c)
-    best = min(_time_call(lambda: torch.mm(a, b, out=c), device)[0] for _ in range(repeats))
+    best = min(time_call(lambda: torch.mm(a, b, out=c), device)[0] for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
@@ -161,7 +161,8 @@ def model_flops(cell: str, size: Size, pass_: str) -> float:
     return forward * (3 if pass_ == "fwdbwd" else 1)
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements (also used by benchmarks/variants.py)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -208,18 +209,18 @@ def _time_case(cfg: BenchConfig, cell: str, size_name: str, pass_: str) -> dict:
     for r in range(cfg.rounds):
         order = list(calls) if r % 2 == 0 else list(reversed(calls))
         for name in order:
-            w, c = _time_call(calls[name], cfg.device)
+            w, c = time_call(calls[name], cfg.device)
             wall[name].append(w)
             cpu[name].append(c)
     result = {"cell": cell, "size": size_name, "pass": pass_, "shape": asdict(size),
               "gflop": model_flops(cell, size, pass_) / 1e9}
     for name in calls:
-        result[name] = {"wall_s": _stats(wall[name]), "cpu_s": _stats(cpu[name])}
+        result[name] = {"wall_s": summary(wall[name]), "cpu_s": summary(cpu[name])}
     result["ratio_wall"] = result["rnnlab"]["wall_s"]["median"] / result["torch"]["wall_s"]["median"]
     result["ratio_cpu"] = result["rnnlab"]["cpu_s"]["median"] / result["torch"]["cpu_s"]["median"]
     # the per-round ratio's spread says how much a single comparison can be trusted on a noisy machine
     per_round = [o / t for o, t in zip(wall["rnnlab"], wall["torch"])]
-    result["ratio_wall_rounds"] = _stats(per_round)
+    result["ratio_wall_rounds"] = summary(per_round)
     result["target"] = TARGETS[(cell, pass_)][size_name]
     return result
 

@@ -464,12 +464,13 @@ class RNNBase(nn.Module):
             h_mask = F.dropout(torch.ones_like(hidden_of(state)), self.recurrent_dropout, training=True)
         trace: list[tuple[State, dict[str, Tensor] | None]] = []
         gates = spec.gates if self.return_gates else None
+        zoneout, record = any(rates), self.return_all_states  # decided once, not at every step
 
         def step(x_t: Tensor, s: State) -> State:
             new = spec.step(x_t, s, p, h_mask)
-            if any(rates):
+            if zoneout:
                 new = _zoneout(s, new, rates, training)
-            if self.return_all_states:
+            if record:
                 trace.append((new, gates(x_t, s, p, h_mask) if gates is not None else None))
             return new
 

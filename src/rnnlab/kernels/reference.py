@@ -75,8 +75,7 @@ def recurrence(
             outputs[t] = hidden_of(state)
         else:
             state = _select(valid[t], new_state, state)
-            h = hidden_of(state)
-            outputs[t] = torch.where(valid[t], h, torch.zeros_like(h))
+            outputs[t] = torch.where(valid[t], hidden_of(state), 0.0)
     return torch.stack(outputs), state  # type: ignore[arg-type]
 
 
