@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import functional as RF
 from ._checks import check_dtype_device, check_positive_int, check_probability, check_type
-from .cellspec import SPECS, CellSpec
+from .cellspec import SPECS, CellSpec, SequenceRun
 from .kernels import get_backend, resolve_backend
 from .kernels.reference import State, hidden_of, recurrence
 
@@ -113,7 +113,8 @@ class RNNBase(nn.Module):
         return_gates: also fill ``AllStates.gates`` (implies ``return_all_states``).
 
     Options that change the per-step maths (recurrent dropout, zoneout, all-step outputs) and cells without a
-    torch ``mode`` run on the reference loop; the layer warns once if another backend was selected.
+    torch ``mode`` run on the cell's own whole-sequence kernel (:attr:`CellSpec.kernel`) when it covers the run,
+    else on the reference loop; the layer warns once if another backend was selected.
     """
 
     def __init__(
@@ -393,13 +394,17 @@ class RNNBase(nn.Module):
         # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
         # no per-step Python to observe.
         observer = None if _capturing() else _observer.get()
-        on_loop = self._needs_reference_loop() or observer is not None
-        if on_loop and observer is None:
-            self._warn_reference_loop(backend or get_backend())
+        on_loop = self._changes_step() or observer is not None
+        # Cells and options that change the per-step maths run on the cell's own whole-sequence kernel when it has
+        # one (and the backend is not the reference loop), else on the reference loop.
+        kernel = None
+        if on_loop and observer is None and (backend or get_backend()) != "reference":
+            kernel = self.spec.kernel
+        T = x.size(0)
         finals: list[State] = []
         record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
         for layer in range(self.num_layers):
-            outputs, traces = [], []
+            outputs, extras = [], []
             for direction in range(self.num_directions):
                 state = states[layer * self.num_directions + direction]
                 p = self.layer_params(layer, direction)
@@ -407,11 +412,23 @@ class RNNBase(nn.Module):
                     # DropConnect: one mask on W_hh for the whole forward (every step and sequence)
                     p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
                 if on_loop:
-                    step, trace = self._step(p, state)
-                    if observer is not None:
-                        step, state = observer.wrap(self, layer, direction, step, state, x.size(0))
-                    out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
-                    traces.append(trace[::-1] if direction == 1 else trace)  # into time order
+                    h_mask, keep = self._masks(state, T)
+                    result = None
+                    if kernel is not None:
+                        result = kernel(SequenceRun(x, state, p, direction == 1, lengths, h_mask, keep,
+                                                    self.return_all_states, self._gates_on()))
+                    if result is None:
+                        if observer is None:
+                            self._warn_reference_loop(backend or get_backend(), kernel is not None)
+                        step, trace = self._step(p, h_mask, keep, T, direction == 1)
+                        if observer is not None:
+                            step, state = observer.wrap(self, layer, direction, step, state, T)
+                        out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
+                        if self.return_all_states:
+                            extras.append(self._stack_trace(trace[::-1] if direction == 1 else trace))
+                    else:
+                        out, final, c_seq, gate_seq = result
+                        extras.append((c_seq, gate_seq))
                 else:
                     out, final = run_layer(self.spec.mode, x, state, _kernel_weights(p, self.proj_size),
                                            reverse=direction == 1, lengths=lengths)
@@ -419,7 +436,7 @@ class RNNBase(nn.Module):
                 finals.append(final)
             x = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (T, B, D*H_out)
             if self.return_all_states:
-                record.append((x, *self._stack_traces(traces, lengths)))
+                record.append((x, *self._join_extras(extras, lengths)))
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
@@ -440,57 +457,88 @@ class RNNBase(nn.Module):
 
     # -- the options that change the per-step maths -------------------------------------------------------------
 
-    def _needs_reference_loop(self) -> bool:
+    def _changes_step(self) -> bool:
+        """Whether this layer's step differs from torch's cell of its ``mode`` (so ``run_layer`` cannot run it)."""
         return (self.spec.mode is None or self.return_all_states or any(self.zoneout)
                 or (self.recurrent_dropout > 0 and self.training))
 
-    def _warn_reference_loop(self, backend: str) -> None:
+    def _gates_on(self) -> bool:
+        return self.return_gates and self.spec.gates is not None
+
+    def _warn_reference_loop(self, backend: str, declined: bool) -> None:
         if backend == "reference":
             return
-        reason = (f"{self.spec.name} has no whole-sequence kernel" if self.spec.mode is None
-                  else "recurrent_dropout, zoneout and return_all_states change the per-step maths")
+        if declined:
+            reason = f"{self.spec.name}'s kernel does not cover this run (dtype, device or option)"
+        elif self.spec.mode is None:
+            reason = f"{self.spec.name} has no whole-sequence kernel"
+        else:
+            reason = "recurrent_dropout, zoneout and return_all_states change the per-step maths"
         key = f"{type(self).__name__}: {reason}"
         if key not in _warned:
             _warned.add(key)
             warnings.warn(f"{key}, so it runs on the reference loop instead of the {backend!r} backend "
                           f"(slower; see docs/variants.md)", stacklevel=3)
 
-    def _step(self, p: dict[str, Tensor], state: State):
-        """This layer-direction's step: the cell's step with recurrent dropout, zoneout and recording applied."""
-        spec, training, rates = self.spec, self.training, self.zoneout
+    def _masks(self, state: State, steps: int) -> tuple[Tensor | None, tuple[Tensor | None, ...]]:
+        """This layer-direction's random masks, drawn once for the whole sequence: the recurrent-dropout mask
+        ``(B, H_out)`` and, per state, the zoneout keep tensor ``(T, B, size)`` (see :class:`SequenceRun`)."""
+        h = hidden_of(state)
         h_mask = None
-        if self.recurrent_dropout > 0 and training:
+        if self.recurrent_dropout > 0 and self.training:
             # one mask per sequence, shared by every time step (Gal & Ghahramani 2016)
-            h_mask = F.dropout(torch.ones_like(hidden_of(state)), self.recurrent_dropout, training=True)
+            h_mask = F.dropout(torch.ones_like(h), self.recurrent_dropout, training=True)
+        keep: list[Tensor | None] = []
+        for s, z in zip(state if isinstance(state, tuple) else (state,), self.zoneout):
+            if z == 0:
+                keep.append(None)
+            elif self.training:  # a fresh mask per step and unit (Krueger et al. 2017)
+                keep.append((torch.rand((steps, *s.shape), device=s.device) < z).to(s.dtype))
+            else:  # the expectation of the training-time update
+                keep.append(torch.full((steps, *s.shape), z, dtype=s.dtype, device=s.device))
+        return h_mask, tuple(keep)
+
+    def _step(self, p: dict[str, Tensor], h_mask: Tensor | None, keep: tuple[Tensor | None, ...], steps: int,
+              reverse: bool):
+        """This layer-direction's step: the cell's step with recurrent dropout, zoneout and recording applied."""
+        spec = self.spec
         trace: list[tuple[State, dict[str, Tensor] | None]] = []
-        gates = spec.gates if self.return_gates else None
-        zoneout, record = any(rates), self.return_all_states  # decided once, not at every step
+        gates = spec.gates if self._gates_on() else None
+        zoneout, record = any(k is not None for k in keep), self.return_all_states  # decided once, not per step
+        order = iter(range(steps - 1, -1, -1) if reverse else range(steps))  # the loop walks t in this order
 
         def step(x_t: Tensor, s: State) -> State:
             new = spec.step(x_t, s, p, h_mask)
             if zoneout:
-                new = _zoneout(s, new, rates, training)
+                new = _zoneout(s, new, keep, next(order))
             if record:
                 trace.append((new, gates(x_t, s, p, h_mask) if gates is not None else None))
             return new
 
         return step, trace
 
-    def _stack_traces(self, traces, lengths: Tensor | None) -> tuple[Tensor | None, dict[str, Tensor] | None]:
-        """The recorded cell states and gates of one layer, (T, B, D*H), zero past each sequence's length."""
-        valid = None
-        if lengths is not None:
-            T = len(traces[0])
-            valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+    def _stack_trace(self, trace) -> tuple[Tensor | None, dict[str, Tensor] | None]:
+        """One direction's recorded cell states and gates, each ``(T, B, H)`` in time order."""
+        c = torch.stack([s[1] for s, _ in trace]) if self.spec.n_states == 2 else None
+        gates = None
+        if trace and trace[0][1] is not None:
+            gates = {k: torch.stack([g[k] for _, g in trace]) for k in trace[0][1]}
+        return c, gates
 
-        def stack(parts: list[list[Tensor]]) -> Tensor:
-            out = torch.cat([torch.stack(p) for p in parts], dim=2)  # (T, B, D*H)
+    def _join_extras(self, extras, lengths: Tensor | None) -> tuple[Tensor | None, dict[str, Tensor] | None]:
+        """The directions' cell states and gates side by side, (T, B, D*H), zero past each sequence's length."""
+        valid = None
+        first_c, first_gates = extras[0]
+        if lengths is not None and (first_c is not None or first_gates):
+            T = first_c.size(0) if first_c is not None else next(iter(first_gates.values())).size(0)
+            valid = (torch.arange(T).unsqueeze(1) < lengths.cpu().unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+
+        def join(parts: list[Tensor]) -> Tensor:
+            out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
             return out if valid is None else out * valid.to(out.device, out.dtype)
 
-        c = stack([[s[1] for s, _ in tr] for tr in traces]) if self.spec.n_states == 2 else None
-        gates = None
-        if self.return_gates and self.spec.gates is not None:
-            gates = {k: stack([[g[k] for _, g in tr] for tr in traces]) for k in traces[0][0][1]}
+        c = join([e[0] for e in extras]) if first_c is not None else None
+        gates = None if first_gates is None else {k: join([e[1][k] for e in extras]) for k in first_gates}
         return c, gates
 
     def _all_states(self, record, batched: bool) -> AllStates:
@@ -507,17 +555,11 @@ class RNNBase(nn.Module):
         return AllStates(h, c, gates)
 
 
-def _zoneout(old: State, new: State, rates: tuple[float, ...], training: bool) -> State:
-    """Zoneout (Krueger et al. 2017): each unit keeps its old value with probability z, per step."""
+def _zoneout(old: State, new: State, keep: tuple[Tensor | None, ...], t: int) -> State:
+    """Zoneout (Krueger et al. 2017) at step ``t``: ``keep_t * old + (1 - keep_t) * new`` per state (exactly the
+    old or the new value for a 0/1 training mask; the expectation for the eval-mode rate)."""
     olds, news = (old, new) if isinstance(new, tuple) else ((old,), (new,))
-    out = []
-    for o, n, z in zip(olds, news, rates):
-        if z == 0:
-            out.append(n)
-        elif training:
-            out.append(torch.where(torch.rand_like(n) < z, o, n))
-        else:
-            out.append(z * o + (1 - z) * n)  # the expectation of the training-time update
+    out = [n if k is None else k[t] * o + (1 - k[t]) * n for o, n, k in zip(olds, news, keep)]
     return tuple(out) if isinstance(new, tuple) else out[0]
 
 

@@ -1,4 +1,4 @@
-"""Build (once, cached on disk) and load the compiled step loops of the fused backend (``csrc/fused.cpp``).
+"""Build (once, cached on disk) and load the compiled step loops of the fused backend (``csrc/*.cpp``).
 
 The build uses :func:`torch.utils.cpp_extension.load`, which compiles into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and rebuilds only when the source or flags
@@ -13,6 +13,7 @@ the extension on purpose (no warning).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import sys
@@ -21,7 +22,21 @@ from pathlib import Path
 
 __all__ = ["load_extension", "extension_disabled"]
 
-SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+CSRC = Path(__file__).with_name("csrc")
+
+
+def sources() -> list[Path]:
+    """Every kernel file (``csrc/*.cpp``): torch's cells in ``fused.cpp``, the variants in their own files."""
+    return sorted(CSRC.glob("*.cpp"))
+
+
+def _headers_digest() -> str:
+    """A digest of ``csrc/*.h``: torch's build cache hashes the sources but not the headers they include, so the
+    digest goes into the flags (a changed header then rebuilds)."""
+    digest = hashlib.sha256()
+    for header in sorted(CSRC.glob("*.h")):
+        digest.update(header.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _cpu_flags() -> set[str]:
@@ -89,8 +104,9 @@ def load_extension() -> bool:
         from torch.utils.cpp_extension import load
 
         # -fno-trapping-math lets gcc if-convert and vectorize the gate loops (torch builds with it too).
-        cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", *flags]
-        load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, is_python_module=False,
+        cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", *flags,
+                  f"-DRNNLAB_HEADERS_DIGEST={_headers_digest()}"]
+        load(name=name, sources=[str(s) for s in sources()], extra_cflags=cflags, is_python_module=False,
              verbose=False)
     except Exception as err:  # noqa: BLE001 - any build or load failure means: use the fallback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

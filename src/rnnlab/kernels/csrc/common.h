@@ -1,0 +1,232 @@
+// Shared pieces of rnnlab's compiled step loops: row-major BLAS wrappers, the per-step GEMM with MKL's packed
+// weights, vectorizable activations, the variable-length helpers and chunked input projections. Every kernel
+// file (fused.cpp: torch's cells; the variant files) includes it; everything here has internal linkage.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace rnnlab_kernels {
+namespace {
+
+using at::Tensor;
+
+// ---- BLAS, row-major ------------------------------------------------------------------------------------------
+
+inline void blas(char ta, char tb, int m, int n, int k, float beta, const float* a, int lda, const float* b, int ldb,
+                 float* c, int ldc) {
+  const float one = 1.0f;
+  sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas(char ta, char tb, int m, int n, int k, double beta, const double* a, int lda, const double* b,
+                 int ldb, double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// C (m x n) = beta * C + A (m x k) @ B^T, B (n x k). Row-major C is column-major C^T = B A^T.
+template <typename T>
+inline void mm_nt(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  blas('T', 'N', n, m, k, beta, B, k, A, k, C, n);
+}
+
+// C (m x n) = beta * C + A (m x k) @ B, B (k x n).
+template <typename T>
+inline void mm_nn(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  blas('N', 'N', n, m, k, beta, B, n, A, k, C, n);
+}
+
+// MKL's packed GEMM (cblas_sgemm_pack / cblas_sgemm_compute): a step's GEMM multiplies a small (B x K) state by
+// the same weight matrix T times, and a plain sgemm re-packs that matrix into MKL's internal layout on every call
+// (for B = 64, H = 256 the packing costs about as much as the product). Packing once per sequence removes it;
+// oneDNN's RNN primitive does the same. Looked up at run time, so a torch built without MKL still works.
+using PackGetSize = size_t (*)(int identifier, int m, int n, int k);
+using Pack = void (*)(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest);
+using Compute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc);
+// Weight matrices with fewer elements use plain sgemm; RNNLAB_FUSED_PACK_MIN overrides it (for measurements).
+int64_t min_packed_weights() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("RNNLAB_FUSED_PACK_MIN");
+    return env ? std::atoll(env) : int64_t{128 * 1024};
+  }();
+  return value;
+}
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+struct PackedApi {
+  PackGetSize get_size = nullptr;
+  Pack pack = nullptr;
+  Compute compute = nullptr;
+  PackedApi() {
+    get_size = reinterpret_cast<PackGetSize>(dlsym(RTLD_DEFAULT, "cblas_sgemm_pack_get_size"));
+    pack = reinterpret_cast<Pack>(dlsym(RTLD_DEFAULT, "cblas_sgemm_pack"));
+    compute = reinterpret_cast<Compute>(dlsym(RTLD_DEFAULT, "cblas_sgemm_compute"));
+    if (!get_size || !pack || !compute) get_size = nullptr;
+  }
+  bool ok() const { return get_size != nullptr; }
+};
+
+const PackedApi& packed_api() {
+  static const PackedApi api;
+  return api;
+}
+
+// The per-step product C (m x n) = beta * C + A (m x k) @ op(W) with W fixed for the whole sequence:
+// op(W) = W^T for W stored (n x k) (`trans`, the forward's h W_hh^T), else W stored (k x n) (the backward's dG W_hh).
+template <typename T>
+class StepGemm {
+ public:
+  StepGemm(const T* w, bool trans, int m, int n, int k) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {}
+  void operator()(const T* a, T beta, T* c) const {
+    if (trans_) mm_nt<T>(m_, n_, k_, a, w_, beta, c);
+    else mm_nn<T>(m_, n_, k_, a, w_, beta, c);
+  }
+
+ private:
+  const T* w_;
+  bool trans_;
+  int m_, n_, k_;
+};
+
+template <>
+class StepGemm<float> {
+ public:
+  StepGemm(const float* w, bool trans, int m, int n, int k) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {
+    const PackedApi& api = packed_api();
+    if (!api.ok() || w == nullptr) return;  // no W: an unused product (e.g. no projection)
+    // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
+    // and loses below 512x128 (2x slower at H=64: the packed call's fixed cost dominates tiny products).
+    if (static_cast<int64_t>(n) * k < min_packed_weights()) return;
+    packed_.resize(api.get_size(kBMatrix, m, n, k) / sizeof(float) + 1);
+    api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, m, n, k, 1.0f, w, trans ? k : n, packed_.data());
+  }
+  void operator()(const float* a, float beta, float* c) const {
+    if (packed_.empty()) {
+      if (trans_) mm_nt<float>(m_, n_, k_, a, w_, beta, c);
+      else mm_nn<float>(m_, n_, k_, a, w_, beta, c);
+      return;
+    }
+    packed_api().compute(kRowMajor, kNoTrans, kPacked, m_, n_, k_, a, k_, packed_.data(), n_, beta, c, n_);
+  }
+
+ private:
+  const float* w_;
+  bool trans_;
+  int m_, n_, k_;
+  std::vector<float> packed_;
+};
+
+// ---- activations ----------------------------------------------------------------------------------------------
+
+// float: exp by range reduction e^x = 2^n e^r, |r| <= ln2/2 (Cody-Waite split of ln2), and Cephes' degree-6
+// polynomial (relative error ~1e-7). Written branch-free and call-free so that gcc vectorizes the gate loops
+// (libm's expf is a call and blocks vectorization). tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * __builtin_bit_cast(float, bits);
+}
+
+template <typename T>
+struct Act;
+template <>
+struct Act<float> {
+  static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+  static inline float tanh(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+};
+// double is the gradcheck dtype: libm's exact functions, speed is secondary.
+template <>
+struct Act<double> {
+  static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static inline double tanh(double x) { return std::tanh(x); }
+};
+
+inline bool is_valid(const int64_t* len, int t, int b) { return len == nullptr || t < len[b]; }
+
+// Index of the step processed just before step t (its state is step t's h_{t-1}), or -1 for the initial state.
+// In reverse a row whose step t+1 is padding started from the initial state at its own last step.
+inline int prev_step(const int64_t* len, bool reverse, int T, int t, int b) {
+  if (!reverse) return t - 1;
+  return (t + 1 < T && is_valid(len, t + 1, b)) ? t + 1 : -1;
+}
+
+// db += the sum of the B rows of dg (B x G). Done per step while dg is still in cache, instead of one more pass
+// over the whole (T, B, G) gradient afterwards. Padding rows of dg are zero.
+template <typename T>
+inline void add_rows(const T* __restrict dg, int B, int G, T* __restrict db) {
+  for (int b = 0; b < B; ++b)
+    for (int k = 0; k < G; ++k) db[k] += dg[static_cast<int64_t>(b) * G + k];
+}
+
+const int64_t* lengths_ptr(const std::optional<Tensor>& lengths) {
+  return lengths.has_value() && lengths->defined() ? lengths->data_ptr<int64_t>() : nullptr;
+}
+
+// ---- inference: the input projection in cache-sized chunks --------------------------------------------------
+
+// Training must keep every step's gates, so it projects all T steps at once. Inference needs them only until
+// the step has run: projecting L steps at a time into one small reused buffer (about 1 MB) keeps it in cache
+// and avoids allocating (and page-faulting) a (T, B, G) buffer. oneDNN's inference primitive does the same.
+template <typename T>
+class InputChunks {
+ public:
+  InputChunks(const T* x, const T* wih, bool reverse, int Tn, int B, int I, int G)
+      : x_(x), wih_(wih), reverse_(reverse), Tn_(Tn), B_(B), I_(I), G_(G),
+        L_(std::max(1, std::min(Tn, (1 << 18) / std::max(1, B * G)))), buf_(static_cast<size_t>(L_) * B * G) {}
+
+  // The (B, G) projection x_t W_ih^T of step t, the s-th processed step.
+  T* gates(int s, int t) {
+    if (s % L_ == 0) {
+      const int n = std::min(L_, Tn_ - s);
+      base_ = reverse_ ? Tn_ - s - n : s;
+      mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
+    }
+    return buf_.data() + static_cast<int64_t>(t - base_) * B_ * G_;
+  }
+
+ private:
+  const T* x_;
+  const T* wih_;
+  bool reverse_;
+  int Tn_, B_, I_, G_, L_;
+  int base_ = 0;
+  std::vector<T> buf_;
+};
+
+}  // namespace
+}  // namespace rnnlab_kernels
