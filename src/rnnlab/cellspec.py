@@ -301,8 +301,14 @@ def _peephole_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -
     return dict(zip("ifgo", _peephole_parts(x, state, p, h_mask)[:4]))
 
 
+def _peephole_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.peephole import peephole_kernel  # lazy: the kernels package imports this module
+
+    return peephole_kernel(run)
+
+
 PEEPHOLE_LSTM_SPEC = CellSpec("PeepholeLSTM", _peephole_params, _peephole_step, _peephole_gates, ("h", "c"),
-                              forget_gate=("bias_ih", 1, 4))
+                              forget_gate=("bias_ih", 1, 4), kernel=_peephole_kernel)
 
 SPECS: dict[str, CellSpec] = {s.name: s for s in (LSTM_SPEC, GRU_SPEC, RNN_TANH_SPEC, RNN_RELU_SPEC,
                                                    LAYER_NORM_LSTM_SPEC, LAYER_NORM_GRU_SPEC, PEEPHOLE_LSTM_SPEC)}
