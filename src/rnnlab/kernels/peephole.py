@@ -119,11 +119,11 @@ def peephole_kernel(run: SequenceRun) -> SequenceResult | None:
     h0, c0 = run.state  # type: ignore[misc]
     H = c0.size(-1)
     keep_h, keep_c = (tuple(run.keep) + (None, None))[:2]
-    if (keep_h is None) != (keep_c is None):
+    if keep_h is None and keep_c is not None:
         # zoneout on one state only: k = 0 is the plain update for the other (0 * s + 1 * s' = s')
-        present = keep_h if keep_h is not None else keep_c
-        zeros = torch.zeros_like(present)
-        keep_h, keep_c = (keep_h if keep_h is not None else zeros), (keep_c if keep_c is not None else zeros)
+        keep_h = torch.zeros_like(keep_c)
+    elif keep_c is None and keep_h is not None:
+        keep_c = torch.zeros_like(keep_h)
     h_mask = _contiguous(run.h_mask, x.dtype)
     keep_h, keep_c = _contiguous(keep_h, x.dtype), _contiguous(keep_c, x.dtype)
     lengths = _lengths(run.lengths)
