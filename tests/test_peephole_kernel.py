@@ -121,6 +121,26 @@ def test_kernel_equals_reference_loop(case, packed):
     _assert_same(_run(layer, "fused", x, hx, lengths), _run(layer, "reference", x, hx, lengths))
 
 
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_learned_initial_states_get_the_same_gradients(unbatched):
+    """learn_init: the kernel's h0/c0 are broadcast views of parameters (h0_l0, c0_l0), which must get gradients."""
+    layer = _layer(learn_init=True, bidirectional=True)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.startswith(("h0_", "c0_")):
+                p.uniform_(-0.5, 0.5)
+    x = torch.randn(T, I) if unbatched else torch.randn(T, B, I)
+    results = []
+    for backend in ("fused", "reference"):
+        layer.backend = backend
+        layer.zero_grad(set_to_none=True)
+        out, (hn, cn) = layer(x)
+        (out.sin().sum() + (hn * cn).sum()).backward()
+        results.append([("output", out), ("h_n", hn), ("c_n", cn),
+                        *((n, p.grad) for n, p in layer.named_parameters())])
+    _assert_same(*results)
+
+
 def test_packed_padding_outputs_zero_and_states_stop_at_each_length():
     layer = _layer(num_layers=2, bidirectional=True)
     x, hx = _inputs(layer)

@@ -282,7 +282,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_backward(
 
 TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("peephole_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor wc, Tensor? h_mask, "
-        "Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, bool train) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("peephole_infer(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor wc, "
         "Tensor? h_mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
   m.def("peephole_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor Cs, Tensor c0, Tensor w_hh, "
