@@ -5,9 +5,10 @@ For each cell, on one adding-problem batch (T steps, B rows, H units, a linear r
 * ``plain``: one training step with the default backend: forward, backward, clip, Adam step.
 * ``plain_reference``: the same step on the reference loop (``backend="reference"``), for scale.
 * ``tracked``: a training step tracked by :class:`rnnlab.diagnostics.tracking.GradientTracker` with
-  ``source="step"`` (the default): the step's own forward runs on the recording reference loop with
-  ``retain_grad``, its own backward fills ``||dL/dh_t||`` for every step, then clip and Adam as in ``plain``, plus
-  the profile read-out, gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient norms.
+  ``source="step"`` (the default): the step's own forward and backward on the fused kernel, which hands over
+  ``dL/dh_t`` of every step (``record(..., retain_grad=True, kernel=True)``), then clip and Adam as in ``plain``,
+  plus the profile read-out, gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient norms.
+* ``tracked_reference``: the same with ``kernel=False``: the tracked step on the recording reference loop.
 * ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward on a probe
   batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
 * ``analyse``: :func:`rnnlab.diagnostics.analyse` with Jacobian-product spectra (4 rows), the ``gradflow`` report's
@@ -71,9 +72,9 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
-        def tracked():
+        def tracked(kernel: bool = True):
             opt.zero_grad(set_to_none=True)
-            with record(model, retain_grad=True) as rec:
+            with record(model, retain_grad=True, kernel=kernel) as rec:
                 loss = loss_fn()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -100,8 +101,8 @@ def main() -> None:
         def full():
             analyse(model, loss_fn, rows=4)
 
-        steps = (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked), ("probe", probe),
-                 ("analyse", full))
+        steps = (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked),
+                 ("tracked_reference", lambda: tracked(kernel=False)), ("probe", probe), ("analyse", full))
         results = {name: timed(fn, args.warmup, args.repeats) for name, fn in steps}
         base_w, base_c = statistics.median(results["plain"][0]), statistics.median(results["plain"][1])
         for name, (wall, cpu) in results.items():

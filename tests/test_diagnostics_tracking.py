@@ -142,3 +142,70 @@ def test_tbptt_windows_get_their_own_profile_rows():
     assert rec["profile_source"] == "step"
     assert list(rec["profile"]) == ["rnn.l0", "rnn.l0#1", "rnn.l0#2"]  # three windows of 4 steps
     assert all(len(v) == 4 and all(g > 0 for g in v) for v in rec["profile"].values())
+
+
+@pytest.mark.parametrize("mode, kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
+                                          ("RNN_TANH", {}), ("RNN_RELU", {})])
+def test_kernel_traces_equal_the_reference_recording(mode, kwargs):
+    """Recorder(kernel=True) keeps the fused kernel and reads its per-step gradients: the profile and the gate
+    statistics equal those of the recording reference loop (an independent autograd computation)."""
+    import rnnlab
+    from rnnlab.diagnostics import Recorder, gate_stats, profile_from_grads
+    from rnnlab.kernels.fused import uses_compiled
+
+    torch.manual_seed(0)
+    layer = rnnlab.RNNBase(mode, 3, 6, num_layers=2, bidirectional=True, **kwargs)
+    x = torch.randn(9, 4, 3)
+    if not uses_compiled(x):
+        pytest.skip("the compiled fused kernels are not available")
+    target = torch.randn(9, 4, layer(x)[0].size(-1))
+
+    def profile(kernel: bool):
+        layer.zero_grad()
+        recorder = Recorder(layer, retain_grad=True, kernel=kernel)
+        recorder.start()
+        try:
+            loss = (layer(x)[0] * target).sum()
+        finally:
+            rec = recorder.stop()
+        loss.backward()
+        return rec, profile_from_grads(rec, float(loss.detach())), [p.grad.clone() for p in layer.parameters()]
+
+    rec_k, prof_k, grads_k = profile(True)
+    rec_r, prof_r, grads_r = profile(False)
+    assert all(tr.step_grads is not None for tr in rec_k.traces)  # the kernel ran, not the reference loop
+    assert all(tr.step_grads is None for tr in rec_r.traces)
+    assert prof_k.names == prof_r.names and prof_k.reverse == prof_r.reverse
+    torch.testing.assert_close(prof_k.hidden, prof_r.hidden, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(prof_k.hidden_initial, prof_r.hidden_initial, rtol=1e-5, atol=1e-7)
+    if mode == "LSTM":
+        torch.testing.assert_close(prof_k.cell, prof_r.cell, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(prof_k.cell_initial, prof_r.cell_initial, rtol=1e-5, atol=1e-7)
+    for gk, gr in zip(grads_k, grads_r):  # the training gradients are untouched by the recording
+        torch.testing.assert_close(gk, gr, rtol=1e-5, atol=1e-6)
+    for tk, tr in zip(rec_k.traces, rec_r.traces):
+        sk, sr = gate_stats(tk), gate_stats(tr)
+        assert sk.scalars.keys() == sr.scalars.keys() and sk.scalars
+        for key in sk.scalars:
+            assert sk.scalars[key] == pytest.approx(sr.scalars[key], rel=1e-4, abs=1e-6), key
+        for key in sk.series:
+            torch.testing.assert_close(sk.series[key], sr.series[key], rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_recorder_needs_retain_grad_and_rejects_autograd_profiles():
+    import rnnlab
+    from rnnlab.diagnostics import Recorder, profile_from_recording
+
+    layer = rnnlab.LSTM(3, 5)
+    with pytest.raises(ValueError, match=r"Recorder\(kernel=True\) needs retain_grad=True"):
+        Recorder(layer, kernel=True)
+    recorder = Recorder(layer, retain_grad=True, kernel=True)
+    recorder.start()
+    try:
+        loss = layer(torch.randn(4, 2, 3))[0].sum()
+    finally:
+        rec = recorder.stop()
+    if rec.traces[0].step_grads is None:
+        pytest.skip("the compiled fused kernels are not available")
+    with pytest.raises(ValueError, match="kernel traces"):
+        profile_from_recording(rec, loss)

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import functional as RF
 from ._checks import check_dtype_device, check_positive_int, check_probability, check_type
 from .cellspec import SPECS, CellSpec, SequenceRun
-from .kernels import get_backend, resolve_backend
+from .kernels import fused, get_backend, resolve_backend
 from .kernels.reference import State, hidden_of, recurrence
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates", "StepObserver", "observe_steps"]
@@ -44,6 +44,19 @@ class StepObserver(Protocol):
         ...
 
 
+class KernelSink(Protocol):
+    """Receives what the fused kernel of one layer-direction computes anyway (see :func:`observe_steps`)."""
+
+    def forward(self, cells: Tensor | None) -> None:
+        """Every step's cell state ``(T, B, H)`` (LSTM; ``None`` otherwise), detached, in time order."""
+
+    def backward(self, dh: Tensor, dc: Tensor | None) -> None:
+        """Every step's total ``dL/dh_t`` ``(T, B, H_out)`` (and ``dL/dc_t``), in time order."""
+
+    def outputs(self, y: Tensor) -> None:
+        """The layer-direction's outputs ``(T, B, H_out)`` (the states ``h_t``), detached."""
+
+
 _observer: ContextVar[StepObserver | None] = ContextVar("rnnlab_step_observer", default=None)
 
 
@@ -56,6 +69,12 @@ def observe_steps(observer: StepObserver) -> Iterator[StepObserver]:
     layer-direction and forward, with the step function the layer would run (options such as zoneout
     already applied) and its initial state; ``steps`` is T, walked from T-1 down to 0 when ``direction == 1``.
     Outside the block nothing is wrapped and it costs nothing.
+
+    An observer may also define ``sink(module, layer, direction, x, state, steps) -> (KernelSink, state) | None``.
+    It is asked first when a torch cell without step-changing options would run on the compiled fused kernel
+    with gradients: a returned :class:`KernelSink` then receives the kernel's per-step cell states and total
+    state gradients (which its backward forms anyway), so the layer keeps its fast kernel; ``None`` means: use
+    ``wrap`` and the reference loop.
 
     Raises:
         RuntimeError: an observer is already active (blocks do not nest).
@@ -394,7 +413,7 @@ class RNNBase(nn.Module):
         # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
         # no per-step Python to observe.
         observer = None if _capturing() else _observer.get()
-        on_loop = self._changes_step() or observer is not None
+        on_loop = self._changes_step()
         # Cells and options that change the per-step maths run on the cell's own whole-sequence kernel when it has
         # one (and the backend is not the reference loop), else on the reference loop.
         kernel = None
@@ -411,7 +430,15 @@ class RNNBase(nn.Module):
                 if self.weight_dropout > 0 and self.training:
                     # DropConnect: one mask on W_hh for the whole forward (every step and sequence)
                     p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
-                if on_loop:
+                hook = None
+                if observer is not None and not on_loop and lengths is None:
+                    hook = self._kernel_sink(observer, backend, layer, direction, x, state)
+                if hook is not None:  # the compiled kernel, feeding the observer's sink
+                    sink, state = hook
+                    out, final = fused.run_layer(self.spec.mode, x, state, _kernel_weights(p, self.proj_size),
+                                                 reverse=direction == 1, lengths=lengths, sink=sink)
+                    sink.outputs(out.detach())
+                elif on_loop or observer is not None:
                     h_mask, keep = self._masks(state, T)
                     result = None
                     if kernel is not None:
@@ -461,6 +488,16 @@ class RNNBase(nn.Module):
         """Whether this layer's step differs from torch's cell of its ``mode`` (so ``run_layer`` cannot run it)."""
         return (self.spec.mode is None or self.return_all_states or any(self.zoneout)
                 or (self.recurrent_dropout > 0 and self.training))
+
+    def _kernel_sink(self, observer, backend: str | None, layer: int, direction: int, x: Tensor,
+                     state: State) -> tuple[KernelSink, State] | None:
+        """The observer's sink for a run on the compiled fused kernel, or ``None`` (the observer has no ``sink``,
+        another backend, no gradients, or it declined); the observer then gets ``wrap`` on the reference loop."""
+        sink = getattr(observer, "sink", None)
+        if (sink is None or (backend or get_backend()) != "fused" or not torch.is_grad_enabled()
+                or not fused.uses_compiled(x)):
+            return None
+        return sink(self, layer, direction, x, state, x.size(0))
 
     def _gates_on(self) -> bool:
         return self.return_gates and self.spec.gates is not None

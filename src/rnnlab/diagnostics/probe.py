@@ -10,6 +10,13 @@ before and the state after. Those kept tensors are nodes of the model's own auto
 nothing else about the forward pass changes (same maths, same outputs). Outside the block the hook costs nothing.
 
 Forward passes run with gradients disabled (evaluation, ``torch.no_grad``) are not recorded.
+
+``Recorder(model, retain_grad=True, kernel=True)`` (what training-time tracking uses) lets torch's cells without
+step-changing options keep the compiled fused kernel: its forward already has every ``h_t`` (the output) and
+``c_t``, and its backward forms the total ``dL/dh_t`` and ``dL/dc_t`` of every step, so the layer hands them over
+(:class:`rnnlab.layers.KernelSink`) instead of running the reference loop. Such a trace has ``step_grads`` after
+the caller's ``backward()``; its states are plain tensors outside the autograd graph (use the reference loop,
+``kernel=False``, to differentiate through them).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..kernels.reference import State, Step
-from ..layers import RNNBase, observe_steps
+from ..kernels.reference import State, Step, step_function
+from ..layers import KernelSink, RNNBase, observe_steps
 
 __all__ = ["LayerTrace", "Recording", "Recorder", "record", "rnn_layers", "state_tensors"]
 
@@ -59,6 +66,13 @@ class LayerTrace:
     inputs: list[Tensor] = field(default_factory=list)
     states: list[State] = field(default_factory=list)
     prev: list[State] = field(default_factory=list)
+    # Kernel traces only (see the module docstring): per state, the total dL/ds_t of every step, (T, B, size),
+    # filled by the backward pass; None for traces of the reference loop (their states carry .grad instead).
+    step_grads: list[Tensor | None] | None = None
+    # Kernel traces only: the inputs (T, B, I) and, per state, the states after every step (T, B, size) as whole
+    # tensors (``inputs``/``states`` are views of them), so that statistics need not re-stack T slices.
+    input_seq: Tensor | None = None
+    state_seq: tuple[Tensor, ...] | None = None
 
     @property
     def steps(self) -> int:
@@ -74,7 +88,7 @@ class Recording:
     """The traces of one recording, in the order the layers ran."""
 
     traces: list[LayerTrace] = field(default_factory=list)
-    retain_grad: bool = False  # retain_grad() was called on every recorded state
+    retain_grad: bool = False  # retain_grad() was called on every recorded state (or kernel traces were allowed)
 
 
 def rnn_layers(model: nn.Module) -> list[tuple[str, RNNBase]]:
@@ -90,18 +104,26 @@ class Recorder:
     an ordinary ``loss.backward()``, so :func:`rnnlab.diagnostics.gradflow.profile_from_grads` reads the profile
     from that same backward pass, at no extra forward or backward.
 
+    With ``kernel=True`` (needs ``retain_grad=True``) layers that run on the compiled fused kernel keep it and
+    fill :attr:`LayerTrace.step_grads` during that backward (see the module docstring); the profile is the same,
+    at the cost of a plain step.
+
     Raises:
-        ValueError: ``model`` contains no rnnlab recurrent layer.
+        ValueError: ``model`` contains no rnnlab recurrent layer; ``kernel=True`` without ``retain_grad``.
         RuntimeError (from ``start``): another recording (or step observer) is active.
     """
 
-    def __init__(self, model: nn.Module, *, retain_grad: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, retain_grad: bool = False, kernel: bool = False) -> None:
+        if kernel and not retain_grad:
+            raise ValueError("rnnlab.diagnostics: Recorder(kernel=True) needs retain_grad=True (kernel traces "
+                             "receive their gradients during the caller's backward)")
         layers = rnn_layers(model)
         if not layers:
             raise ValueError(f"rnnlab.diagnostics: expected a model containing rnnlab.RNN/LSTM/GRU layers, got "
                              f"{type(model).__name__} with none (torch.nn recurrent layers hide their per-step "
                              f"states)")
         self.names = {id(module): name for name, module in layers}
+        self.kernel = kernel
         self.rec = Recording(retain_grad=retain_grad)
         self._block: AbstractContextManager | None = None
 
@@ -129,6 +151,23 @@ class Recorder:
              steps: int) -> tuple[Step, State]:
         if id(module) not in self.names or not torch.is_grad_enabled():
             return step, state  # another model's layer, or a forward nobody will differentiate
+        trace, state = self._new_trace(module, layer, direction, step, state, steps)
+        return self._recording_step(trace, step, steps), state
+
+    def sink(self, module: RNNBase, layer: int, direction: int, x: Tensor, state: State,
+             steps: int) -> tuple[KernelSink, State] | None:
+        """A kernel trace for a layer-direction on the compiled fused kernel (``kernel=True`` only)."""
+        if not self.kernel or id(module) not in self.names:
+            return None
+        weights = tuple(module.layer_weights(layer, direction))
+        trace, state = self._new_trace(module, layer, direction, step_function(module.mode, weights), state, 0)
+        trace.input_seq = x.detach()
+        trace.inputs = list(trace.input_seq.unbind(0))
+        trace.step_grads = [None] * len(state_tensors(state))  # filled by the backward
+        return _KernelTrace(trace), state
+
+    def _new_trace(self, module: RNNBase, layer: int, direction: int, step: Step, state: State,
+                   steps: int) -> tuple[LayerTrace, State]:
         mname = self.names[id(module)]
         label = f"l{layer}" + ("_reverse" if direction else "")
         try:
@@ -150,7 +189,7 @@ class Recorder:
         trace = LayerTrace(name, module.mode, layer, direction, weights, step,
                            state, [None] * steps, [None] * steps, [None] * steps)  # type: ignore[list-item]
         self.rec.traces.append(trace)
-        return self._recording_step(trace, step, steps), state
+        return trace, state
 
     def _recording_step(self, trace: LayerTrace, step: Step, steps: int) -> Callable[[Tensor, State], State]:
         order = iter(range(steps - 1, -1, -1) if trace.reverse else range(steps))
@@ -168,13 +207,47 @@ class Recorder:
         return recording_step
 
 
+class _KernelTrace:
+    """Fills a :class:`LayerTrace` from what the fused kernel hands over (a :class:`rnnlab.layers.KernelSink`)."""
+
+    def __init__(self, trace: LayerTrace) -> None:
+        self.trace = trace
+        self.cells: Tensor | None = None
+
+    def forward(self, cells: Tensor | None) -> None:
+        self.cells = cells
+
+    def outputs(self, y: Tensor) -> None:
+        tr = self.trace
+        hs = list(y.unbind(0))  # h_t = the output of step t, (B, H_out) each
+        if isinstance(tr.initial, tuple):
+            if self.cells is None:
+                raise RuntimeError(f"rnnlab.diagnostics: the fused kernel of {tr.name} gave no cell states")
+            tr.states = list(zip(hs, self.cells.unbind(0)))
+            tr.state_seq = (y, self.cells)
+        else:
+            tr.states = hs  # type: ignore[assignment]
+            tr.state_seq = (y,)
+        start = tuple(s.detach() for s in state_tensors(tr.initial))
+        first: State = start if isinstance(tr.initial, tuple) else start[0]
+        # the state before step t is the state after the step walked just before it
+        if tr.reverse:
+            tr.prev = tr.states[1:] + [first]
+        else:
+            tr.prev = [first] + tr.states[:-1]
+
+    def backward(self, dh: Tensor, dc: Tensor | None) -> None:
+        self.trace.step_grads = [dh, dc] if isinstance(self.trace.initial, tuple) else [dh]
+
+
 @contextmanager
-def record(model: nn.Module, *, retain_grad: bool = False) -> Iterator[Recording]:
+def record(model: nn.Module, *, retain_grad: bool = False, kernel: bool = False) -> Iterator[Recording]:
     """Run every rnnlab recurrent layer of ``model`` on the recording reference loop inside the block.
 
     Args:
         model: an ``rnnlab.RNN/LSTM/GRU`` (or any rnnlab recurrent layer) or a module containing them.
         retain_grad: keep ``.grad`` on every recorded state after a ``backward()`` (see :class:`Recorder`).
+        kernel: let layers on the compiled fused kernel keep it (needs ``retain_grad``; see :class:`Recorder`).
 
     Yields:
         A :class:`Recording` whose ``traces`` fill up as the model runs.
@@ -189,7 +262,7 @@ def record(model: nn.Module, *, retain_grad: bool = False) -> Iterator[Recording
         ...     out, _ = lstm(torch.randn(5, 2, 3))
         >>> grads = torch.autograd.grad(out[-1].sum(), [s[0] for s in rec.traces[0].states])
     """
-    recorder = Recorder(model, retain_grad=retain_grad)
+    recorder = Recorder(model, retain_grad=retain_grad, kernel=kernel)
     rec = recorder.start()
     try:
         yield rec

@@ -10,10 +10,11 @@ Every ``every`` optimizer steps (and once before the first) it measures, and app
 Where the profile comes from (``source``):
 
 * ``"step"`` (default): from the tracked training step itself. The callback arms a :class:`.probe.Recorder`
-  (``retain_grad=True``) at the end of the step before, so the trainer's own forward runs on the recording
-  reference loop and its own ``backward()`` fills every state's ``.grad``: no extra forward or backward, the only
-  extra cost is the reference loop instead of the fast kernel for that one step. The batch is that step's
-  training batch, in training mode (dropout on).
+  (``retain_grad=True, kernel=True``) at the end of the step before, so the trainer's own forward and backward
+  fill every step's ``dL/dh_t``: no extra forward or backward. Layers on the compiled fused kernel keep it (its
+  backward hands over the per-step gradients it forms anyway); other layers (variants, step-changing options,
+  ``kernel=False``) run that one step on the recording reference loop. The batch is that step's training batch,
+  in training mode (dropout on).
 * ``"probe"``: from a fixed probe batch (the first validation batch) in eval mode, with one extra forward and
   backward; profiles of different steps are then directly comparable.
 
@@ -79,6 +80,8 @@ class GradientTracker(Callback):
         gate_rows: gate statistics on the first ``gate_rows`` batch rows only (None = all; they cost about as
             much as the recorded forward on the whole batch).
         filename: the JSON-lines file in the run folder (nothing is written without a run folder).
+        kernel: let tracked steps keep the compiled fused kernel (``source="step"``); ``False`` records them on
+            the reference loop instead (the same numbers, slower).
 
     Attributes:
         history: the records, in order. profiles: ``step -> GradientProfile``. seconds: time spent measuring.
@@ -90,12 +93,14 @@ class GradientTracker(Callback):
     """
 
     def __init__(self, every: int = 100, *, profile: bool = True, source: str = "step", at_start: bool = True,
-                 at_end: bool = True, gate_rows: int | None = 8, filename: str = "diagnostics.jsonl") -> None:
+                 at_end: bool = True, gate_rows: int | None = 8, filename: str = "diagnostics.jsonl",
+                 kernel: bool = True) -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"GradientTracker: every must be an int >= 1, got {every!r}")
         if source not in ("step", "probe"):
             raise ValueError(f"GradientTracker: source must be 'step' or 'probe', got {source!r}")
         self.every, self.profile, self.source, self.filename = every, profile, source, filename
+        self.kernel = kernel
         self._recorder: Recorder | None = None
         self.gate_rows = gate_rows
         self.at_start, self.at_end = at_start, at_end
@@ -115,7 +120,7 @@ class GradientTracker(Callback):
         """Record the next training step if it is a tracked one (``source="step"``)."""
         if (self.profile and self.source == "step" and (done + 1) % self.every == 0
                 and done + 1 <= trainer.config.train.max_steps):
-            self._recorder = Recorder(trainer.model, retain_grad=True)
+            self._recorder = Recorder(trainer.model, retain_grad=True, kernel=self.kernel)
             self._recorder.start()
 
     def _disarm(self) -> Recording | None:
