@@ -63,7 +63,7 @@ def _run(module, x, hx, lengths, seed: int):
     hx = [s.detach().clone().requires_grad_(True) for s in hx]
     inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
     torch.manual_seed(seed)
-    result = module(inp, tuple(hx) if len(hx) == 2 else hx[0])
+    result = module(inp, (tuple(hx) if len(hx) == 2 else hx[0]) if hx else None)
     out, hidden = result[0], result[1]
     if lengths is not None:
         out = pad_packed_sequence(out)[0]
@@ -145,6 +145,14 @@ def test_packed_bidirectional_two_layers(mode):
     kw = {"proj_size": P} if mode == "LSTM" else {}
     module = _make(mode, OPTIONS["all"], num_layers=2, bidirectional=True, dropout=0.2, **kw)
     _compare(module, *_inputs(mode, 2, 2, kw.get("proj_size", 0)), lengths=LENGTHS)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_with_the_weight_and_init_options(mode):
+    """DropConnect (a non-leaf W_hh) and learnable initial states (expanded over the batch) next to the options."""
+    module = _make(mode, {**OPTIONS["all"], "weight_dropout": 0.3, "learn_init": True},
+                   num_layers=2, bidirectional=True)  # _make draws every parameter, h0/c0 included, away from 0
+    _compare(module, _inputs(mode)[0], [], lengths=LENGTHS)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])

@@ -27,6 +27,11 @@ no compiler (or on a GPU, or a dtype other than float32/float64) the same recipe
 step 1 as one GEMM, then :func:`rnnlab.kernels.reference.recurrence` over the remaining per-step maths, with
 autograd doing the backward.
 
+The layer options that change the per-step maths (recurrent dropout, zoneout, the recorded cell states and gates)
+run on the same loops through ``_LSTMEx``/``_GRUEx``/``_RNNEx`` (called by :mod:`rnnlab.kernels.options`), and
+:func:`run_layer`'s ``sink=`` hands the per-step gradients ``dL/dh_t`` (``dL/dc_t``) of its backward to the
+diagnostics.
+
 Variable lengths follow the reference loop exactly: steps ``t >= lengths[b]`` output zeros and leave row ``b``'s
 state unchanged; their gate gradients are zero.
 
@@ -242,7 +247,8 @@ def _empty_like_none(ctx, *outs: Tensor) -> None:
 
 
 def _grad(g: Tensor | None, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g.contiguous()
+    """An output's incoming gradient, contiguous; zeros when it had none (contiguous even for an expanded ``like``)."""
+    return like.new_zeros(like.shape) if g is None else g.contiguous()
 
 
 def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, Tensor]:
