@@ -186,15 +186,27 @@ def test_training_inference_without_grad_equals_reference():
     torch.testing.assert_close(got[2].c, want[2].c, rtol=TOL, atol=TOL)
 
 
-def test_declined_run_warns_and_falls_back(monkeypatch):
-    """A run the kernel does not cover (here: no compiled extension) warns once and equals the reference loop."""
+def test_declined_runs(monkeypatch):
+    """The kernels decline what the compiled loops do not take (another dtype, mixed dtypes, no extension); the
+    layer then warns once and runs the reference loop."""
+    module = _make("GRU", OPTIONS["zoneout"])
+    p = dict(module.layer_params(0))
+    x, h = torch.randn(2, 1, I), torch.zeros(1, H)
+    assert options.gru_kernel(SequenceRun(x, h, p)) is not None
+    assert options.gru_kernel(SequenceRun(x.bfloat16(), h.bfloat16(), {k: v.bfloat16() for k, v in p.items()})) \
+        is None
+    assert options.gru_kernel(SequenceRun(x.double(), h.double(), p)) is None  # float64 input, float32 weights
     monkeypatch.setattr(rnnlab.layers, "_warned", set())
     monkeypatch.setattr(fused, "compiled_available", lambda: False)
-    module = _make("GRU", OPTIONS["zoneout"])
-    assert options.gru_kernel(SequenceRun(torch.zeros(2, 1, I), torch.zeros(1, H), dict(module.layer_params(0)))) \
-        is None
+    assert options.gru_kernel(SequenceRun(x, h, p)) is None
+    ref = copy.deepcopy(module)
+    ref.backend = "reference"
+    x = torch.randn(T, B, I)
     with pytest.warns(UserWarning, match=r"GRU: GRU's kernel does not cover this run"):
-        module(torch.randn(T, B, I))
+        torch.manual_seed(1)
+        out = module(x)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, ref(x)[0], rtol=0, atol=0)  # the same reference loop
 
 
 # -- gradcheck in float64 through the kernel, with fixed masks ---------------------------------------------------

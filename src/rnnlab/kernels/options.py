@@ -14,13 +14,22 @@ with ``m`` the recurrent dropout mask (``SequenceRun.h_mask``, one per sequence)
 (``SequenceRun.keep``; 0/1 in training, the rate in eval mode). The GRU's carry ``z h_{t-1}`` uses the unmasked
 ``h``. The layer output is the blended ``h_t``. Recorded: the LSTM's ``c_t`` (blended) and gates ``i, f, g, o``;
 the GRU's ``r, z, n``; the Elman cell's pre-activation ``pre``; each is a differentiable output whose gradient the
-backward adds where it enters the chain rule.
+backward adds where it enters the chain rule. The backward (per step in C++, the GEMMs over all steps in Python):
+
+.. math::
+    \frac{\partial L}{\partial \tilde s_t} = (1 - k_t) \odot \frac{\partial L}{\partial s_t}, \quad
+    \frac{\partial L}{\partial s_{t-1}} \mathrel{+}= k_t \odot \frac{\partial L}{\partial s_t} +
+    (dA_t W_{hh}) \odot m, \quad
+    dW_{hh} = \sum_t dA_t^\top (h_{t-1} \odot m)
+
+with ``dA_t`` the pre-activation gradient of step ``t``; e.g. for the LSTM's input gate
+``dA_i = (dL/dc~_t g + dL/di_ext) i (1 - i)``, and ``dL/dc_t`` includes the recorded ``c_t``'s own gradient.
 
 A kernel returns ``None`` (the layer then runs the reference loop) for what the compiled loops do not take: a
 non-CPU tensor, a dtype other than float32/float64, mixed dtypes, or no compiled extension.
 
 Example:
-    >>> lstm = rnnlab.LSTM(8, 16, recurrent_dropout=0.3, zoneout=0.1, return_gates=True)  # runs here
+    >>> lstm = rnnlab.LSTM(8, 16, recurrent_dropout=0.3, zoneout=0.1, return_gates=True)  # the compiled loops
     >>> out, (h, c), states = lstm(torch.randn(5, 3, 8))
 """
 
