@@ -200,11 +200,34 @@ def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[st
     return step, gates
 
 
+# The options' kernels (recurrent dropout, zoneout, all-step outputs on the compiled loops), imported on first
+# use: rnnlab.kernels.options imports this module.
+def _lstm_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.options import lstm_kernel
+    return lstm_kernel(run)
+
+
+def _gru_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.options import gru_kernel
+    return gru_kernel(run)
+
+
+def _rnn_tanh_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.options import rnn_kernel
+    return rnn_kernel(run, relu=False)
+
+
+def _rnn_relu_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.options import rnn_kernel
+    return rnn_kernel(run, relu=True)
+
+
 LSTM_SPEC = CellSpec("LSTM", _torch_params(4, proj=True), _lstm_step, _lstm_gates, ("h", "c"), mode="LSTM",
-                     forget_gate=("bias_ih", 1, 4), supports_proj=True)
-GRU_SPEC = CellSpec("GRU", _torch_params(3), _gru_step, _gru_gates, mode="GRU", forget_gate=("bias_ih", 1, 3))
-RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH")
-RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU")
+                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=_lstm_kernel)
+GRU_SPEC = CellSpec("GRU", _torch_params(3), _gru_step, _gru_gates, mode="GRU", forget_gate=("bias_ih", 1, 3),
+                    kernel=_gru_kernel)
+RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=_rnn_tanh_kernel)
+RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=_rnn_relu_kernel)
 
 
 # -- layer-normalised cells (Ba, Kiros & Hinton 2016, "Layer Normalization", section 3.1 and appendix) ---------

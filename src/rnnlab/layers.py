@@ -530,7 +530,9 @@ class RNNBase(nn.Module):
             if z == 0:
                 keep.append(None)
             elif self.training:  # a fresh mask per step and unit (Krueger et al. 2017)
-                keep.append((torch.rand((steps, *s.shape), device=s.device) < z).to(s.dtype))
+                # in place (rand < z as 0./1. in rand's own buffer): the same mask as a compare and a cast, without
+                # two more (T, B, size) passes
+                keep.append(torch.rand((steps, *s.shape), device=s.device).lt_(z).to(s.dtype))
             else:  # the expectation of the training-time update
                 keep.append(torch.full((steps, *s.shape), z, dtype=s.dtype, device=s.device))
         return h_mask, tuple(keep)

@@ -27,6 +27,11 @@ no compiler (or on a GPU, or a dtype other than float32/float64) the same recipe
 step 1 as one GEMM, then :func:`rnnlab.kernels.reference.recurrence` over the remaining per-step maths, with
 autograd doing the backward.
 
+The layer options that change the per-step maths (recurrent dropout, zoneout, the recorded cell states and gates)
+run on the same loops through ``_LSTMEx``/``_GRUEx``/``_RNNEx`` (called by :mod:`rnnlab.kernels.options`), and
+:func:`run_layer`'s ``sink=`` hands the per-step gradients ``dL/dh_t`` (``dL/dc_t``) of its backward to the
+diagnostics.
+
 Variable lengths follow the reference loop exactly: steps ``t >= lengths[b]`` output zeros and leave row ``b``'s
 state unchanged; their gate gradients are zero.
 
@@ -39,6 +44,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +54,7 @@ from torch.autograd.function import once_differentiable
 from . import reference
 from ._extension import load_extension
 
-__all__ = ["run_layer", "compiled_available", "uses_compiled"]
+__all__ = ["run_layer", "compiled_available", "uses_compiled", "GradientSink"]
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
@@ -209,14 +215,197 @@ class _RNN(torch.autograd.Function):
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, None, None, None)
 
 
+# -- the layer options and the per-step gradient sink (csrc/fused.cpp's "_ex" ops) ---------------------------------
+#
+# Same recipe, with recurrent dropout (``h_{t-1} * mask`` enters W_hh, so dW_hh = dG^T (H_prev * mask)), zoneout
+# (``s_t = k_t s_{t-1} + (1 - k_t) s~_t``), the recorded cell states and gates as differentiable outputs, and the
+# sink (see :func:`run_layer`). The masks never need a gradient. Outputs not asked for are empty tensors marked
+# non-differentiable; their (absent) gradients are passed to the C++ backward as ``None``.
+
+
+class GradientSink(Protocol):
+    """Receives the per-step states and their total gradients of one layer-direction (see :func:`run_layer`)."""
+
+    def forward(self, cells: Tensor | None) -> None:
+        """Called in the forward with the detached cell states ``C`` ``(T, B, H)`` (LSTM) or ``None``."""
+        ...
+
+    def backward(self, dh: Tensor, dc: Tensor | None) -> None:
+        """Called in the backward with ``dL/dh_t`` ``(T, B, H_out)`` and ``dL/dc_t`` ``(T, B, H)`` (LSTM) or ``None``."""
+        ...
+
+
+def _c(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _empty_like_none(ctx, *outs: Tensor) -> None:
+    """Mark the size-0 placeholder outputs (options not asked for) as non-differentiable."""
+    empty = [o for o in outs if o.numel() == 0]
+    if empty:
+        ctx.mark_non_differentiable(*empty)
+
+
+def _grad(g: Tensor | None, like: Tensor) -> Tensor:
+    """An output's incoming gradient, contiguous; zeros when it had none (contiguous even for an expanded ``like``)."""
+    return like.new_zeros(like.shape) if g is None else g.contiguous()
+
+
+def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The states as they enter W_hh: ``(Y * mask, h0 * mask)`` with recurrent dropout, else ``(Y, h0)``."""
+    if h_mask is None:
+        return Y, h0
+    return Y * h_mask, h0 * h_mask  # (T, B, P), (B, P)
+
+
+class _LSTMEx(torch.autograd.Function):
+    """LSTM layer-direction with the options; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+    h_mask, keep_h, keep_c, record, gates, sink``; outputs ``Y, h_n, c_n, C (T,B,H) or empty, gates (T,B,4H) or
+    empty``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, keep_h, keep_c,  # type: ignore[override]
+                record, gates, sink):
+        ctx.set_materialize_grads(False)
+        xw = _projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
+        w_hr_c = _c(w_hr)
+        Y, hn, cn, C, M, CR = _ops().lstm_forward_ex(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                                     w_hh.contiguous(), w_hr_c, lengths, reverse, _c(h_mask),
+                                                     _c(keep_h), _c(keep_c), True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, CR, Y, lengths, h_mask, keep_h, keep_c)
+        ctx.reverse, ctx.sink = reverse, sink
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        if sink is not None:
+            sink.forward(C.detach())
+        C_out = C if record else C.new_empty(0)
+        G_out = xw if gates else xw.new_empty(0)
+        _empty_like_none(ctx, C_out, G_out)
+        return Y, hn, cn, C_out, G_out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn, dcn, dC, dGates):  # type: ignore[override]
+        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, CR, Y, lengths, h_mask, keep_h, keep_c = ctx.saved_tensors
+        dG, dh0, dc0, dH, db, sink_h, sink_c = _ops().lstm_backward_ex(
+            _grad(dY, Y), _grad(dhn, h0), _grad(dcn, c0), gates, C, CR if CR.numel() else None, c0.contiguous(),
+            w_hh.contiguous(), _c(w_hr), lengths, ctx.reverse, _c(h_mask), _c(keep_h), _c(keep_c),
+            None if dC is None or dC.numel() == 0 else dC.contiguous(),
+            None if dGates is None or dGates.numel() == 0 else dGates.contiguous(), ctx.sink is not None)
+        if ctx.sink is not None:
+            ctx.sink.backward(sink_h, sink_c)
+        T, B, _ = dG.shape
+        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
+        dw_hh = None
+        if ctx.needs_input_grad[4]:
+            prev, first = _masked_prev(Y, h0.contiguous(), h_mask)
+            dw_hh = _dw_hh(dG, prev, first, lengths, ctx.reverse)
+        dw_hr = None
+        if w_hr is not None and ctx.needs_input_grad[7]:
+            dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H); dH is dL/dh~_t (after zoneout's 1 - k)
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dc0 if ctx.needs_input_grad[2] else None,
+                dw_ih, dw_hh, db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, dw_hr,
+                None, None, None, None, None, None, None, None)
+
+
+class _GRUEx(torch.autograd.Function):
+    """GRU layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask,
+    keep_h, gates, sink``; outputs ``Y, h_n, gates (T,B,3H) or empty``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        xw = _projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
+        Y, hn, HN = _ops().gru_forward_ex(xw, _bias(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
+                                          _bias(w_hh, b_hh), lengths, reverse, _c(h_mask), _c(keep_h), True)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h)
+        ctx.reverse, ctx.sink = reverse, sink
+        if sink is not None:
+            sink.forward(None)
+        G_out = xw if gates else xw.new_empty(0)
+        _empty_like_none(ctx, G_out)
+        return Y, hn, G_out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn, dGates):  # type: ignore[override]
+        x, h0, w_ih, w_hh, gates, HN, Y, lengths, h_mask, keep_h = ctx.saved_tensors
+        h0c = h0.contiguous()
+        dGx, dHn, dh0, db_ih, db_hh, sink_h = _ops().gru_backward_ex(
+            _grad(dY, Y), _grad(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse, _c(h_mask),
+            _c(keep_h), None if dGates is None or dGates.numel() == 0 else dGates.contiguous(), ctx.sink is not None)
+        if ctx.sink is not None:
+            ctx.sink.backward(sink_h, None)
+        dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
+        dw_hh = None
+        if ctx.needs_input_grad[3]:
+            H = dHn.size(-1)
+            prev, first = _masked_prev(Y, h0c, h_mask)  # the carry z * h uses the unmasked h; W_hh sees the masked
+            dw_hh = torch.cat([_dw_hh(dGx[..., :2 * H], prev, first, lengths, ctx.reverse),
+                               _dw_hh(dHn, prev, first, lengths, ctx.reverse)])  # (3H, H)
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
+                db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None,
+                None, None, None, None, None, None)
+
+
+class _RNNEx(torch.autograd.Function):
+    """Elman layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu,
+    h_mask, keep_h, gates, sink``; outputs ``Y, h_n, pre-activation (T,B,H) or empty``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask, keep_h, gates,  # type: ignore[override]
+                sink):
+        ctx.set_materialize_grads(False)
+        Y = _projection(x, w_ih)  # (T, B, H), becomes the output in place
+        hn, HR, PRE = _ops().rnn_forward_ex(Y, _bias(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu,
+                                            lengths, reverse, _c(h_mask), _c(keep_h), True, gates)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h)
+        ctx.reverse, ctx.relu, ctx.sink = reverse, relu, sink
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        if sink is not None:
+            sink.forward(None)
+        _empty_like_none(ctx, PRE)
+        return Y, hn, PRE
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn, dPre):  # type: ignore[override]
+        x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h = ctx.saved_tensors
+        dG, dh0, db, sink_h = _ops().rnn_backward_ex(
+            _grad(dY, Y), _grad(dhn, h0), Y, HR if HR.numel() else None, w_hh.contiguous(), ctx.relu, lengths,
+            ctx.reverse, _c(h_mask), _c(keep_h), None if dPre is None or dPre.numel() == 0 else dPre.contiguous(),
+            ctx.sink is not None)
+        if ctx.sink is not None:
+            ctx.sink.backward(sink_h, None)
+        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 2)
+        dw_hh = None
+        if ctx.needs_input_grad[3]:
+            prev, first = _masked_prev(Y, h0.contiguous(), h_mask)
+            dw_hh = _dw_hh(dG, prev, first, lengths, ctx.reverse)
+        return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
+                db if ctx.has_b[0] else None, db if ctx.has_b[1] else None,
+                None, None, None, None, None, None, None)
+
+
 def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequence[Tensor | None], reverse: bool,
-                  lengths: Tensor | None) -> tuple[Tensor, reference.State]:
+                  lengths: Tensor | None, sink: GradientSink | None = None) -> tuple[Tensor, reference.State]:
     w_ih, w_hh, b_ih, b_hh = weights[:4]
     w_hr = weights[4] if len(weights) > 4 else None
     lengths = _lengths(lengths)
     tensors = [x, w_ih, w_hh, b_ih, b_hh, w_hr, *(state if isinstance(state, tuple) else (state,))]
     train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     ops = _ops()
+    if train and sink is not None:  # the options' loops, with no option but the per-step gradients
+        if mode == "LSTM":
+            h0, c0 = state  # type: ignore[misc]
+            Y, hn, cn, _, _ = _LSTMEx.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, None, None,
+                                            None, False, False, sink)
+            return Y, (hn, cn)
+        if mode == "GRU":
+            Y, hn, _ = _GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink)
+            return Y, hn
+        Y, hn, _ = _RNNEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode == "RNN_RELU", None, None,
+                                False, sink)
+        return Y, hn
     if mode == "LSTM":
         h0, c0 = state  # type: ignore[misc]
         if train:
@@ -296,6 +485,7 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
+    sink: GradientSink | None = None,
 ) -> tuple[Tensor, reference.State]:
     """One layer, one direction, fused (the backend signature, see :mod:`rnnlab.kernels`).
 
@@ -304,16 +494,27 @@ def run_layer(
         x: ``(T, B, I)``. state: ``(B, H_out)``, or ``(h, c)`` for an LSTM.
         weights: ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``, biases may be ``None``.
         reverse, lengths: as :func:`rnnlab.kernels.reference.recurrence`.
+        sink: per-step gradients for the diagnostics, on the training path (a gradient is needed) only: the
+            forward calls ``sink.forward(C)`` with the detached cell states ``C`` ``(T, B, H)`` in time order
+            (LSTM; ``None`` for GRU/RNN), the backward ``sink.backward(dh, dc)`` with the total ``dL/dh_t``
+            ``(T, B, H_out)`` of the state after every step (the output's own gradient plus everything from later
+            steps) and, for the LSTM, ``dL/dc_t`` ``(T, B, H)`` (else ``None``); zeros at padding steps. Both come
+            from the compiled backward at no extra pass; without a gradient the sink is not called.
 
     Returns:
         ``(outputs (T, B, H_out), final_state)``, equal to the reference loop's up to float rounding.
 
     Raises:
         ValueError: unknown ``mode``.
+        RuntimeError: a ``sink`` where the compiled loops cannot run (no compiler, a GPU, a dtype other than
+            float32/float64).
     """
     if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         raise ValueError(f"rnnlab fused backend: unknown RNN mode {mode!r}; "
                          "expected 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'")
     if uses_compiled(x):
-        return _run_compiled(mode, x, state, weights, reverse, lengths)
+        return _run_compiled(mode, x, state, weights, reverse, lengths, sink)
+    if sink is not None:
+        raise RuntimeError(f"rnnlab fused backend: sink= needs the compiled step loops (CPU, float32/float64, a C++ "
+                           f"compiler); got a {x.dtype} input on {x.device.type}")
     return _run_fallback(mode, x, state, weights, reverse, lengths)

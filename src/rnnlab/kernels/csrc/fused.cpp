@@ -18,6 +18,67 @@ namespace {
 
 using namespace rnnlab_kernels;
 
+// ---- the layer options (the "_ex" ops) -------------------------------------------------------------------------
+//
+// The same loops run the options of rnnlab's layers when instantiated with EX = true (a template flag, so the
+// plain instantiation compiles to the same code as before): every pointer below may be null (option off), and is
+// tested once per step or row, never per element.
+//   recurrent dropout (Gal & Ghahramani 2016): h_{t-1} * mask enters W_hh; the backward multiplies the GEMM part
+//     of dL/dh_{t-1} by the same mask: dh_{t-1} = (dG_t W_hh) * mask + (direct terms).
+//   zoneout (Krueger et al. 2017): s_t = k_t * s_{t-1} + (1 - k_t) * s~_t for a state s with new value s~_t; so
+//     dL/ds~_t = (1 - k_t) dL/ds_t and dL/ds_{t-1} gets k_t dL/ds_t. The layer output is the blended h_t.
+//   recording: the gates (and the LSTM's c_t) are outputs; their incoming gradients are added where the gate
+//     (state) enters the chain rule, e.g. di_pre = (dcr g + dL/di_ext) i (1 - i).
+//   sink: the backward also writes the total dL/dh_t (and dL/dc_t) of every step, zeros at padding steps.
+template <typename T>
+struct FwdOptions {
+  const T* h_mask = nullptr;  // (B, P) recurrent dropout mask
+  const T* keep_h = nullptr;  // (T, B, P) zoneout keep of h
+  const T* keep_c = nullptr;  // (T, B, H) zoneout keep of c (LSTM)
+  T* raw = nullptr;           // (T, B, H) out: the un-blended new state (LSTM c~, Elman h~) the backward needs
+  T* pre = nullptr;           // (T, B, H) out: the Elman pre-activation (recorded as gate "pre")
+};
+
+template <typename T>
+struct BwdOptions {
+  const T* h_mask = nullptr;  // (B, P)
+  const T* keep_h = nullptr;  // (T, B, P)
+  const T* keep_c = nullptr;  // (T, B, H)
+  const T* raw = nullptr;     // (T, B, H) FwdOptions::raw
+  const T* dC = nullptr;      // (T, B, H) incoming gradient of the recorded cell states
+  const T* dgates = nullptr;  // (T, B, G) incoming gradient of the recorded gates (Elman: of the pre-activation)
+  T* sink_h = nullptr;        // (T, B, P) out: dL/dh_t, the state after step t (direct dY_t + later steps)
+  T* sink_c = nullptr;        // (T, B, H) out: dL/dc_t
+};
+
+template <typename T>
+const T* opt_ptr(const std::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// s <- k * old + (1 - k) * s: one row's zoneout update.
+template <typename T>
+inline void zoneout_row(T* __restrict s, const T* __restrict old, const T* __restrict k, int n) {
+  for (int j = 0; j < n; ++j) s[j] = k[j] * old[j] + (T(1) - k[j]) * s[j];
+}
+
+// out = a * m over n elements (the masked state that enters W_hh).
+template <typename T>
+inline void mul_into(const T* __restrict a, const T* __restrict m, T* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = a[j] * m[j];
+}
+
+// dh += (dG W_hh) * mask for recurrent dropout, else dh += dG W_hh: the recurrent part of dL/dh_{t-1}.
+template <typename T>
+inline void recurrent_grad(const StepGemm<T>& rec, const T* dg, const T* mask, T* scratch, int64_t n, T* dh) {
+  if (mask == nullptr) {
+    rec(dg, T(1), dh);
+    return;
+  }
+  rec(dg, T(0), scratch);
+  for (int64_t j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
+}
+
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // One row of the LSTM pointwise step, in place: pre-activations -> i, f, g, o; c -> c'; m = o * tanh(c').
@@ -41,19 +102,30 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
   }
 }
 
-template <typename T>
+// EX adds the layer options (see FwdOptions): the masked h enters W_hh, c and h are blended with their previous
+// values after the cell (c~ kept in opt.raw for the backward), the blended h is the output.
+template <typename T, bool EX = false>
 void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len,
-                       bool reverse, int Tn, int B, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms) {
+                       bool reverse, int Tn, int B, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms,
+                       const FwdOptions<T>& opt = {}) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> mbuf(proj && Ms == nullptr ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * P : 0), cold(EX && opt.keep_c ? H : 0);
   const StepGemm<T> rec(whh, true, B, G, P);
   const StepGemm<T> project(whr, true, B, P, proj ? H : 1);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     // (B, 4H): x_t W_ih^T, then the activated gates
     T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
-    rec(h, T(1), g);                                       // += h_{t-1} W_hh^T
+    const T* hin = h;
+    if constexpr (EX) {
+      if (opt.h_mask) {
+        mul_into(h, opt.h_mask, hmasked.data(), static_cast<int64_t>(B) * P);  // (B, P): h_{t-1} * mask
+        hin = hmasked.data();
+      }
+    }
+    rec(hin, T(1), g);                                     // += h_{t-1} W_hh^T
     T* m = proj ? (Ms ? Ms + static_cast<int64_t>(t) * B * H : mbuf.data()) : Y + static_cast<int64_t>(t) * B * P;
     for (int b = 0; b < B; ++b) {
       T* mb = m + static_cast<int64_t>(b) * H;
@@ -62,14 +134,28 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
         continue;
       }
       T* gb = g + static_cast<int64_t>(b) * G;
-      lstm_cell_forward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, bias, bias + H, bias + 2 * H, bias + 3 * H,
-                           c + static_cast<int64_t>(b) * H, mb, H);
+      T* cb = c + static_cast<int64_t>(b) * H;
+      if constexpr (EX) {
+        if (opt.keep_c) std::memcpy(cold.data(), cb, sizeof(T) * H);
+      }
+      lstm_cell_forward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, bias, bias + H, bias + 2 * H, bias + 3 * H, cb, mb, H);
+      if constexpr (EX) {
+        const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
+        if (opt.raw) std::memcpy(opt.raw + row, cb, sizeof(T) * H);  // c~_t: h~_t = o tanh(c~_t) in the backward
+        if (opt.keep_c) zoneout_row(cb, cold.data(), opt.keep_c + row, H);
+      }
     }
     T* y = Y + static_cast<int64_t>(t) * B * P;
     if (proj) project(m, T(0), y);                         // h_t = m_t W_hr^T (padding rows of m are 0)
     for (int b = 0; b < B; ++b)
-      if (is_valid(len, t, b))
-        std::memcpy(h + static_cast<int64_t>(b) * P, y + static_cast<int64_t>(b) * P, sizeof(T) * P);
+      if (is_valid(len, t, b)) {
+        T* yb = y + static_cast<int64_t>(b) * P;
+        T* hb = h + static_cast<int64_t>(b) * P;
+        if constexpr (EX) {
+          if (opt.keep_h) zoneout_row(yb, hb, opt.keep_h + (static_cast<int64_t>(t) * B + b) * P, P);
+        }
+        std::memcpy(hb, yb, sizeof(T) * P);
+      }
     if (Cs) std::memcpy(Cs + static_cast<int64_t>(t) * B * H, c, sizeof(T) * B * H);
   }
 }
@@ -117,6 +203,67 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_i
   return {Y, h, c};
 }
 
+// The layer options' forward (FwdOptions): also returns every step's c_t (C, blended) even without train (it
+// is the recorded cell state), M = o*tanh(c~) with projections and train, and CR = c~_t (un-blended) when train
+// with zoneout on c. xw (T,B,4H) is overwritten with the activated gates i,f,g,o (the recorded gates).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_ex(
+    Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse,
+    const std::optional<Tensor>& h_mask, const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
+    bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4, P = h0.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool zc = keep_c.has_value() && keep_c->defined();
+  Tensor Y = at::empty({Tn, B, P}, xw.options());
+  Tensor h = h0.clone(), c = c0.clone();
+  Tensor Cs = at::empty({Tn, B, H}, xw.options());
+  Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
+  Tensor CR = at::empty({train && zc ? Tn : 0, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward_ex", [&] {
+    FwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.keep_c = opt_ptr<scalar_t>(keep_c);
+    opt.raw = train && zc ? CR.data_ptr<scalar_t>() : nullptr;
+    lstm_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(),
+                                      w_hh.data_ptr<scalar_t>(), proj ? w_hr->data_ptr<scalar_t>() : nullptr,
+                                      lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
+                                      h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
+                                      train && proj ? Ms.data_ptr<scalar_t>() : nullptr, opt);
+  });
+  return {Y, h, c, Cs, Ms, CR};
+}
+
+// One row of the LSTM derivative with the options: dm = dL/dh~_t (after projection and zoneout scaling),
+// dc = dL/dc_t carried from later steps, dcx the recorded c_t's incoming gradient, gx (4H) the recorded gates',
+// kc the zoneout keep of c (zeros: none). With c_t = kc c_{t-1} + (1 - kc) c~_t, c~_t = f c_{t-1} + i g,
+// h~_t = o tanh(c~_t):
+//   dct = dc + dcx                                   (dL/dc_t)
+//   dcr = (1 - kc) dct + dm o (1 - tanh^2 c~_t)      (dL/dc~_t)
+//   di = (dcr g + gx_i) i (1 - i), df = (dcr c_{t-1} + gx_f) f (1 - f), dg = (dcr i + gx_g) (1 - g^2),
+//   do = (dm tanh c~_t + gx_o) o (1 - o),  dc <- dL/dc_{t-1} = kc dct + dcr f.
+// sink gets dL/dc_t: dct with zoneout on c (h~_t does not depend on the blended c_t), else dcr (= dct + the path
+// through h_t, since then c_t = c~_t).
+template <typename T>
+inline void lstm_cell_backward_ex(const T* __restrict gi, const T* __restrict gf, const T* __restrict gg,
+                                  const T* __restrict go, const T* __restrict cr, const T* __restrict cp,
+                                  const T* __restrict dm, const T* __restrict dcx, const T* __restrict gx,
+                                  const T* __restrict kc, bool zc, T* __restrict dc, T* __restrict sink,
+                                  T* __restrict di, T* __restrict df, T* __restrict dg, T* __restrict dout, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T i = gi[j], f = gf[j], g = gg[j], o = go[j];
+    const T tc = Act<T>::tanh(cr[j]);
+    const T dct = dc[j] + dcx[j];
+    const T dcr = (T(1) - kc[j]) * dct + dm[j] * o * (T(1) - tc * tc);
+    sink[j] = zc ? dct : dcr;
+    di[j] = (dcr * g + gx[j]) * i * (T(1) - i);
+    df[j] = (dcr * cp[j] + gx[H + j]) * f * (T(1) - f);
+    dg[j] = (dcr * i + gx[2 * H + j]) * (T(1) - g * g);
+    dout[j] = (dm[j] * tc + gx[3 * H + j]) * o * (T(1) - o);
+    dc[j] = kc[j] * dct + dcr * f;
+  }
+}
+
 // One row of the LSTM pointwise derivative: from dL/dm_t and dL/dc_t (carried in dc) to the pre-activation
 // gradients of i, f, g, o, and dc <- dL/dc_{t-1}. tanh(c_t) is recomputed rather than stored (memory).
 template <typename T>
@@ -136,13 +283,18 @@ inline void lstm_cell_backward(const T* __restrict gi, const T* __restrict gf, c
   }
 }
 
-template <typename T>
+// EX adds the layer options (BwdOptions): zoneout of h splits dL/dh_t into k dL/dh_t (straight to h_{t-1}) and
+// (1 - k) dL/dh_t (into the cell), the recurrent GEMM's part of dL/dh_{t-1} is masked, the recorded outputs'
+// gradients enter lstm_cell_backward_ex, and the per-step totals go to the sink.
+template <typename T, bool EX = false>
 void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, const T* whh, const T* whr,
                         const int64_t* len, bool reverse, int Tn, int B, int H, int P, T* dh, T* dc, T* dG,
-                        T* dHs, T* db) {
+                        T* dHs, T* db, const BwdOptions<T>& opt = {}) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> dhtot_buf(proj ? 0 : static_cast<size_t>(B) * P), dm_buf(proj ? static_cast<size_t>(B) * H : 0);
+  // EX: zeros stand in for an absent option (keep 0 = no zoneout, no incoming gradient), exactly the plain maths
+  std::vector<T> zeros(EX ? G : 0), dummy(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * P : 0);
   const StepGemm<T> rec(whh, false, B, P, G);
   const StepGemm<T> project(whr, false, B, H, proj ? P : 1);
   for (int s = 0; s < Tn; ++s) {
@@ -155,10 +307,24 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
       T* dhb = dh + static_cast<int64_t>(b) * P;
       if (!is_valid(len, t, b)) {
         std::memset(d, 0, sizeof(T) * P);
+        if constexpr (EX) {
+          if (opt.sink_h) std::memset(opt.sink_h + tBP + static_cast<int64_t>(b) * P, 0, sizeof(T) * P);
+        }
         continue;
       }
       const T* dy = dY + tBP + static_cast<int64_t>(b) * P;
       for (int j = 0; j < P; ++j) d[j] = dhb[j] + dy[j];
+      if constexpr (EX) {
+        if (opt.sink_h) std::memcpy(opt.sink_h + tBP + static_cast<int64_t>(b) * P, d, sizeof(T) * P);
+        if (opt.keep_h) {                                  // h_t = k h_{t-1} + (1 - k) h~_t
+          const T* k = opt.keep_h + tBP + static_cast<int64_t>(b) * P;
+          for (int j = 0; j < P; ++j) {
+            dhb[j] = k[j] * d[j];                          // the direct part of dL/dh_{t-1}
+            d[j] *= T(1) - k[j];                           // dL/dh~_t (and so dH for dW_hr)
+          }
+          continue;
+        }
+      }
       std::memset(dhb, 0, sizeof(T) * P);                  // replaced by dG W_hh below (beta = 1 keeps padding rows)
     }
     const T* dm = dhtot;
@@ -171,18 +337,36 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
     const T* ct = Cs + static_cast<int64_t>(t) * B * H;
     for (int b = 0; b < B; ++b) {
       T* dgb = dgt + static_cast<int64_t>(b) * G;
+      const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(dgb, 0, sizeof(T) * G);
+        if constexpr (EX) {
+          if (opt.sink_c) std::memset(opt.sink_c + row, 0, sizeof(T) * H);
+        }
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
       const T* gb = gt + static_cast<int64_t>(b) * G;
-      lstm_cell_backward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, ct + static_cast<int64_t>(b) * H, cp,
-                            dm + static_cast<int64_t>(b) * H, dc + static_cast<int64_t>(b) * H, dgb, dgb + H,
-                            dgb + 2 * H, dgb + 3 * H, H);
+      if constexpr (EX) {
+        const T* z = zeros.data();
+        lstm_cell_backward_ex<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, opt.raw ? opt.raw + row : ct + b * H, cp,
+                                 dm + static_cast<int64_t>(b) * H, opt.dC ? opt.dC + row : z,
+                                 opt.dgates ? opt.dgates + (static_cast<int64_t>(t) * B + b) * G : z,
+                                 opt.keep_c ? opt.keep_c + row : z, opt.keep_c != nullptr,
+                                 dc + static_cast<int64_t>(b) * H, opt.sink_c ? opt.sink_c + row : dummy.data(),
+                                 dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, H);
+      } else {
+        lstm_cell_backward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, ct + static_cast<int64_t>(b) * H, cp,
+                              dm + static_cast<int64_t>(b) * H, dc + static_cast<int64_t>(b) * H, dgb, dgb + H,
+                              dgb + 2 * H, dgb + 3 * H, H);
+      }
     }
-    rec(dgt, T(1), dh);                                    // dL/dh_{t-1} = dG_t W_hh
+    if constexpr (EX) {
+      recurrent_grad(rec, dgt, opt.h_mask, dmask.data(), static_cast<int64_t>(B) * P, dh);  // (dG_t W_hh) * mask
+    } else {
+      rec(dgt, T(1), dh);                                  // dL/dh_{t-1} = dG_t W_hh
+    }
     add_rows(dgt, B, G, db);
   }
 }
@@ -207,6 +391,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& d
                                  proj ? dHs.data_ptr<scalar_t>() : nullptr, db.data_ptr<scalar_t>());
   });
   return {dG, dh, dc, dHs, db};
+}
+
+// The layer options' backward: as lstm_backward, plus CR (c~, with zoneout on c), the masks, the recorded
+// outputs' incoming gradients dC (T,B,H) and dgates (T,B,4H), and, when sink, the per-step totals dL/dh_t
+// (T,B,P) and dL/dc_t (T,B,H) (else empty).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_ex(
+    const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& gates, const Tensor& Cs,
+    const std::optional<Tensor>& CR, const Tensor& c0, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& lengths, bool reverse, const std::optional<Tensor>& h_mask,
+    const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c, const std::optional<Tensor>& dC,
+    const std::optional<Tensor>& dgates, bool sink) {
+  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  Tensor dh = dhn.clone(), dc = dcn.clone();
+  Tensor dG = at::empty_like(gates);
+  Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
+  Tensor db = at::zeros({4 * H}, gates.options());
+  Tensor sink_h = at::empty({sink ? Tn : 0, B, P}, gates.options());
+  Tensor sink_c = at::empty({sink ? Tn : 0, B, H}, gates.options());
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward_ex", [&] {
+    BwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.keep_c = opt_ptr<scalar_t>(keep_c);
+    opt.raw = opt_ptr<scalar_t>(CR);
+    opt.dC = opt_ptr<scalar_t>(dC);
+    opt.dgates = opt_ptr<scalar_t>(dgates);
+    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
+    opt.sink_c = sink ? sink_c.data_ptr<scalar_t>() : nullptr;
+    lstm_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
+                                       c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                       proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse,
+                                       Tn, B, H, P, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                                       dG.data_ptr<scalar_t>(), proj ? dHs.data_ptr<scalar_t>() : nullptr,
+                                       db.data_ptr<scalar_t>(), opt);
+  });
+  return {dG, dh, dc, dHs, db, sink_h, sink_c};
 }
 
 // ---- GRU ------------------------------------------------------------------------------------------------------
@@ -234,15 +455,25 @@ inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict g
   }
 }
 
-template <typename T>
+// EX adds the layer options: h_{t-1} * mask enters W_hh (the carry z h_{t-1} keeps the whole state), and the new
+// h is blended with h_{t-1} by zoneout; the output is the blended h.
+template <typename T, bool EX = false>
 void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh, const T* bhh, const int64_t* len,
-                      bool reverse, int Tn, int B, int H, T* Y, T* h, T* HN) {
+                      bool reverse, int Tn, int B, int H, T* Y, T* h, T* HN, const FwdOptions<T>& opt = {}) {
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
+  std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0), hold(EX && opt.keep_h ? H : 0);
   const StepGemm<T> rec(whh, true, B, G, H);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
-    rec(h, T(0), hw.data());                               // h_{t-1} W_hh^T (B, 3H)
+    const T* hin = h;
+    if constexpr (EX) {
+      if (opt.h_mask) {
+        mul_into(h, opt.h_mask, hmasked.data(), static_cast<int64_t>(B) * H);  // (B, H): h_{t-1} * mask
+        hin = hmasked.data();
+      }
+    }
+    rec(hin, T(0), hw.data());                             // h_{t-1} W_hh^T (B, 3H)
     // x_t W_ih^T, then the activated r, z, n
     T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
     T* y = Y + static_cast<int64_t>(t) * B * H;
@@ -253,10 +484,20 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
         continue;
       }
       T* gb = g + static_cast<int64_t>(b) * G;
+      T* hb = h + static_cast<int64_t>(b) * H;
       const T* hwb = hw.data() + static_cast<int64_t>(b) * G;
       T* hnb = HN ? HN + (static_cast<int64_t>(t) * B + b) * H : hnbuf.data();
+      if constexpr (EX) {
+        if (opt.keep_h) std::memcpy(hold.data(), hb, sizeof(T) * H);
+      }
       gru_cell_forward<T>(gb, gb + H, gb + 2 * H, bih, bih + H, bih + 2 * H, hwb, hwb + H, hwb + 2 * H, bhh,
-                          bhh + H, bhh + 2 * H, h + static_cast<int64_t>(b) * H, yb, hnb, H);
+                          bhh + H, bhh + 2 * H, hb, yb, hnb, H);
+      if constexpr (EX) {
+        if (opt.keep_h) {
+          zoneout_row(hb, hold.data(), opt.keep_h + (static_cast<int64_t>(t) * B + b) * H, H);
+          std::memcpy(yb, hb, sizeof(T) * H);
+        }
+      }
     }
   }
 }
@@ -294,6 +535,54 @@ std::tuple<Tensor, Tensor> gru_infer(const Tensor& x, const Tensor& w_ih, const 
   return {Y, h};
 }
 
+// The layer options' GRU forward: Y (T,B,H) (the blended h), h_n and, when train, HN (T,B,H) = W_hn (h_{t-1} *
+// mask) + b_hn. xw (T,B,3H) is overwritten with r, z, n (the recorded gates).
+std::tuple<Tensor, Tensor, Tensor> gru_forward_ex(Tensor xw, const Tensor& b_ih, const Tensor& h0, const Tensor& w_hh,
+                                                  const Tensor& b_hh, const std::optional<Tensor>& lengths,
+                                                  bool reverse, const std::optional<Tensor>& h_mask,
+                                                  const std::optional<Tensor>& keep_h, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor h = h0.clone();
+  Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward_ex", [&] {
+    FwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    gru_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(),
+                                     w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths),
+                                     reverse, Tn, B, H, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                     train ? HN.data_ptr<scalar_t>() : nullptr, opt);
+  });
+  return {Y, h, HN};
+}
+
+// One row of the GRU derivative with the options: dt = dL/dh_t (total), k the zoneout keep (zeros: none), gx (3H)
+// the recorded r, z, n's incoming gradient. With h_t = k h_{t-1} + (1 - k) h~_t, h~_t = (1 - z) n + z h_{t-1}:
+//   d = (1 - k) dt (dL/dh~_t); dn_pre = (d (1 - z) + gx_n) (1 - n^2); dr_pre = (dn_pre hn + gx_r) r (1 - r);
+//   dz_pre = (d (h_{t-1} - n) + gx_z) z (1 - z); dh <- the direct part of dL/dh_{t-1} = d z + k dt.
+template <typename T>
+inline void gru_cell_backward_ex(const T* __restrict gr, const T* __restrict gz, const T* __restrict gn,
+                                 const T* __restrict hn, const T* __restrict hp, const T* __restrict dtot,
+                                 const T* __restrict k, const T* __restrict gx, T* __restrict dh,
+                                 T* __restrict dxr, T* __restrict dxz, T* __restrict dxn, T* __restrict dhr,
+                                 T* __restrict dhz, T* __restrict dhn, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = gr[j], z = gz[j], n = gn[j];
+    const T d = (T(1) - k[j]) * dtot[j];
+    const T dnp = (d * (T(1) - z) + gx[2 * H + j]) * (T(1) - n * n);
+    const T drp = (dnp * hn[j] + gx[j]) * r * (T(1) - r);
+    const T dzp = (d * (hp[j] - n) + gx[H + j]) * z * (T(1) - z);
+    dxr[j] = drp;
+    dxz[j] = dzp;
+    dxn[j] = dnp;
+    dhr[j] = drp;
+    dhz[j] = dzp;
+    dhn[j] = dnp * r;
+    dh[j] = d * z + k[j] * dtot[j];
+  }
+}
+
 // One row of the GRU pointwise derivative. dh holds dL/dh_t's recurrent part on entry and the direct part of
 // dL/dh_{t-1} (z * dL/dh_t) on exit; the dG_h W_hh part is added by the caller's GEMM.
 template <typename T>
@@ -317,16 +606,18 @@ inline void gru_cell_backward(const T* __restrict gr, const T* __restrict gz, co
   }
 }
 
-template <typename T>
+// EX adds the layer options (BwdOptions; keep_h is h's zoneout, dgates the recorded r, z, n's gradient).
+template <typename T, bool EX = false>
 void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, const T* h0, const T* whh,
                        const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dHn, T* dbih,
-                       T* dbhh) {
+                       T* dbhh, const BwdOptions<T>& opt = {}) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   // dG_h differs from dG_x only in its n block, so only that block is kept for all steps (dHn, for dW_hh's n
   // rows); the full (B, 3H) dG_h of one step lives in this scratch for the recurrent GEMM and db_hh.
   std::vector<T> dgh_step(static_cast<size_t>(B) * G);
   T* dght = dgh_step.data();
+  std::vector<T> zeros(EX ? G : 0), dtot(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     T* dgxt = dGx + static_cast<int64_t>(t) * B * G;
@@ -338,15 +629,33 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
         std::memset(dgx, 0, sizeof(T) * G);
         std::memset(dgh, 0, sizeof(T) * G);
         std::memset(dHn + tb * H, 0, sizeof(T) * H);
+        if constexpr (EX) {
+          if (opt.sink_h) std::memset(opt.sink_h + tb * H, 0, sizeof(T) * H);
+        }
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
       const T* gb = gates + tb * G;
-      gru_cell_backward<T>(gb, gb + H, gb + 2 * H, HN + tb * H, hp, dY + tb * H, dh + static_cast<int64_t>(b) * H,
-                           dgx, dgx + H, dgx + 2 * H, dgh, dgh + H, dgh + 2 * H, H);
+      T* dhb = dh + static_cast<int64_t>(b) * H;
+      if constexpr (EX) {
+        const T* dy = dY + tb * H;
+        for (int j = 0; j < H; ++j) dtot[j] = dhb[j] + dy[j];  // dL/dh_t
+        if (opt.sink_h) std::memcpy(opt.sink_h + tb * H, dtot.data(), sizeof(T) * H);
+        gru_cell_backward_ex<T>(gb, gb + H, gb + 2 * H, HN + tb * H, hp, dtot.data(),
+                                opt.keep_h ? opt.keep_h + tb * H : zeros.data(),
+                                opt.dgates ? opt.dgates + tb * G : zeros.data(), dhb, dgx, dgx + H, dgx + 2 * H,
+                                dgh, dgh + H, dgh + 2 * H, H);
+      } else {
+        gru_cell_backward<T>(gb, gb + H, gb + 2 * H, HN + tb * H, hp, dY + tb * H, dhb, dgx, dgx + H, dgx + 2 * H,
+                             dgh, dgh + H, dgh + 2 * H, H);
+      }
     }
-    rec(dght, T(1), dh);                                   // += dG_h W_hh (padding rows: dG = 0, dh carried)
+    if constexpr (EX) {
+      recurrent_grad(rec, static_cast<const T*>(dght), opt.h_mask, dmask.data(), static_cast<int64_t>(B) * H, dh);
+    } else {
+      rec(dght, T(1), dh);                                 // += dG_h W_hh (padding rows: dG = 0, dh carried)
+    }
     add_rows(dgxt, B, G, dbih);
     add_rows(dght, B, G, dbhh);
     for (int b = 0; b < B; ++b)
@@ -377,23 +686,79 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY
   return {dGx, dHn, dh, dbih, dbhh};
 }
 
+// The layer options' GRU backward: as gru_backward, plus the masks, the recorded gates' incoming gradient dgates
+// (T,B,3H) and, when sink, dL/dh_t (T,B,H) of every step (else empty).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_ex(
+    const Tensor& dY, const Tensor& dhn, const Tensor& gates, const Tensor& HN, const Tensor& Y, const Tensor& h0,
+    const Tensor& w_hh, const std::optional<Tensor>& lengths, bool reverse, const std::optional<Tensor>& h_mask,
+    const std::optional<Tensor>& keep_h, const std::optional<Tensor>& dgates, bool sink) {
+  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
+  Tensor dh = dhn.clone();
+  Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
+  Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
+  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, gates.options());
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward_ex", [&] {
+    BwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.dgates = opt_ptr<scalar_t>(dgates);
+    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
+    gru_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
+                                      Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                      lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
+                                      dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
+                                      dbhh.data_ptr<scalar_t>(), opt);
+  });
+  return {dGx, dHn, dh, dbih, dbhh, sink_h};
+}
+
 // ---- Elman RNN ------------------------------------------------------------------------------------------------
 
-template <typename T>
+// EX adds the layer options: h_{t-1} * mask enters W_hh, the pre-activation is kept (opt.pre), the activated h~_t
+// too when zoneout needs it (opt.raw), and h_t = k h_{t-1} + (1 - k) h~_t is the output.
+template <typename T, bool EX = false>
 void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B,
-                      int H, T* h) {
+                      int H, T* h, const FwdOptions<T>& opt = {}) {
   const StepGemm<T> rec(whh, true, B, H, H);
+  std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     T* y = xw + static_cast<int64_t>(t) * B * H;            // x_t W_ih^T + b, becomes the output in place
-    rec(h, T(1), y);
+    const T* hin = h;
+    if constexpr (EX) {
+      if (opt.h_mask) {
+        mul_into(h, opt.h_mask, hmasked.data(), static_cast<int64_t>(B) * H);  // (B, H): h_{t-1} * mask
+        hin = hmasked.data();
+      }
+    }
+    rec(hin, T(1), y);
     for (int b = 0; b < B; ++b) {
       T* yb = y + static_cast<int64_t>(b) * H;
+      const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(yb, 0, sizeof(T) * H);
+        if constexpr (EX) {
+          if (opt.pre) std::memset(opt.pre + row, 0, sizeof(T) * H);  // finite: the layer multiplies it by 0
+        }
         continue;
       }
       T* hb = h + static_cast<int64_t>(b) * H;
+      if constexpr (EX) {
+        if (opt.pre)
+          for (int j = 0; j < H; ++j) opt.pre[row + j] = yb[j] + bias[j];
+        if (relu) {
+          for (int j = 0; j < H; ++j) {
+            const T v = yb[j] + bias[j];
+            yb[j] = v > T(0) ? v : T(0);
+          }
+        } else {
+          for (int j = 0; j < H; ++j) yb[j] = Act<T>::tanh(yb[j] + bias[j]);
+        }
+        if (opt.raw) std::memcpy(opt.raw + row, yb, sizeof(T) * H);
+        if (opt.keep_h) zoneout_row(yb, hb, opt.keep_h + row, H);
+        std::memcpy(hb, yb, sizeof(T) * H);
+        continue;
+      }
       if (relu) {
         for (int j = 0; j < H; ++j) {
           const T v = yb[j] + bias[j];
@@ -418,10 +783,36 @@ Tensor rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor
   return h;
 }
 
-template <typename T>
+// The layer options' forward: xw (T,B,H) becomes the output Y (the blended h) in place. Returns h_n, HR (T,B,H)
+// = the activated h~_t when train with zoneout (else empty), PRE (T,B,H) the pre-activation when pre (else empty).
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_ex(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh,
+                                                  bool relu, const std::optional<Tensor>& lengths, bool reverse,
+                                                  const std::optional<Tensor>& h_mask,
+                                                  const std::optional<Tensor>& keep_h, bool train, bool pre) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
+  const bool zh = keep_h.has_value() && keep_h->defined();
+  Tensor h = h0.clone();
+  Tensor HR = at::empty({train && zh ? Tn : 0, B, H}, xw.options());
+  Tensor PRE = at::empty({pre ? Tn : 0, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward_ex", [&] {
+    FwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.raw = train && zh ? HR.data_ptr<scalar_t>() : nullptr;
+    opt.pre = pre ? PRE.data_ptr<scalar_t>() : nullptr;
+    rnn_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                     relu, lengths_ptr(lengths), reverse, Tn, B, H, h.data_ptr<scalar_t>(), opt);
+  });
+  return {h, HR, PRE};
+}
+
+// EX adds the layer options. With h_t = k h_{t-1} + (1 - k) h~_t, h~_t = act(pre_t) and dt = dL/dh_t:
+//   dpre = (1 - k) dt act'(h~_t) + dL/dpre_ext (tanh' = 1 - h~^2, relu' = [h~ > 0]); dh <- k dt (+ the GEMM part).
+template <typename T, bool EX = false>
 void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn,
-                       int B, int H, T* dh, T* dG, T* db) {
+                       int B, int H, T* dh, T* dG, T* db, const BwdOptions<T>& opt = {}) {
   const StepGemm<T> rec(whh, false, B, H, H);
+  std::vector<T> zeros(EX ? H : 0), dummy(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     T* dgt = dG + static_cast<int64_t>(t) * B * H;
@@ -430,11 +821,36 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
       T* dg = dgt + static_cast<int64_t>(b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(dg, 0, sizeof(T) * H);
+        if constexpr (EX) {
+          if (opt.sink_h) std::memset(opt.sink_h + off, 0, sizeof(T) * H);
+        }
         continue;
       }
       T* dhb = dh + static_cast<int64_t>(b) * H;
       const T* y = Y + off;
       const T* dy = dY + off;
+      if constexpr (EX) {
+        const T* hr = opt.raw ? opt.raw + off : y;         // h~_t (Y is h~_t itself without zoneout)
+        const T* k = opt.keep_h ? opt.keep_h + off : zeros.data();
+        const T* gx = opt.dgates ? opt.dgates + off : zeros.data();
+        T* sk = opt.sink_h ? opt.sink_h + off : dummy.data();
+        if (relu) {
+          for (int j = 0; j < H; ++j) {
+            const T dt = dhb[j] + dy[j];
+            sk[j] = dt;
+            dg[j] = (hr[j] > T(0) ? (T(1) - k[j]) * dt : T(0)) + gx[j];
+            dhb[j] = k[j] * dt;
+          }
+        } else {
+          for (int j = 0; j < H; ++j) {
+            const T dt = dhb[j] + dy[j];
+            sk[j] = dt;
+            dg[j] = (T(1) - k[j]) * dt * (T(1) - hr[j] * hr[j]) + gx[j];
+            dhb[j] = k[j] * dt;
+          }
+        }
+        continue;
+      }
       if (relu) {
         for (int j = 0; j < H; ++j) dg[j] = y[j] > T(0) ? dhb[j] + dy[j] : T(0);
       } else {
@@ -442,7 +858,11 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
       }
       std::memset(dhb, 0, sizeof(T) * H);
     }
-    rec(dgt, T(1), dh);
+    if constexpr (EX) {
+      recurrent_grad(rec, static_cast<const T*>(dgt), opt.h_mask, dmask.data(), static_cast<int64_t>(B) * H, dh);
+    } else {
+      rec(dgt, T(1), dh);
+    }
     add_rows(dgt, B, H, db);
   }
 }
@@ -461,6 +881,33 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& 
                                 dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
   });
   return {dG, dh, db};
+}
+
+// The layer options' backward: as rnn_backward, plus HR (h~, with zoneout), the masks, the recorded
+// pre-activation's incoming gradient dpre (T,B,H) and, when sink, dL/dh_t (T,B,H) of every step (else empty).
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_ex(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
+                                                           const std::optional<Tensor>& HR, const Tensor& w_hh,
+                                                           bool relu, const std::optional<Tensor>& lengths,
+                                                           bool reverse, const std::optional<Tensor>& h_mask,
+                                                           const std::optional<Tensor>& keep_h,
+                                                           const std::optional<Tensor>& dpre, bool sink) {
+  const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
+  Tensor dh = dhn.clone();
+  Tensor dG = at::empty_like(Y);
+  Tensor db = at::zeros({H}, Y.options());
+  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, Y.options());
+  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward_ex", [&] {
+    BwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.raw = opt_ptr<scalar_t>(HR);
+    opt.dgates = opt_ptr<scalar_t>(dpre);
+    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
+    rnn_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                      relu, lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
+                                      dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), opt);
+  });
+  return {dG, dh, db, sink_h};
 }
 
 }  // namespace
@@ -482,6 +929,22 @@ TORCH_LIBRARY(rnnlab_fused, m) {
         "bool reverse) -> Tensor");
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) "
         "-> (Tensor, Tensor, Tensor)");
+  // the layer options (recurrent dropout, zoneout, recorded states and gates) and the per-step gradient sink
+  m.def("lstm_forward_ex(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+        "Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? keep_c, bool train) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward_ex(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor? CR, Tensor c0, "
+        "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? keep_c, "
+        "Tensor? dC, Tensor? dgates, bool sink) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("gru_forward_ex(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, "
+        "bool reverse, Tensor? h_mask, Tensor? keep_h, bool train) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_backward_ex(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
+        "Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? dgates, bool sink) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("rnn_forward_ex(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, "
+        "bool reverse, Tensor? h_mask, Tensor? keep_h, bool train, bool pre) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_backward_ex(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
+        "bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? dpre, bool sink) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
@@ -493,4 +956,10 @@ TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
   m.impl("gru_backward", &gru_backward);
   m.impl("rnn_forward", &rnn_forward);
   m.impl("rnn_backward", &rnn_backward);
+  m.impl("lstm_forward_ex", &lstm_forward_ex);
+  m.impl("lstm_backward_ex", &lstm_backward_ex);
+  m.impl("gru_forward_ex", &gru_forward_ex);
+  m.impl("gru_backward_ex", &gru_backward_ex);
+  m.impl("rnn_forward_ex", &rnn_forward_ex);
+  m.impl("rnn_backward_ex", &rnn_backward_ex);
 }
