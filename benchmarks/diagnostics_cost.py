@@ -80,7 +80,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             profile_from_grads(rec, float(loss.detach()))
-            [gate_stats(tr, rows=8) for tr in rec.traces]
+            [gate_stats(tr, rows=8, full=False) for tr in rec.traces]
             recurrent_spectra(model, singular_values=False, dtype=torch.float32)
             layer_grad_norms(model)
 
@@ -96,7 +96,7 @@ def main() -> None:
             with record(model) as rec:
                 loss = loss_fn()
             profile_from_recording(rec, loss)
-            [gate_stats(tr, rows=8) for tr in rec.traces]
+            [gate_stats(tr, rows=8, full=False) for tr in rec.traces]
 
         def full():
             analyse(model, loss_fn, rows=4)

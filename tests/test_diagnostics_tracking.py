@@ -190,6 +190,10 @@ def test_kernel_traces_equal_the_reference_recording(mode, kwargs):
             assert sk.scalars[key] == pytest.approx(sr.scalars[key], rel=1e-4, abs=1e-6), key
         for key in sk.series:
             torch.testing.assert_close(sk.series[key], sr.series[key], rtol=1e-4, atol=1e-6)
+        brief = gate_stats(tk, full=False)  # the tracker's scalars-only statistics: the same scalars
+        assert brief.scalars.keys() == sr.scalars.keys() and not brief.series and not brief.histograms
+        for key in brief.scalars:
+            assert brief.scalars[key] == pytest.approx(sr.scalars[key], rel=1e-4, abs=1e-6), key
 
 
 def test_kernel_recorder_needs_retain_grad_and_rejects_autograd_profiles():

@@ -102,10 +102,11 @@ def _histogram(v: Tensor, top: float, bins: int = 20) -> tuple[Tensor, Tensor]:
     """Counts of ``v`` in ``bins`` equal bins over ``[0, top]`` (the top edge in the last bin), and the edges.
 
     ``torch.histc``'s binning, through one integer ``bincount`` (histc is a scalar loop, ~10x slower)."""
-    idx = (v * (bins / top)).to(torch.int64).clamp_(0, bins - 1)
-    keep = (v >= 0) & (v <= top)
-    counts = torch.bincount(idx[keep] if not bool(keep.all()) else idx.flatten(), minlength=bins)
-    return counts.double(), torch.linspace(0, top, bins + 1)
+    # the values binned here (sigmoid outputs in [0, 1], |a| up to its max) are in range by construction; NaN
+    # (a diverged run) is left out, as histc does
+    finite = v[~torch.isnan(v)] if bool(torch.isnan(v).any()) else v
+    idx = (finite * (bins / top)).to(torch.int64).clamp_(0, bins - 1)
+    return torch.bincount(idx.flatten(), minlength=bins).double(), torch.linspace(0, top, bins + 1)
 
 
 def _frac(mask: Tensor) -> float:
@@ -116,24 +117,51 @@ def _frac_per_step(mask: Tensor) -> Tensor:
     return mask.count_nonzero(dim=(1, 2)).double() / max(mask[0].numel(), 1)  # (T,)
 
 
-def _sigmoid_stats(out: GateStats, name: str, v: Tensor) -> Tensor:
-    # Statistics in the tensor's own dtype: converting (T, B, H) tensors to float64 costs more than the rest.
+def _sigmoid_stats(out: GateStats, names: str, gates: dict[str, Tensor], full: bool) -> Tensor | None:
+    """Means and saturation fractions of the sigmoid gates ``names`` (and, when ``full``, their per-step means
+    and histograms), all gates in one stacked tensor: a few large reductions instead of many small ones.
+
+    Returns the ``(T, B, G*H)`` saturation mask in gate order when ``full``, else ``None`` (the overall fraction
+    is stored: low and high saturation are disjoint, so it is their sum)."""
+    # Statistics in the tensors' own dtype: converting (T, B, H) tensors to float64 costs more than the rest.
+    v = torch.stack([gates[g] for g in names])  # (G, T, B, H)
+    G, n = len(names), max(v[0].numel(), 1)
     low, high = v < SIGMOID_LOW, v > SIGMOID_HIGH
-    out.scalars[f"{name}_mean"] = float(v.mean())
-    out.scalars[f"{name}_sat_low"] = _frac(low)
-    out.scalars[f"{name}_sat_high"] = _frac(high)
-    out.series[f"{name}_mean"] = v.mean(dim=(1, 2)).double()
-    out.histograms[name] = _histogram(v, 1.0)
-    return low | high  # (T, B, H) saturated
+    means = v.mean(dim=(1, 2, 3)).tolist()
+    lows = low.flatten(1).count_nonzero(dim=1).tolist()
+    highs = high.flatten(1).count_nonzero(dim=1).tolist()
+    for k, name in enumerate(names):
+        out.scalars[f"{name}_mean"] = means[k]
+        out.scalars[f"{name}_sat_low"] = lows[k] / n
+        out.scalars[f"{name}_sat_high"] = highs[k] / n
+    out.scalars["sigmoid_sat"] = (sum(lows) + sum(highs)) / (G * n)
+    if not full:
+        return None
+    series = v.mean(dim=(2, 3)).double()  # (G, T)
+    bins = 20
+    # one bincount for every gate: gate k's bins are k*bins .. k*bins + bins-1 (torch.histc's binning on [0, 1])
+    clean = torch.nan_to_num(v, nan=-1.0)  # NaN (a diverged run) is left out of the histograms, as histc does
+    idx = (clean * bins).to(torch.int64).clamp_(max=bins - 1)
+    idx += torch.arange(G).mul_(bins).view(G, 1, 1, 1)
+    counts = torch.bincount(idx[clean >= 0] if bool(torch.isnan(v).any()) else idx.flatten(),
+                            minlength=G * bins).double().view(G, bins)
+    edges = torch.linspace(0, 1, bins + 1)
+    for k, name in enumerate(names):
+        out.series[f"{name}_mean"] = series[k]
+        out.histograms[name] = (counts[k], edges)
+    return (low | high).permute(1, 2, 0, 3).flatten(2)  # (T, B, G*H)
 
 
-def gate_stats(trace: LayerTrace, rows: int | None = None) -> GateStats:
+def gate_stats(trace: LayerTrace, rows: int | None = None, *, full: bool = True) -> GateStats:
     """:class:`GateStats` of a recorded layer-direction (no gradients are taken).
 
-    ``rows`` limits the statistics to the first ``rows`` batch rows (cheaper, for tracking during training).
+    ``rows`` limits the statistics to the first ``rows`` batch rows (cheaper, for tracking during training);
+    ``full=False`` computes the scalars only (no per-step series, no histograms: what training-time tracking
+    stores).
 
     Gates are recomputed from the layer's parameters: cells without torch's weight layout get empty statistics,
-    and under DropConnect in training mode the statistics use the un-dropped ``W_hh``.
+    and under DropConnect in training mode the statistics use the un-dropped ``W_hh``. Kernel traces
+    (:class:`.probe.Recorder` with ``kernel=True``) use the activations the fused kernel computed instead.
 
     Example:
         >>> with record(lstm) as rec:
@@ -142,49 +170,57 @@ def gate_stats(trace: LayerTrace, rows: int | None = None) -> GateStats:
     """
     if trace.weights is None or trace.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         return GateStats(trace.name, trace.mode)  # a cell without torch's layout: no telemetry (documented)
-    weights = tuple(None if w is None else w.detach() for w in trace.weights)
-    with torch.no_grad():
-        # All steps at once: the gates of step t depend only on (x_t, state_{t-1}), both recorded, so one
-        # (T*B)-row evaluation replaces T small ones.
-        T, B = trace.steps, min(trace.inputs[0].size(0), rows or trace.inputs[0].size(0))
-        x, prev = _step_inputs(trace, B)
-        flat = gate_values(trace.mode, x, prev, weights)
-    gates = {k: v.view(T, B, -1) for k, v in flat.items()}  # each (T, B, H)
+    T, B = trace.steps, min(trace.inputs[0].size(0), rows or trace.inputs[0].size(0))
+    if trace.gate_seq is not None:  # a kernel trace: the activations the fused kernel computed
+        gates = {k: v[:, :B] for k, v in trace.gate_seq.items()}  # each (T, B, H)
+    else:
+        weights = tuple(None if w is None else w.detach() for w in trace.weights)
+        with torch.no_grad():
+            # All steps at once: the gates of step t depend only on (x_t, state_{t-1}), both recorded, so one
+            # (T*B)-row evaluation replaces T small ones.
+            x, prev = _step_inputs(trace, B)
+            flat = gate_values(trace.mode, x, prev, weights)
+        gates = {k: v.view(T, B, -1) for k, v in flat.items()}  # each (T, B, H)
     out = GateStats(trace.name, trace.mode)
     sat: Tensor | None = None
     tanh_sat: Tensor | None = None
     if trace.mode == "LSTM":
-        sat = torch.cat([_sigmoid_stats(out, g, gates[g]) for g in "ifo"], dim=2)
+        sat = _sigmoid_stats(out, "ifo", gates, full)
         tanh_sat = torch.cat([gates["g"], torch.tanh(gates["c"])], dim=2).abs() > TANH_SAT
         f = gates["f"]
-        # prod_{s<=t} f_s in walking order (dc_t/dc_0 along the additive path), mean over rows and units.
-        walk = f.flip(0) if trace.reverse else f
-        cum = torch.cumprod(walk, dim=0).mean(dim=(1, 2)).double()
-        out.series["forget_cumprod"] = cum.flip(0) if trace.reverse else cum
-        out.scalars["forget_cumprod_end"] = float(cum[-1])
+        if full:
+            # prod_{s<=t} f_s in walking order (dc_t/dc_0 along the additive path), mean over rows and units.
+            walk = f.flip(0) if trace.reverse else f
+            cum = torch.cumprod(walk, dim=0).mean(dim=(1, 2)).double()
+            out.series["forget_cumprod"] = cum.flip(0) if trace.reverse else cum
+            out.scalars["forget_cumprod_end"] = float(cum[-1])
+        else:  # the end of the walk only: the product over all steps (the order does not matter)
+            out.scalars["forget_cumprod_end"] = float(f.prod(dim=0).mean())
     elif trace.mode == "GRU":
-        sat = torch.cat([_sigmoid_stats(out, g, gates[g]) for g in "rz"], dim=2)
+        sat = _sigmoid_stats(out, "rz", gates, full)
         tanh_sat = gates["n"].abs() > TANH_SAT
     else:
         a = gates["a"].abs()
-        out.series["preact_abs_mean"] = a.mean(dim=(1, 2)).double()
-        flat_a = a.flatten(1)  # (T, B*H)
-        k = max(1, math.ceil(0.9 * flat_a.size(1)))
-        out.series["preact_abs_p90"] = flat_a.kthvalue(k, dim=1).values.double()
         out.scalars["preact_abs_mean"] = float(a.mean())
-        top = float(a.max()) or 1.0
-        out.histograms["preact_abs"] = _histogram(a, top)
+        if full:
+            out.series["preact_abs_mean"] = a.mean(dim=(1, 2)).double()
+            flat_a = a.flatten(1)  # (T, B*H)
+            k = max(1, math.ceil(0.9 * flat_a.size(1)))
+            out.series["preact_abs_p90"] = flat_a.kthvalue(k, dim=1).values.double()
+            top = float(a.max()) or 1.0
+            out.histograms["preact_abs"] = _histogram(a, top)
         if trace.mode == "RNN_TANH":
             tanh_sat = gates["h"].abs() > TANH_SAT
         else:
             dead = gates["a"] <= 0
-            out.series["relu_dead"] = _frac_per_step(dead)
+            if full:
+                out.series["relu_dead"] = _frac_per_step(dead)
             out.scalars["relu_dead"] = _frac(dead)
     if sat is not None:
         out.series["sat_sigmoid"] = _frac_per_step(sat)
-        out.scalars["sigmoid_sat"] = _frac(sat)
     if tanh_sat is not None:
-        out.series["sat_tanh"] = _frac_per_step(tanh_sat)
+        if full:
+            out.series["sat_tanh"] = _frac_per_step(tanh_sat)
         out.scalars["tanh_sat"] = _frac(tanh_sat)
     return out
 

@@ -73,6 +73,9 @@ class LayerTrace:
     # tensors (``inputs``/``states`` are views of them), so that statistics need not re-stack T slices.
     input_seq: Tensor | None = None
     state_seq: tuple[Tensor, ...] | None = None
+    # Kernel traces of LSTM/GRU layers: the activations the kernel computed (``i, f, g, o`` and the new cell ``c``;
+    # ``r, z, n``), each (T, B, H), read by the gate statistics instead of recomputing them.
+    gate_seq: dict[str, Tensor] | None = None
 
     @property
     def steps(self) -> int:
@@ -214,8 +217,14 @@ class _KernelTrace:
         self.trace = trace
         self.cells: Tensor | None = None
 
-    def forward(self, cells: Tensor | None) -> None:
+    def forward(self, cells: Tensor | None, gates: Tensor | None = None) -> None:
         self.cells = cells
+        tr = self.trace
+        if gates is not None and tr.mode in ("LSTM", "GRU"):  # the kernel's activated gates (T, B, 4H or 3H)
+            names = "ifgo" if tr.mode == "LSTM" else "rzn"
+            tr.gate_seq = dict(zip(names, gates.chunk(len(names), dim=2)))
+            if cells is not None:
+                tr.gate_seq["c"] = cells
 
     def outputs(self, y: Tensor) -> None:
         tr = self.trace

@@ -154,7 +154,7 @@ class GradientTracker(Callback):
                 out, _ = model(x, None)
                 loss = task.loss(out if task.per_step else out[-1], y)
             prof = profile_from_recording(rec, loss)
-            return prof, [gate_stats(tr, rows=self.gate_rows) for tr in rec.traces]
+            return prof, [gate_stats(tr, rows=self.gate_rows, full=False) for tr in rec.traces]
         finally:
             model.train(was_training)
 
@@ -182,7 +182,7 @@ class GradientTracker(Callback):
         if self.profile:
             if recording is not None and recording.traces:  # the tracked step's own forward and backward
                 prof = profile_from_grads(recording, loss=float(metrics["loss"]) if metrics else math.nan)
-                gates = [gate_stats(tr, rows=self.gate_rows) for tr in recording.traces]
+                gates = [gate_stats(tr, rows=self.gate_rows, full=False) for tr in recording.traces]
                 rec["profile_source"] = "step"
             else:
                 prof, gates = self.measure_profile(trainer)

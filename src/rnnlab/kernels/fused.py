@@ -226,8 +226,10 @@ class _RNN(torch.autograd.Function):
 class GradientSink(Protocol):
     """Receives the per-step states and their total gradients of one layer-direction (see :func:`run_layer`)."""
 
-    def forward(self, cells: Tensor | None) -> None:
-        """Called in the forward with the detached cell states ``C`` ``(T, B, H)`` (LSTM) or ``None``."""
+    def forward(self, cells: Tensor | None, gates: Tensor | None = None) -> None:
+        """Called in the forward with the detached cell states ``C`` ``(T, B, H)`` (LSTM) or ``None``, and the
+        activated gates ``(T, B, 4H)`` (LSTM ``i, f, g, o``; GRU ``r, z, n`` ``(T, B, 3H)``; ``None`` for the
+        Elman cells), detached views of the buffers the backward reads (and never writes)."""
         ...
 
     def backward(self, dh: Tensor, dc: Tensor | None) -> None:
@@ -276,7 +278,7 @@ class _LSTMEx(torch.autograd.Function):
         ctx.reverse, ctx.sink = reverse, sink
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
-            sink.forward(C.detach())
+            sink.forward(C.detach(), xw.detach())
         C_out = C if record else C.new_empty(0)
         G_out = xw if gates else xw.new_empty(0)
         _empty_like_none(ctx, C_out, G_out)
@@ -320,7 +322,7 @@ class _GRUEx(torch.autograd.Function):
         ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h)
         ctx.reverse, ctx.sink = reverse, sink
         if sink is not None:
-            sink.forward(None)
+            sink.forward(None, xw.detach())
         G_out = xw if gates else xw.new_empty(0)
         _empty_like_none(ctx, G_out)
         return Y, hn, G_out
