@@ -7,14 +7,16 @@ For each cell, on one adding-problem batch (T steps, B rows, H units, a linear r
 * ``tracked``: a training step tracked by :class:`rnnlab.diagnostics.tracking.GradientTracker` with
   ``source="step"`` (the default): the step's own forward and backward on the fused kernel, which hands over
   ``dL/dh_t`` of every step (``record(..., retain_grad=True, kernel=True)``), then clip and Adam as in ``plain``,
-  plus the profile read-out, gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient norms.
-* ``tracked_reference``: the same with ``kernel=False``: the tracked step on the recording reference loop.
+  plus the profile read-out, scalar gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient
+  norms.
+* ``tracked_no_rho``: ``tracked`` without ``rho(W_hh)`` (a tracked step that ``spectra_every > 1`` skips).
+* ``tracked_reference``: ``tracked`` with ``kernel=False``: the tracked step on the recording reference loop.
 * ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward on a probe
   batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
 * ``analyse``: :func:`rnnlab.diagnostics.analyse` with Jacobian-product spectra (4 rows), the ``gradflow`` report's
   measurement (not done during training).
 
-Reported: median wall and process-CPU milliseconds over repeats (after warm-up), the spread (min..max), and the
+Reported: median wall and process-CPU milliseconds over interleaved repeats (after warm-up), the spread (min..max), and the
 ratio of medians to ``plain``. One thread (``torch.set_num_threads(1)``).
 
     python benchmarks/diagnostics_cost.py [--seq-len 100] [--hidden-size 128] [--batch-size 32] [--repeats 15]
@@ -36,16 +38,20 @@ from rnnlab.diagnostics.tracking import layer_grad_norms
 from rnnlab.kernels import get_backend
 
 
-def timed(fn, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+def timed(steps, warmup: int, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU milliseconds of every step function, in interleaved rounds (so that a change of machine load
+    during the run affects every row alike)."""
     for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(1e3 * (time.perf_counter() - w0))
-        cpu.append(1e3 * (time.process_time() - c0))
-    return wall, cpu
+        for _, fn in steps:
+            fn()
+    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _ in steps}
+    for r in range(repeats):
+        for name, fn in (steps if r % 2 == 0 else steps[::-1]):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            out[name][0].append(1e3 * (time.perf_counter() - w0))
+            out[name][1].append(1e3 * (time.process_time() - c0))
+    return out
 
 
 def main() -> None:
@@ -55,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-analyse", action="store_true", help="leave out the (slow) analyse row")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -72,7 +79,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
-        def tracked(kernel: bool = True):
+        def tracked(kernel: bool = True, rho: bool = True):
             opt.zero_grad(set_to_none=True)
             with record(model, retain_grad=True, kernel=kernel) as rec:
                 loss = loss_fn()
@@ -81,7 +88,8 @@ def main() -> None:
             opt.step()
             profile_from_grads(rec, float(loss.detach()))
             [gate_stats(tr, rows=8, full=False) for tr in rec.traces]
-            recurrent_spectra(model, singular_values=False, dtype=torch.float32)
+            if rho:
+                recurrent_spectra(model, singular_values=False, dtype=torch.float32)
             layer_grad_norms(model)
 
         def plain_reference():
@@ -102,12 +110,15 @@ def main() -> None:
             analyse(model, loss_fn, rows=4)
 
         steps = (("plain", plain), ("plain_reference", plain_reference), ("tracked", tracked),
-                 ("tracked_reference", lambda: tracked(kernel=False)), ("probe", probe), ("analyse", full))
-        results = {name: timed(fn, args.warmup, args.repeats) for name, fn in steps}
+                 ("tracked_no_rho", lambda: tracked(rho=False)), ("tracked_reference", lambda: tracked(kernel=False)),
+                 ("probe", probe), ("analyse", full))
+        if args.no_analyse:
+            steps = steps[:-1]
+        results = timed(steps, args.warmup, args.repeats)
         base_w, base_c = statistics.median(results["plain"][0]), statistics.median(results["plain"][1])
         for name, (wall, cpu) in results.items():
             mw, mc = statistics.median(wall), statistics.median(cpu)
-            print(f"{cell:9s} {name:15s} wall {mw:8.1f} [{min(wall):.1f}..{max(wall):.1f}]  cpu {mc:8.1f}  "
+            print(f"{cell:9s} {name:17s} wall {mw:8.1f} [{min(wall):.1f}..{max(wall):.1f}]  cpu {mc:8.1f}  "
                   f"ratio wall {mw / base_w:5.2f}  cpu {mc / base_c:5.2f}")
 
 

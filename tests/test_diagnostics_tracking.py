@@ -213,3 +213,28 @@ def test_kernel_recorder_needs_retain_grad_and_rejects_autograd_profiles():
         pytest.skip("the compiled fused kernels are not available")
     with pytest.raises(ValueError, match="kernel traces"):
         profile_from_recording(rec, loss)
+
+
+def test_spectra_every_thins_out_rho_but_keeps_step0_and_the_end():
+    cfg, task, model = _setup(clip_norm=1.0, cell="lstm")  # 4 steps
+    tracker = GradientTracker(every=1, spectra_every=3)
+    Trainer(model, task, cfg, callbacks=[tracker]).fit()
+    assert [h["step"] for h in tracker.history] == [0, 1, 2, 3, 4]
+    assert [h["step"] for h in tracker.history if "rho" in h] == [0, 3, 4]
+    with pytest.raises(ValueError, match=r"spectra_every must be an int >= 1, got 0"):
+        GradientTracker(spectra_every=0)
+
+
+def test_tracked_rho_is_the_spectral_radius_of_the_weights_at_that_step():
+    from rnnlab.diagnostics import recurrent_spectra
+
+    cfg, task, model = _setup(clip_norm=1.0, cell="gru")
+    tracker = GradientTracker(every=2)
+    Trainer(model, task, cfg, callbacks=[tracker]).fit()
+    last = tracker.history[-1]
+    assert last["step"] == 4
+    for ws in recurrent_spectra(model):  # independent: float64 eigenvalues of the final weights' gate blocks
+        for gate, rho in ws.spectral_radius.items():
+            block = dict(zip("rzn", model.rnn.layer_weights(int(ws.name[-1]))[1].detach().double().chunk(3)))[gate]
+            assert rho == pytest.approx(float(torch.linalg.eigvals(block).abs().max()), rel=1e-9)
+            assert last["rho"][ws.name][gate] == pytest.approx(rho, rel=1e-5)

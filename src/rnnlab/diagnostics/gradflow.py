@@ -131,7 +131,7 @@ def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], pa
             g = tr.step_grads[part]
             if g is None:
                 raise ValueError(f"rnnlab.diagnostics: kernel trace {tr.name} has no gradient (did backward() run?)")
-            rows[n, :tr.steps] = g.flatten(1).double().norm(dim=1)
+            rows[n, :tr.steps] = g.flatten(1).norm(dim=1).double()  # in its own dtype: no (T, B, H) float64 copy
             init[n] = norms([state_tensors(tr.initial)[part]])[0]
             continue
         out = norms([state_tensors(s)[part] for s in tr.states] + [state_tensors(tr.initial)[part]])

@@ -82,6 +82,10 @@ class GradientTracker(Callback):
         filename: the JSON-lines file in the run folder (nothing is written without a run folder).
         kernel: let tracked steps keep the compiled fused kernel (``source="step"``); ``False`` records them on
             the reference loop instead (the same numbers, slower).
+        spectra_every: measure ``rho(W_hh)`` at every ``spectra_every``-th tracked step (and always at step 0
+            and at the end). ``rho`` takes one eigendecomposition of an ``H x H`` block per gate and layer: its
+            cost does not shrink with the batch or the sequence, and at ``B=32, T=100, H=128`` it is most of
+            what tracking a step costs (docs/gradflow.md, "Cost"). Records without it have no ``"rho"`` key.
 
     Attributes:
         history: the records, in order. profiles: ``step -> GradientProfile``. seconds: time spent measuring.
@@ -94,13 +98,15 @@ class GradientTracker(Callback):
 
     def __init__(self, every: int = 100, *, profile: bool = True, source: str = "step", at_start: bool = True,
                  at_end: bool = True, gate_rows: int | None = 8, filename: str = "diagnostics.jsonl",
-                 kernel: bool = True) -> None:
+                 kernel: bool = True, spectra_every: int = 1) -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"GradientTracker: every must be an int >= 1, got {every!r}")
+        if not isinstance(spectra_every, int) or isinstance(spectra_every, bool) or spectra_every < 1:
+            raise ValueError(f"GradientTracker: spectra_every must be an int >= 1, got {spectra_every!r}")
         if source not in ("step", "probe"):
             raise ValueError(f"GradientTracker: source must be 'step' or 'probe', got {source!r}")
         self.every, self.profile, self.source, self.filename = every, profile, source, filename
-        self.kernel = kernel
+        self.kernel, self.spectra_every = kernel, spectra_every
         self._recorder: Recorder | None = None
         self.gate_rows = gate_rows
         self.at_start, self.at_end = at_start, at_end
@@ -177,8 +183,10 @@ class GradientTracker(Callback):
                         "clipped": bool(metrics.get("clipped")), "loss": float(metrics["loss"]),
                         "layer_grad_norm_post": post,
                         "layer_grad_norm_pre": {k: v * scale for k, v in post.items()}})
-        rec["rho"] = {ws.name: ws.spectral_radius
-                      for ws in recurrent_spectra(trainer.model, singular_values=False, dtype=torch.float32)}
+        last = step >= trainer.config.train.max_steps
+        if metrics is None or last or step % (self.every * self.spectra_every) == 0:  # step 0, the end, every k-th
+            rec["rho"] = {ws.name: ws.spectral_radius
+                          for ws in recurrent_spectra(trainer.model, singular_values=False, dtype=torch.float32)}
         if self.profile:
             if recording is not None and recording.traces:  # the tracked step's own forward and backward
                 prof = profile_from_grads(recording, loss=float(metrics["loss"]) if metrics else math.nan)

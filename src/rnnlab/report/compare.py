@@ -151,7 +151,7 @@ def _tracked_curves(runs: list[dict[str, Any]], key: str) -> dict[str, tuple[lis
 def _rho_curves(runs: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     out = {}
     for run in runs:
-        hist = run["tracker"].history
+        hist = [h for h in run["tracker"].history if "rho" in h]  # every record with a measured rho
         out[CELLS[run["cell"]]] = ([h["step"] for h in hist],
                                    [max(r for layer in h["rho"].values() for r in layer.values()) for h in hist])
     return out
