@@ -11,7 +11,7 @@ For each cell, on one adding-problem batch (T steps, B rows, H units, a linear r
   norms.
 * ``tracked_no_rho``: ``tracked`` without ``rho(W_hh)`` (a tracked step that ``spectra_every > 1`` skips).
 * ``tracked_reference``: ``tracked`` with ``kernel=False``: the tracked step on the recording reference loop.
-* ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward on a probe
+* ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward (fused kernel) on a probe
   batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
 * ``analyse``: :func:`rnnlab.diagnostics.analyse` with Jacobian-product spectra (4 rows), the ``gradflow`` report's
   measurement (not done during training).
@@ -101,7 +101,7 @@ def main() -> None:
             plain()
             layer_grad_norms(model)
             recurrent_spectra(model, singular_values=False, dtype=torch.float32)
-            with record(model) as rec:
+            with record(model, kernel=True) as rec:
                 loss = loss_fn()
             profile_from_recording(rec, loss)
             [gate_stats(tr, rows=8, full=False) for tr in rec.traces]

@@ -196,23 +196,29 @@ def test_kernel_traces_equal_the_reference_recording(mode, kwargs):
             assert brief.scalars[key] == pytest.approx(sr.scalars[key], rel=1e-4, abs=1e-6), key
 
 
-def test_kernel_recorder_needs_retain_grad_and_rejects_autograd_profiles():
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_kernel_traces_give_the_autograd_profile_without_touching_grads(mode):
+    """profile_from_recording (one torch.autograd.grad) on kernel traces equals the reference recording's."""
     import rnnlab
-    from rnnlab.diagnostics import Recorder, profile_from_recording
+    from rnnlab.diagnostics import profile_from_recording, record
 
-    layer = rnnlab.LSTM(3, 5)
-    with pytest.raises(ValueError, match=r"Recorder\(kernel=True\) needs retain_grad=True"):
-        Recorder(layer, kernel=True)
-    recorder = Recorder(layer, retain_grad=True, kernel=True)
-    recorder.start()
-    try:
-        loss = layer(torch.randn(4, 2, 3))[0].sum()
-    finally:
-        rec = recorder.stop()
-    if rec.traces[0].step_grads is None:
+    torch.manual_seed(1)
+    layer = rnnlab.RNNBase(mode, 3, 5, num_layers=2)
+    x = torch.randn(7, 2, 3)
+    profiles, kernel_ran = [], []
+    for kernel in (True, False):
+        with record(layer, kernel=kernel) as rec:
+            loss = layer(x)[0][-1].pow(2).sum()
+        profiles.append(profile_from_recording(rec, loss))
+        kernel_ran.append(all(tr.step_grads is not None for tr in rec.traces))
+    assert all(p.grad is None for p in layer.parameters())
+    assert not kernel_ran[1]  # kernel=False: the reference loop
+    if not kernel_ran[0]:
         pytest.skip("the compiled fused kernels are not available")
-    with pytest.raises(ValueError, match="kernel traces"):
-        profile_from_recording(rec, loss)
+    torch.testing.assert_close(profiles[0].hidden, profiles[1].hidden, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(profiles[0].hidden_initial, profiles[1].hidden_initial, rtol=1e-5, atol=1e-7)
+    if mode == "LSTM":
+        torch.testing.assert_close(profiles[0].cell, profiles[1].cell, rtol=1e-5, atol=1e-7)
 
 
 def test_spectra_every_thins_out_rho_but_keeps_step0_and_the_end():

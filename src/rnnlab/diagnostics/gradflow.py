@@ -128,10 +128,8 @@ def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], pa
         if part >= len(state_tensors(tr.initial)):
             continue
         if tr.step_grads is not None:  # a kernel trace: every step's gradient in one (T, B, size) tensor
-            g = tr.step_grads[part]
-            if g is None:
-                raise ValueError(f"rnnlab.diagnostics: kernel trace {tr.name} has no gradient (did backward() run?)")
-            rows[n, :tr.steps] = g.flatten(1).norm(dim=1).double()  # in its own dtype: no (T, B, H) float64 copy
+            g = tr.step_grads[part]  # None: no backward reached this layer (the loss does not depend on it): 0
+            rows[n, :tr.steps] = 0.0 if g is None else g.flatten(1).norm(dim=1).double()  # no float64 copy
             init[n] = norms([state_tensors(tr.initial)[part]])[0]
             continue
         out = norms([state_tensors(s)[part] for s in tr.states] + [state_tensors(tr.initial)[part]])
@@ -142,12 +140,13 @@ def _norm_rows(traces: Sequence[LayerTrace], grads: dict[int, Tensor | None], pa
 def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool = False) -> GradientProfile:
     """The gradient profile of ``loss`` over the states kept in ``rec`` (one ``torch.autograd.grad`` call).
 
-    Parameters' ``.grad`` are left untouched. A state the loss does not depend on has gradient 0.
+    Parameters' ``.grad`` are left untouched. A state the loss does not depend on has gradient 0. Kernel traces
+    (``record(..., kernel=True)``) get theirs from the fused backward that this call runs.
 
     Raises:
         ValueError: the recording is empty, or the loss is not a scalar that requires grad.
     """
-    _check_complete(rec, kernel_ok=False)
+    _check_complete(rec)
     if loss.dim() != 0 or not loss.requires_grad:
         raise ValueError(f"rnnlab.diagnostics: expected a scalar loss that requires grad, got shape "
                          f"{tuple(loss.shape)} with requires_grad={loss.requires_grad}")
@@ -161,13 +160,10 @@ def profile_from_recording(rec: Recording, loss: Tensor, *, retain_graph: bool =
     return _profile(rec, {id(t): g for t, g in zip(wanted, grads)}, float(loss.detach()))
 
 
-def _check_complete(rec: Recording, *, kernel_ok: bool = True) -> None:
+def _check_complete(rec: Recording) -> None:
     if not rec.traces:
         raise ValueError("rnnlab.diagnostics: the recording holds no layer trace (did the model run inside "
                          "`with record(model)`, with gradients enabled?)")
-    if not kernel_ok and any(tr.step_grads is not None for tr in rec.traces):
-        raise ValueError("rnnlab.diagnostics: this recording has kernel traces (Recorder(kernel=True)), whose "
-                         "states are outside the autograd graph; use profile_from_grads after backward()")
 
 
 def _profile(rec: Recording, by_id: dict[int, Tensor | None], loss: float) -> GradientProfile:

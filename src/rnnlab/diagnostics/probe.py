@@ -11,12 +11,12 @@ nothing else about the forward pass changes (same maths, same outputs). Outside 
 
 Forward passes run with gradients disabled (evaluation, ``torch.no_grad``) are not recorded.
 
-``Recorder(model, retain_grad=True, kernel=True)`` (what training-time tracking uses) lets torch's cells without
-step-changing options keep the compiled fused kernel: its forward already has every ``h_t`` (the output) and
-``c_t``, and its backward forms the total ``dL/dh_t`` and ``dL/dc_t`` of every step, so the layer hands them over
-(:class:`rnnlab.layers.KernelSink`) instead of running the reference loop. Such a trace has ``step_grads`` after
-the caller's ``backward()``; its states are plain tensors outside the autograd graph (use the reference loop,
-``kernel=False``, to differentiate through them).
+``Recorder(model, kernel=True)`` (what training-time tracking uses) lets torch's cells without step-changing
+options keep the compiled fused kernel: its forward already has every ``h_t`` (the output), ``c_t`` and the gate
+activations, and its backward forms the total ``dL/dh_t`` and ``dL/dc_t`` of every step, so the layer hands them
+over (:class:`rnnlab.layers.KernelSink`) instead of running the reference loop. Such a trace has ``step_grads``
+after a backward pass; its states are plain tensors outside the autograd graph (use the reference loop,
+``kernel=False``, to differentiate through them, e.g. for Jacobians).
 """
 
 from __future__ import annotations
@@ -107,19 +107,17 @@ class Recorder:
     an ordinary ``loss.backward()``, so :func:`rnnlab.diagnostics.gradflow.profile_from_grads` reads the profile
     from that same backward pass, at no extra forward or backward.
 
-    With ``kernel=True`` (needs ``retain_grad=True``) layers that run on the compiled fused kernel keep it and
-    fill :attr:`LayerTrace.step_grads` during that backward (see the module docstring); the profile is the same,
-    at the cost of a plain step.
+    With ``kernel=True`` layers that run on the compiled fused kernel keep it and fill
+    :attr:`LayerTrace.step_grads` during the backward pass (the caller's ``backward()``, or the
+    ``torch.autograd.grad`` of :func:`.gradflow.profile_from_recording`; see the module docstring): the profile is
+    the same, at the cost of a plain step.
 
     Raises:
-        ValueError: ``model`` contains no rnnlab recurrent layer; ``kernel=True`` without ``retain_grad``.
+        ValueError: ``model`` contains no rnnlab recurrent layer.
         RuntimeError (from ``start``): another recording (or step observer) is active.
     """
 
     def __init__(self, model: nn.Module, *, retain_grad: bool = False, kernel: bool = False) -> None:
-        if kernel and not retain_grad:
-            raise ValueError("rnnlab.diagnostics: Recorder(kernel=True) needs retain_grad=True (kernel traces "
-                             "receive their gradients during the caller's backward)")
         layers = rnn_layers(model)
         if not layers:
             raise ValueError(f"rnnlab.diagnostics: expected a model containing rnnlab.RNN/LSTM/GRU layers, got "
@@ -256,7 +254,7 @@ def record(model: nn.Module, *, retain_grad: bool = False, kernel: bool = False)
     Args:
         model: an ``rnnlab.RNN/LSTM/GRU`` (or any rnnlab recurrent layer) or a module containing them.
         retain_grad: keep ``.grad`` on every recorded state after a ``backward()`` (see :class:`Recorder`).
-        kernel: let layers on the compiled fused kernel keep it (needs ``retain_grad``; see :class:`Recorder`).
+        kernel: let layers on the compiled fused kernel keep it (see :class:`Recorder`).
 
     Yields:
         A :class:`Recording` whose ``traces`` fill up as the model runs.

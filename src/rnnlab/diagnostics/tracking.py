@@ -16,14 +16,15 @@ Where the profile comes from (``source``):
   ``kernel=False``) run that one step on the recording reference loop. The batch is that step's training batch,
   in training mode (dropout on).
 * ``"probe"``: from a fixed probe batch (the first validation batch) in eval mode, with one extra forward and
-  backward; profiles of different steps are then directly comparable.
+  backward (on the fused kernel too, unless ``kernel=False``); profiles of different steps are then directly
+  comparable.
 
 Step 0 (before training) and the final weights (``at_end``) always use the probe batch.
 
 The gradients of the step are read after the optimizer step (the trainer zeroes them only at the start of the
 next step), so they are the *clipped* ones; the pre-clip per-layer norms are exact for norm clipping (a common
-factor) and NaN when element-wise clipping changed them. The profile is taken with the model in eval mode (no
-dropout) on the reference loop with the current weights; it never touches the parameters' ``.grad``.
+factor) and NaN when element-wise clipping changed them. The probe profile is taken with the model in eval mode
+(no dropout) with the current weights; it never touches the parameters' ``.grad``.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class GradientTracker(Callback):
         was_training = model.training
         model.eval()
         try:
-            with record(model) as rec:
+            with record(model, kernel=self.kernel) as rec:
                 out, _ = model(x, None)
                 loss = task.loss(out if task.per_step else out[-1], y)
             prof = profile_from_recording(rec, loss)
