@@ -11,8 +11,8 @@ For each cell, on one adding-problem batch (T steps, B rows, H units, a linear r
   norms.
 * ``tracked_no_rho``: ``tracked`` without ``rho(W_hh)`` (a tracked step that ``spectra_every > 1`` skips).
 * ``tracked_reference``: ``tracked`` with ``kernel=False``: the tracked step on the recording reference loop.
-* ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward (fused kernel) on a probe
-  batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
+* ``probe``: what ``source="probe"`` adds to a plain step: one extra recorded forward and backward (fused kernel)
+  on a probe batch, gates, ``rho(W_hh)``, per-layer norms (reported as plain + probe).
 * ``analyse``: :func:`rnnlab.diagnostics.analyse` with Jacobian-product spectra (4 rows), the ``gradflow`` report's
   measurement (not done during training).
 
