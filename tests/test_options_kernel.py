@@ -259,8 +259,8 @@ class _Sink:
         self.dh: torch.Tensor | None = None
         self.dc: torch.Tensor | None = None
 
-    def forward(self, cells):
-        self.cells = cells
+    def forward(self, cells, gates=None):
+        self.cells, self.gates = cells, gates
 
     def backward(self, dh, dc):
         self.dh, self.dc = dh, dc
