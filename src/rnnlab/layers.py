@@ -44,14 +44,10 @@ class StepObserver(Protocol):
         ...
 
 
-class KernelSink(Protocol):
-    """Receives what the fused kernel of one layer-direction computes anyway (see :func:`observe_steps`)."""
-
-    def forward(self, cells: Tensor | None) -> None:
-        """Every step's cell state ``(T, B, H)`` (LSTM; ``None`` otherwise), detached, in time order."""
-
-    def backward(self, dh: Tensor, dc: Tensor | None) -> None:
-        """Every step's total ``dL/dh_t`` ``(T, B, H_out)`` (and ``dL/dc_t``), in time order."""
+class KernelSink(fused.GradientSink, Protocol):
+    """Receives what the fused kernel of one layer-direction computes anyway (see :func:`observe_steps`): the
+    kernel's per-step cell states, gates and total state gradients (:class:`rnnlab.kernels.fused.GradientSink`),
+    and the layer-direction's outputs."""
 
     def outputs(self, y: Tensor) -> None:
         """The layer-direction's outputs ``(T, B, H_out)`` (the states ``h_t``), detached."""
@@ -435,8 +431,9 @@ class RNNBase(nn.Module):
                     hook = self._kernel_sink(observer, backend, layer, direction, x, state)
                 if hook is not None:  # the compiled kernel, feeding the observer's sink
                     sink, state = hook
-                    out, final = fused.run_layer(self.spec.mode, x, state, _kernel_weights(p, self.proj_size),
-                                                 reverse=direction == 1, lengths=lengths, sink=sink)
+                    out, final = fused.run_layer(cast(str, self.spec.mode), x, state,
+                                                 _kernel_weights(p, self.proj_size), reverse=direction == 1,
+                                                 lengths=lengths, sink=sink)
                     sink.outputs(out.detach())
                 elif on_loop or observer is not None:
                     h_mask, keep = self._masks(state, T)
