@@ -1,7 +1,8 @@
 """Cost of the cell variants and layer options next to the plain layer of the same type, measured in one run.
 
 For each size, every variant runs forward+backward of ``output.sum()`` (input requiring grad) in interleaved rounds
-with its plain baseline (``rnnlab.LSTM`` / ``rnnlab.GRU`` on the default backend), after a warm-up. Reported: the
+with its plain baseline (``rnnlab.LSTM`` / ``rnnlab.GRU`` / ``rnnlab.RNN`` on the default backend), after a
+warm-up. Reported: the
 median, min and max of process CPU time and wall time, and the ratio of the CPU-time medians to the baseline's.
 
 Run: ``python benchmarks/variants.py [--sizes S1 S4] [--rounds 5] [--json out.json]`` (1 thread).
@@ -28,11 +29,20 @@ VARIANTS = {
         ("LSTM recurrent_dropout=0.3", lambda I, H: rnnlab.LSTM(I, H, recurrent_dropout=0.3)),
         ("LSTM zoneout=0.1", lambda I, H: rnnlab.LSTM(I, H, zoneout=0.1)),
         ("LSTM return_gates", lambda I, H: rnnlab.LSTM(I, H, return_gates=True)),
+        ("PeepholeLSTM zoneout=0.1", lambda I, H: rnnlab.PeepholeLSTM(I, H, zoneout=0.1)),
+        ("LayerNormLSTM recurrent_dropout=0.1", lambda I, H: rnnlab.LayerNormLSTM(I, H, recurrent_dropout=0.1)),
     ],
     "GRU": [
         ("GRU (plain)", lambda I, H: rnnlab.GRU(I, H)),
         ("LayerNormGRU", lambda I, H: rnnlab.LayerNormGRU(I, H)),
         ("GRU recurrent_dropout=0.3", lambda I, H: rnnlab.GRU(I, H, recurrent_dropout=0.3)),
+        ("GRU zoneout=0.1", lambda I, H: rnnlab.GRU(I, H, zoneout=0.1)),
+        ("GRU return_gates", lambda I, H: rnnlab.GRU(I, H, return_gates=True)),
+    ],
+    "RNN": [
+        ("RNN tanh (plain)", lambda I, H: rnnlab.RNN(I, H)),
+        ("RNN recurrent_dropout=0.3", lambda I, H: rnnlab.RNN(I, H, recurrent_dropout=0.3)),
+        ("RNN zoneout=0.1", lambda I, H: rnnlab.RNN(I, H, zoneout=0.1)),
     ],
 }
 
