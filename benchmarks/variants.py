@@ -2,8 +2,8 @@
 
 For each size, every variant runs forward+backward of ``output.sum()`` (input requiring grad) in interleaved rounds
 with its plain baseline (``rnnlab.LSTM`` / ``rnnlab.GRU`` / ``rnnlab.RNN`` on the default backend), after a
-warm-up. Reported: the
-median, min and max of process CPU time and wall time, and the ratio of the CPU-time medians to the baseline's.
+warm-up. Reported: the median, min and max of process CPU time and wall time, and the ratio of the CPU-time medians
+to the baseline's.
 
 Run: ``python benchmarks/variants.py [--sizes S1 S4] [--rounds 5] [--json out.json]`` (1 thread).
 """
