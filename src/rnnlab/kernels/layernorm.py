@@ -14,11 +14,11 @@ The cells (Ba, Kiros & Hinton 2016, section 3.1; ``LN`` normalises each row over
 with ``m`` the recurrent-dropout mask (ones without it) and zoneout ``h_t = k_t h_{t-1} + (1 - k_t) h'_t`` (the
 same for ``c``; ``k = 0`` without it).
 
-How it is split: the input half ``s_t`` does not depend on the state, so it is computed here for all ``T*B`` rows
-at once (one GEMM and one :func:`torch.nn.functional.layer_norm`) and autograd differentiates it. The recurrent
-half runs in the compiled loop (``csrc/layernorm.cpp``): per step one GEMM ``hw = (h_{t-1} m) W_{hh}^T``, the
-row-wise layer norm of ``hw``, the gates and the cell (for the LSTM also the layer norm of ``c'``). Its
-hand-written backward walks the steps in reverse with, per row, the layer-norm derivative
+How it is split (the fused backend's recipe, :mod:`rnnlab.kernels.fused`): the input projection
+``xw = X W_ih^T`` is one GEMM over all ``T*B`` rows; everything else runs in the compiled loop
+(``csrc/layernorm.cpp``): per step one GEMM ``hw = (h_{t-1} m) W_{hh}^T``, then per row the layer norms of
+``xw_t`` and ``hw``, the gates and the cell (for the LSTM also the layer norm of ``c'``). Its hand-written
+backward walks the steps in reverse with, per row, the layer-norm derivative
 
 .. math::
     y = n\gamma + \beta,\; n = (x - \mu)\,\rho \;\Rightarrow\;
@@ -26,9 +26,12 @@ hand-written backward walks the steps in reverse with, per row, the layer-norm d
     \quad \partial n = \partial y\,\gamma,\; \partial\gamma \mathrel{+}= \partial y\, n,\;
     \partial\beta \mathrel{+}= \partial y
 
-(``ρ = 1/sqrt(var + eps)``, bars are row means), applied to the cell's ``LN(c')`` (LSTM) and to ``LN(hw)``, and
-``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM. It returns ``∂s`` (``(T, B, G)``, handed back to autograd for the
-input half) and ``∂hw`` for every step, so that ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` is one GEMM over all rows.
+(``ρ = 1/sqrt(var + eps)``, bars are row means), applied to the cell's ``LN(c')`` (LSTM), to ``LN(hw)`` and to
+``LN(xw)``, and ``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM per step. It returns ``∂xw`` and ``∂hw`` for every
+step, so that ``∂X = ∂xw W_{ih}``, ``∂W_{ih} = ∂xw^T X`` and ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` are GEMMs over
+all rows, as in the plain fused backward. (The input half's layer norm runs in the loop too rather than as one
+``F.layer_norm`` in Python: that saves two ``(T, B, G)`` buffers and their passes, measured 1.5x -> see the
+report in the commit log.)
 
 A run on another device, in another dtype, or asking for the recorded cell states or gates (``record``,
 ``gates``) is declined (``None``): the layer then runs the reference loop.
@@ -39,17 +42,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..cellspec import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import _dw_hh, _lengths
+from .fused import _bias, _dw_hh, _input_grads, _lengths, _projection
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
 
-_EPS = 1e-5  # as cellspec._ln (torch.nn.LayerNorm's default); the C++ loop uses the same constant
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -87,62 +88,66 @@ def _recurrent_weight_grad(dHW: Tensor, Y: Tensor, h0: Tensor, mask: Tensor | No
 
 
 class _LNLSTM(torch.autograd.Function):
-    """The recurrent half of a LayerNormLSTM layer-direction; inputs ``s, h0, c0, w_hh, g_hh, g_c, b_c, mask,
+    """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
     keep_h, keep_c, lengths, reverse``; outputs ``Y (T, B, H), h_n, c_n``."""
 
     @staticmethod
-    def forward(ctx, s, h0, c0, w_hh, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths, reverse):  # type: ignore[override]
-        h0, c0 = h0.contiguous(), c0.contiguous()
-        Y, hn, cn, A, NHW, RH, NC, RC, C = _ops().ln_lstm_forward(
-            s, h0, c0, w_hh.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous(), mask, keep_h,
-            keep_c, lengths, reverse, True)
-        ctx.save_for_backward(h0, c0, w_hh, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths, Y, A, NHW, RH, NC, RC,
-                              C)
-        ctx.reverse = reverse
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
+                reverse):
+        xw = _projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
+        h0, c0, b = h0.contiguous(), c0.contiguous(), _bias(w_ih, bias)
+        params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
+        Y, hn, cn, NHW, RX, RH, NC, RC, C = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
+                                                                   lengths, reverse, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
+                              Y)
+        ctx.reverse, ctx.has_bias = reverse, bias is not None
         return Y, hn, cn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dY, dhn, dcn):  # type: ignore[override]
-        h0, c0, w_hh, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths, Y, A, NHW, RH, NC, RC, C = ctx.saved_tensors
-        dA, dHW, dh0, dc0, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
-            dY.contiguous(), dhn.contiguous(), dcn.contiguous(), A, NHW, RH, NC, RC, C, c0, w_hh.contiguous(),
-            g_hh.contiguous(), g_c.contiguous(), b_c.contiguous(), mask, keep_h, keep_c, lengths, ctx.reverse)
+        x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y) = rest[:5], rest[5:]
+        dXW, dHW, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
+            dY.contiguous(), dhn.contiguous(), dcn.contiguous(), NX, RX, NHW, RH, NC, RC, C, c0, w_hh, *params,
+            mask, keep_h, keep_c, lengths, ctx.reverse)
         need = ctx.needs_input_grad
-        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[3] else None
-        return (dA, dh0 if need[1] else None, dc0 if need[2] else None, dw_hh, dg_hh if need[4] else None,
-                dg_c if need[5] else None, db_c if need[6] else None, None, None, None, None, None)
+        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 3)
+        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[4] else None
+        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh,
+                db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
+                dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None)
 
 
 class _LNGRU(torch.autograd.Function):
-    """The recurrent half of a LayerNormGRU layer-direction; inputs ``s, h0, w_hh, g_hh, b_hh, mask, keep_h,
+    """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
     lengths, reverse``; outputs ``Y (T, B, H), h_n``."""
 
     @staticmethod
-    def forward(ctx, s, h0, w_hh, g_hh, b_hh, mask, keep_h, lengths, reverse):  # type: ignore[override]
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse):  # type: ignore[override]
+        xw = _projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
         h0 = h0.contiguous()
-        Y, hn, A, NHW, RH = _ops().ln_gru_forward(s, h0, w_hh.contiguous(), g_hh.contiguous(), b_hh.contiguous(),
-                                                  mask, keep_h, lengths, reverse, True)
-        ctx.save_for_backward(h0, w_hh, g_hh, b_hh, mask, keep_h, lengths, Y, A, NHW, RH)
+        params = (w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
+        Y, hn, NHW, RX, RH = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y)
         ctx.reverse = reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
         return Y, hn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dY, dhn):  # type: ignore[override]
-        h0, w_hh, g_hh, b_hh, mask, keep_h, lengths, Y, A, NHW, RH = ctx.saved_tensors
-        dA, dHW, dh0, dg_hh, db_hh = _ops().ln_gru_backward(
-            dY.contiguous(), dhn.contiguous(), A, NHW, RH, Y, h0, w_hh.contiguous(), g_hh.contiguous(),
-            b_hh.contiguous(), mask, keep_h, lengths, ctx.reverse)
+        x, h0, w_ih, *rest = ctx.saved_tensors
+        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y) = rest[:5], rest[5:]
+        dXW, dHW, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
+            dY.contiguous(), dhn.contiguous(), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse)
         need = ctx.needs_input_grad
-        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[2] else None
-        return (dA, dh0 if need[1] else None, dw_hh, dg_hh if need[3] else None, db_hh if need[4] else None,
-                None, None, None, None)
-
-
-def _input_half(x: Tensor, w_ih: Tensor, gain: Tensor, bias: Tensor | None) -> Tensor:
-    """``s = LN(x W_ih^T) γ_ih + b`` for all ``T*B`` rows at once, ``(T, B, G)``; autograd differentiates it."""
-    return F.layer_norm(F.linear(x, w_ih), (w_ih.size(0),), gain, bias, eps=_EPS).contiguous()
+        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 2)
+        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[3] else None
+        return (dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih if ctx.has_bias[0] and need[4] else None,
+                db_hh if ctx.has_bias[1] and need[5] else None, dg_ih if need[6] else None,
+                dg_hh if need[7] else None, None, None, None, None)
 
 
 def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
@@ -151,14 +156,17 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
         return None
     p = run.p
     h0, c0 = run.state  # type: ignore[misc]
-    s = _input_half(run.x, p["weight_ih"], p["ln_ih_weight"], p.get("bias"))  # (T, B, 4H)
     mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), _lengths(run.lengths)
-    weights = (p["weight_hh"], p["ln_hh_weight"], p["ln_c_weight"], p["ln_c_bias"])
-    if _needs_graph(s, h0, c0, *weights):
-        Y, hn, cn = _LNLSTM.apply(s, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse)
-    else:  # inference: nothing saved for a backward
-        Y, hn, cn = _ops().ln_lstm_forward(s, h0.contiguous(), c0.contiguous(), *(w.contiguous() for w in weights),
-                                           mask, keep_h, keep_c, lengths, run.reverse, False)[:3]
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
+               p["ln_c_weight"], p["ln_c_bias"])
+    if _needs_graph(run.x, h0, c0, *weights):
+        Y, hn, cn = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse)
+        return Y, (hn, cn), None, None
+    with torch.no_grad():  # inference: nothing saved for a backward
+        w_ih, w_hh, bias, *gains = weights
+        Y, hn, cn = _ops().ln_lstm_forward(
+            _projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), _bias(w_ih, bias),
+            *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, False)[:3]
     return Y, (hn, cn), None, None
 
 
@@ -169,15 +177,15 @@ def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
     p = run.p
     h0 = run.state
     assert isinstance(h0, Tensor)
-    s = _input_half(run.x, p["weight_ih"], p["ln_ih_weight"], p.get("bias_ih"))  # (T, B, 3H)
-    b_hh = p.get("bias_hh")
-    # no bias: zeros for the loop, and no gradient asked for them
-    b_hh_or_zeros = b_hh if b_hh is not None else p["weight_hh"].new_zeros(p["weight_hh"].size(0))
     mask, keep_h, lengths = _mask(run), _keep(run, 0), _lengths(run.lengths)
-    weights = (p["weight_hh"], p["ln_hh_weight"], b_hh_or_zeros)
-    if _needs_graph(s, h0, *weights):
-        Y, hn = _LNGRU.apply(s, h0, *weights, mask, keep_h, lengths, run.reverse)
-    else:
-        Y, hn = _ops().ln_gru_forward(s, h0.contiguous(), *(w.contiguous() for w in weights), mask, keep_h,
-                                      lengths, run.reverse, False)[:2]
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
+               p["ln_hh_weight"])
+    if _needs_graph(run.x, h0, *weights):
+        Y, hn = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse)
+        return Y, hn, None, None
+    with torch.no_grad():
+        w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = weights
+        Y, hn = _ops().ln_gru_forward(
+            _projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh),
+            g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False)[:2]
     return Y, hn, None, None

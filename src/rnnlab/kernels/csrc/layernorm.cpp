@@ -1,19 +1,19 @@
 // Compiled step loops of the layer-normalised LSTM and GRU (Ba, Kiros & Hinton 2016), see
 // rnnlab/kernels/layernorm.py for the maths and the autograd glue.
 //
-// Only the recurrent half of the cell runs here. The input half LN(x W_ih^T) g_ih + b does not depend on the
-// state, so Python computes it for all T*B rows at once (one GEMM, one F.layer_norm) and autograd does its
-// backward; it arrives here as `xs` (T, B, G) and leaves as its gradient dA (T, B, G).
+// Python hands over the input projection of every step, xw = x W_ih^T (T, B, G) (one GEMM over all T*B rows,
+// G = 4H LSTM, 3H GRU), and gets back d(xw) for the big input GEMMs, exactly like fused.cpp. Per step here:
+// hw = (h_{t-1} * mask) W_hh^T (one GEMM into the step's rows of NHW), then per batch row the layer norms of xw
+// and hw over their G features (normalised in place: xw becomes n_x, NHW holds n_hw; their 1/std go to RX, RH),
+// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates are
+// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per step is cheaper than writing,
+// page-faulting and reading one more (T, B, G) buffer).
 //
-// Per step (forward): hw = (h_{t-1} * mask) W_hh^T into the step's row of NHW (one GEMM), then per batch row the
-// layer norm of hw over its G = 4H (LSTM) or 3H (GRU) features, the gates, the cell update and, for the LSTM,
-// the layer norm of the new cell. Saved for the backward: the activated gates, the normalised hw (NHW) and its
-// 1/std, and for the LSTM the normalised cell (NC), its 1/std and every step's cell state.
-//
-// Per step (backward): the pointwise derivative through the cell, the layer-norm derivative of the recurrent half
-// to d(hw) (kept for all steps: dW_hh = sum_t d(hw)_t^T (h_{t-1} * mask) is one GEMM in Python), then
-// dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM). The gain/shift gradients are summed per step while the rows are
-// in cache.
+// Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
+// layer-norm derivatives of both halves to d(xw) and d(hw) (kept for all steps: dX, dW_ih and dW_hh are GEMMs in
+// Python), then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM). Gains, shifts and biases are summed per step while
+// the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
+//   dx = rstd (dn - mean(dn) - n mean(dn n)),  dn = dy g,  dg += dy n,  dshift += dy.
 //
 // Layout, lengths and reverse as in fused.cpp: row-major, time-major, gate blocks LSTM i,f,g,o and GRU r,z,n;
 // steps t >= lengths[b] keep row b's state and output zeros. Zoneout keep tensors (T, B, H) mix the old and the
@@ -24,7 +24,7 @@ namespace {
 
 using namespace rnnlab_kernels;
 
-constexpr int kLanes = 16;  // independent partial sums, so that gcc vectorizes the reductions without -ffast-math
+constexpr int kLanes = 16;     // independent partial sums, so that gcc vectorizes the reductions without -ffast-math
 constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
@@ -51,8 +51,16 @@ inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
   rstd = T(1) / std::sqrt(v / n + T(kEps));
 }
 
-// The layer-norm derivative of one row, in place: with y = n g (+ shift), n = (x - mean) rstd and dn = dy g
-// (given in d), dx = rstd (dn - mean(dn) - n mean(dn n)).
+// Layer-normalise one row in place (x <- (x - mean) rstd) and return its rstd.
+template <typename T>
+inline T normalise_row(T* __restrict x, int n) {
+  T mean, rstd;
+  row_stats<T>(x, n, mean, rstd);
+  for (int j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
+  return rstd;
+}
+
+// The layer-norm derivative of one row, in place: d holds dn = dy g on entry, dx on exit.
 template <typename T>
 inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, int n) {
   T a1[kLanes] = {}, a2[kLanes] = {};
@@ -75,6 +83,26 @@ inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, in
   for (j = 0; j < n; ++j) d[j] = rstd * (d[j] - m1 - nrm[j] * m2);
 }
 
+// From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
+// layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
+// in the n block, where the reset gate scales the recurrent half.)
+template <typename T>
+inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
+                                 const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
+                                 T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
+                                 T* __restrict dxw, T* __restrict dhw, int G) {
+  for (int j = 0; j < G; ++j) {
+    dbx[j] += da[j];
+    dgx[j] += da[j] * nx[j];
+    dxw[j] = da[j] * gx[j];
+    dbh[j] += du[j];
+    dgh[j] += du[j] * nhw[j];
+    dhw[j] = du[j] * gh[j];
+  }
+  ln_backward_row<T>(dxw, nx, rx, G);
+  ln_backward_row<T>(dhw, nhw, rh, G);
+}
+
 // The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
 template <typename T>
 inline const T* masked_h(const T* h, const T* mask, int n, T* scratch) {
@@ -94,35 +122,39 @@ inline void add_recurrent_grad(const StepGemm<T>& rec, const T* dhw, const T* ma
   for (int j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
 }
 
-// ---- LSTM -----------------------------------------------------------------------------------------------------
-
-// One row of the LN-LSTM step after hw's statistics: a = xs + g_hh * n_hw (n_hw = (hw - mean) rstd, written back
-// into nhw); i, f, g, o; c' = f c + i g (written to cn).
-template <typename T>
-inline void ln_lstm_gates(const T* __restrict xs, T* __restrict nhw, const T* __restrict ghh, T mean, T rstd,
-                          const T* __restrict c, T* __restrict gates, T* __restrict cn, int H) {
-  for (int j = 0; j < 4 * H; ++j) nhw[j] = (nhw[j] - mean) * rstd;
-  for (int j = 0; j < H; ++j) {
-    const T i = Act<T>::sigmoid(xs[j] + ghh[j] * nhw[j]);
-    const T f = Act<T>::sigmoid(xs[H + j] + ghh[H + j] * nhw[H + j]);
-    const T g = Act<T>::tanh(xs[2 * H + j] + ghh[2 * H + j] * nhw[2 * H + j]);
-    const T o = Act<T>::sigmoid(xs[3 * H + j] + ghh[3 * H + j] * nhw[3 * H + j]);
-    gates[j] = i;
-    gates[H + j] = f;
-    gates[2 * H + j] = g;
-    gates[3 * H + j] = o;
-    cn[j] = f * c[j] + i * g;
-  }
-}
-
 // The keep row (H) of zoneout tensor k at row tb, or a row of zeros when that state has no zoneout.
 template <typename T>
 inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& zeros) {
   return k ? k + tb * H : zeros.data();
 }
 
-// The end of an LN-LSTM row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c), then zoneout
-// s = k s + (1 - k) s' when Z. A separate function with __restrict arguments, so that gcc vectorizes it.
+template <typename T>
+const T* ptr_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// ---- LSTM -----------------------------------------------------------------------------------------------------
+
+// The activated gates of one row: a = g_x n_x + b + g_h n_hw; i, f, g, o = sigma, sigma, tanh, sigma(a).
+// Separate functions with __restrict arguments, so that gcc vectorizes their loops.
+template <typename T>
+inline void ln_lstm_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
+                          const T* __restrict gh, const T* __restrict b, T* __restrict gates, int H) {
+  for (int j = 0; j < 4 * H; ++j) gates[j] = gx[j] * nx[j] + b[j] + gh[j] * nhw[j];
+  for (int j = 0; j < H; ++j) {
+    gates[j] = Act<T>::sigmoid(gates[j]);
+    gates[H + j] = Act<T>::sigmoid(gates[H + j]);
+    gates[2 * H + j] = Act<T>::tanh(gates[2 * H + j]);
+    gates[3 * H + j] = Act<T>::sigmoid(gates[3 * H + j]);
+  }
+}
+
+template <typename T>
+inline void ln_lstm_cell(const T* __restrict gates, const T* __restrict c, T* __restrict cn, int H) {
+  for (int j = 0; j < H; ++j) cn[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];  // f c + i g
+}
+
+// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c), then zoneout s = k s + (1-k) s'.
 template <typename T, bool Z>
 inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __restrict o, const T* __restrict gc,
                            const T* __restrict bc, const T* __restrict kh, const T* __restrict kc,
@@ -138,8 +170,87 @@ inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __
   }
 }
 
+template <typename T>
+void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
+                          const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
+                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs) {
+  const int G = 4 * H;
+  // One step's n_hw when nothing is kept (inference).
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
+  std::vector<T> gates(G), cn(H), hm(mask ? static_cast<size_t>(B) * H : 0);
+  const bool zone = kh != nullptr || kc != nullptr;
+  const std::vector<T> zeros(zone ? H : 0);
+  const StepGemm<T> rec(whh, true, B, G, H);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 4H)
+    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* y = Y + tb * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(y, 0, sizeof(T) * H);
+        continue;
+      }
+      T* hb = h + static_cast<int64_t>(b) * H;
+      T* cb = c + static_cast<int64_t>(b) * H;
+      T* nx = xw + tb * G;
+      T* nb = nhw + static_cast<int64_t>(b) * G;
+      T* ncb = train ? NC + tb * H : nc_step.data();
+      const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
+      ln_lstm_gates<T>(nx, nb, gx, gh, bias, gates.data(), H);
+      ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
+      T cmean, crstd;
+      row_stats<T>(cn.data(), H, cmean, crstd);
+      if (train) {
+        RX[tb] = rx;
+        RH[tb] = rh;
+        RC[tb] = crstd;
+      }
+      const T* o = gates.data() + 3 * H;
+      if (zone)
+        ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
+                                keep_row(kc, tb, H, zeros), ncb, hb, cb, y, H);
+      else
+        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, hb, cb, y, H);
+    }
+    if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
+  }
+}
+
+// xw (T,B,4H) = x W_ih^T, normalised in place (becomes n_x); bias (4H) (zeros without one); mask (B,H) recurrent
+// dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
+// normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
+// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state).
+std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                    const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
+                                    const Tensor& b_c, const std::optional<Tensor>& mask,
+                                    const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
+                                    const std::optional<Tensor>& lengths, bool reverse, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
+  const int Ts = train ? Tn : 0;
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor h = h0.clone(), c = c0.clone();
+  Tensor NHW = at::empty({Ts, B, 4 * H}, xw.options());
+  Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
+  Tensor NC = at::empty({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
+  Tensor Cs = at::empty({Ts, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
+    ln_lstm_forward_impl<scalar_t>(
+        xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
+        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
+        Cs.data_ptr<scalar_t>());
+  });
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs};
+}
+
 // Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
-// (dao), dg_c, db_c, dn = dL/dn_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t).
+// (dao), dg_c, db_c, dn = dL/dn_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
+// the rest).
 template <typename T, bool Z>
 inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict gc,
                                     const T* __restrict bc, const T* __restrict dy, const T* __restrict kh,
@@ -158,8 +269,8 @@ inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict n
   }
 }
 
-// Backward through c' = f c_{t-1} + i g (and zoneout of c): dcn (dL/dc' from the cell norm) plus the carried
-// dL/dc_t -> the i, f, g pre-activation gradients and dc <- dL/dc_{t-1}.
+// Backward through c' = f c_{t-1} + i g (and zoneout of c): dcn_ln (dL/dc' through the cell norm) plus the
+// carried dL/dc_t -> the i, f, g pre-activation gradients and dc <- dL/dc_{t-1}.
 template <typename T, bool Z>
 inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp, const T* __restrict dcn_ln,
                                   const T* __restrict kc, T* __restrict dc, T* __restrict da, int H) {
@@ -174,91 +285,15 @@ inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp,
 }
 
 template <typename T>
-void ln_lstm_forward_impl(const T* xs, const T* whh, const T* ghh, const T* gc, const T* bc, const T* mask,
-                          const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, bool train,
-                          T* Y, T* h, T* c, T* A, T* NHW, T* RH, T* NC, T* RC, T* Cs) {
-  const int G = 4 * H;
-  // One step's worth of the saved buffers when they are not kept (inference).
-  std::vector<T> a_step(train ? 0 : static_cast<size_t>(B) * G), nhw_step(train ? 0 : static_cast<size_t>(B) * G),
-      nc_step(train ? 0 : H), hm(mask ? static_cast<size_t>(B) * H : 0);
-  std::vector<T> cn(H);
-  const bool zone = kh != nullptr || kc != nullptr;
-  const std::vector<T> zeros(zone ? H : 0);  // the keep row of a state without zoneout
-  const StepGemm<T> rec(whh, true, B, G, H);
-  for (int s = 0; s < Tn; ++s) {
-    const int t = reverse ? Tn - 1 - s : s;
-    const int64_t tB = static_cast<int64_t>(t) * B;
-    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 4H)
-    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // h_{t-1} W_hh^T
-    for (int b = 0; b < B; ++b) {
-      T* y = Y + (tB + b) * H;
-      if (!is_valid(len, t, b)) {
-        std::memset(y, 0, sizeof(T) * H);
-        continue;
-      }
-      T* hb = h + static_cast<int64_t>(b) * H;
-      T* cb = c + static_cast<int64_t>(b) * H;
-      T* nb = nhw + static_cast<int64_t>(b) * G;
-      T* ab = train ? A + (tB + b) * G : a_step.data() + static_cast<int64_t>(b) * G;
-      T* ncb = train ? NC + (tB + b) * H : nc_step.data();
-      T mean, rstd;
-      row_stats<T>(nb, G, mean, rstd);
-      ln_lstm_gates<T>(xs + (tB + b) * G, nb, ghh, mean, rstd, cb, ab, cn.data(), H);
-      T cmean, crstd;
-      row_stats<T>(cn.data(), H, cmean, crstd);
-      if (train) {
-        RH[tB + b] = rstd;
-        RC[tB + b] = crstd;
-      }
-      if (zone)
-        ln_lstm_output<T, true>(cn.data(), cmean, crstd, ab + 3 * H, gc, bc, keep_row(kh, tB + b, H, zeros),
-                                keep_row(kc, tB + b, H, zeros), ncb, hb, cb, y, H);
-      else
-        ln_lstm_output<T, false>(cn.data(), cmean, crstd, ab + 3 * H, gc, bc, nullptr, nullptr, ncb, hb, cb, y, H);
-    }
-    if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
-  }
-}
-
-template <typename T>
-const T* ptr_or_null(const std::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
-// xs (T,B,4H) = LN(x W_ih^T) g_ih + b; mask (B,H) recurrent dropout; keep_h, keep_c (T,B,H) zoneout.
-// Returns Y (T,B,H), h_n, c_n and, when train, the saved A (T,B,4H) activated i,f,g,o, NHW (T,B,4H) normalised
-// h W_hh^T, RH (T,B) its 1/std, NC (T,B,H) the normalised new cell, RC (T,B) its 1/std, C (T,B,H) cell states.
-std::vector<Tensor> ln_lstm_forward(const Tensor& xs, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                    const Tensor& g_hh, const Tensor& g_c, const Tensor& b_c,
-                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
-                                    const std::optional<Tensor>& keep_c, const std::optional<Tensor>& lengths,
-                                    bool reverse, bool train) {
-  const int Tn = xs.size(0), B = xs.size(1), H = xs.size(2) / 4;
-  const int Ts = train ? Tn : 0;
-  Tensor Y = at::empty({Tn, B, H}, xs.options());
-  Tensor h = h0.clone(), c = c0.clone();
-  Tensor A = at::empty({Ts, B, 4 * H}, xs.options()), NHW = at::empty({Ts, B, 4 * H}, xs.options());
-  Tensor RH = at::empty({Ts, B}, xs.options()), NC = at::empty({Ts, B, H}, xs.options());
-  Tensor RC = at::empty({Ts, B}, xs.options()), Cs = at::empty({Ts, B, H}, xs.options());
-  AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "rnnlab ln_lstm_forward", [&] {
-    ln_lstm_forward_impl<scalar_t>(
-        xs.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(),
-        b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h),
-        ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(),
-        h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
-        RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>());
-  });
-  return {Y, h, c, A, NHW, RH, NC, RC, Cs};
-}
-
-template <typename T>
-void ln_lstm_backward_impl(const T* dY, const T* A, const T* NHW, const T* RH, const T* NC, const T* RC,
-                           const T* Cs, const T* c0, const T* whh, const T* ghh, const T* gc, const T* bc,
-                           const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
-                           int H, T* dh, T* dc, T* dA, T* dHW, T* dghh, T* dgc, T* dbc) {
+void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* NC,
+                           const T* RC, const T* Cs, const T* c0, const T* whh, const T* bias, const T* gx,
+                           const T* gh, const T* gc, const T* bc, const T* mask, const T* kh, const T* kc,
+                           const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dc, T* dXW, T* dHW,
+                           T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
-  std::vector<T> dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> db_h(G);  // the LSTM's one bias sits in both halves' sums: kept once (db), this is discarded
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
   for (int s = 0; s < Tn; ++s) {
@@ -267,121 +302,106 @@ void ln_lstm_backward_impl(const T* dY, const T* A, const T* NHW, const T* RH, c
     T* dhw = dHW + tB * G;                                 // (B, 4H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
-      T* da = dA + tb * G;
+      T* dxwb = dXW + tb * G;
       T* dhwb = dhw + static_cast<int64_t>(b) * G;
       if (!is_valid(len, t, b)) {                          // state carried: dh, dc pass through unchanged
-        std::memset(da, 0, sizeof(T) * G);
+        std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
-      const T* a = A + tb * G;
+      const T* nx = NX + tb * G;
+      const T* nhw = NHW + tb * G;
       const T* nc = NC + tb * H;
-      T* dhb = dh + static_cast<int64_t>(b) * H;           // dL/dh_{t-1}'s direct part after; the GEMM adds the rest
+      T* dhb = dh + static_cast<int64_t>(b) * H;
       T* dcb = dc + static_cast<int64_t>(b) * H;
-      const T* dy = dY + tb * H;
+      ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
+      const T* a = gates.data();
       if (zone)
-        ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dy, keep_row(kh, tb, H, zeros), dhb, da + 3 * H,
-                                         dgc, dbc, dn.data(), H);
+        ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
+                                         da.data() + 3 * H, dgc, dbc, dn.data(), H);
       else
-        ln_lstm_output_backward<T, false>(a + 3 * H, nc, gc, bc, dy, nullptr, dhb, da + 3 * H, dgc, dbc,
-                                          dn.data(), H);
+        ln_lstm_output_backward<T, false>(a + 3 * H, nc, gc, bc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
+                                          dgc, dbc, dn.data(), H);
       ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
       if (zone)
-        ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da, H);
+        ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
       else
-        ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da, H);
-      // through a = xs + g_hh n_hw: dg_hh, then the layer-norm derivative to d(hw)
-      const T* nhw = NHW + tb * G;
-      for (int j = 0; j < G; ++j) {
-        dghh[j] += da[j] * nhw[j];
-        dhwb[j] = da[j] * ghh[j];
-      }
-      ln_backward_row<T>(dhwb, nhw, RH[tb], G);
+        ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
+      both_halves_backward<T>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, db_h.data(), dgx, dgh,
+                              dxwb, dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
   }
 }
 
-// Returns dA (T,B,4H) (gradient of xs), dHW (T,B,4H) (of h_{t-1} W_hh^T), dh0, dc0, dg_hh (4H), dg_c, db_c (H).
-std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& A,
-                                     const Tensor& NHW, const Tensor& RH, const Tensor& NC, const Tensor& RC,
-                                     const Tensor& Cs, const Tensor& c0, const Tensor& w_hh, const Tensor& g_hh,
-                                     const Tensor& g_c, const Tensor& b_c, const std::optional<Tensor>& mask,
+// Returns dXW (T,B,4H) (gradient of x W_ih^T), dHW (T,B,4H) (of (h_{t-1} * mask) W_hh^T), dh0, dc0, db (4H),
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw.
+std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
+                                     const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
+                                     const Tensor& RC, const Tensor& Cs, const Tensor& c0, const Tensor& w_hh,
+                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
+                                     const Tensor& b_c, const std::optional<Tensor>& mask,
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
                                      const std::optional<Tensor>& lengths, bool reverse) {
-  const int Tn = A.size(0), B = A.size(1), H = A.size(2) / 4;
+  const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dA = at::empty_like(A), dHW = at::empty_like(A);
-  Tensor dghh = at::zeros({4 * H}, A.options()), dgc = at::zeros({H}, A.options()), dbc = at::zeros({H}, A.options());
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "rnnlab ln_lstm_backward", [&] {
+  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
+  Tensor dgh = at::zeros({4 * H}, NX.options());
+  Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
+  AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_lstm_backward", [&] {
     ln_lstm_backward_impl<scalar_t>(
-        dY.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(),
-        NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
-        w_hh.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c),
-        lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
-        dA.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dghh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
+        dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
+        c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
+        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(),
+        db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
         dbc.data_ptr<scalar_t>());
   });
-  return {dA, dHW, dh, dc, dghh, dgc, dbc};
+  return {dXW, dHW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
 
 // ---- GRU ------------------------------------------------------------------------------------------------------
 
-// One LN-GRU row after hw's layer norm (nb = n_hw): [u_r, u_z, u_n] = n_hw g_hh + b_hh; r, z, n (saved in a);
+// The activated gates of one row: s = g_x n_x + b_ih, u = g_h n_hw + b_hh; r = sigma(s_r + u_r),
+// z = sigma(s_z + u_z), n = tanh(s_n + r u_n).
+template <typename T>
+inline void ln_gru_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
+                         const T* __restrict gh, const T* __restrict bx, const T* __restrict bh,
+                         T* __restrict gates, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = Act<T>::sigmoid(gx[j] * nx[j] + bx[j] + gh[j] * nhw[j] + bh[j]);
+    const T z = Act<T>::sigmoid(gx[H + j] * nx[H + j] + bx[H + j] + gh[H + j] * nhw[H + j] + bh[H + j]);
+    const T un = gh[2 * H + j] * nhw[2 * H + j] + bh[2 * H + j];
+    gates[j] = r;
+    gates[H + j] = z;
+    gates[2 * H + j] = Act<T>::tanh(gx[2 * H + j] * nx[2 * H + j] + bx[2 * H + j] + r * un);
+  }
+}
+
 // h' = (1 - z) n + z h with the unmasked h; zoneout when Z.
 template <typename T, bool Z>
-inline void ln_gru_cell(const T* __restrict xs, const T* __restrict nb, const T* __restrict ghh,
-                        const T* __restrict bhh, const T* __restrict kh, T* __restrict a, T* __restrict h,
-                        T* __restrict y, int H) {
+inline void ln_gru_output(const T* __restrict gates, const T* __restrict kh, T* __restrict h, T* __restrict y,
+                          int H) {
   for (int j = 0; j < H; ++j) {
-    const T r = Act<T>::sigmoid(xs[j] + nb[j] * ghh[j] + bhh[j]);
-    const T z = Act<T>::sigmoid(xs[H + j] + nb[H + j] * ghh[H + j] + bhh[H + j]);
-    const T n = Act<T>::tanh(xs[2 * H + j] + r * (nb[2 * H + j] * ghh[2 * H + j] + bhh[2 * H + j]));
+    const T z = gates[H + j], n = gates[2 * H + j];
     const T hn = (T(1) - z) * n + z * h[j];
-    a[j] = r;
-    a[H + j] = z;
-    a[2 * H + j] = n;
     const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
     h[j] = hv;
     y[j] = hv;
   }
 }
 
-// One LN-GRU row's pointwise derivative from dL/dh_t = dh + dy: da = d[s_r, s_z, s_n] (the input half),
-// du = d[u_r, u_z, u_n] (before the recurrent layer norm), dh <- the direct part of dL/dh_{t-1} (zoneout and
-// the carry z h; the GEMM adds the rest).
-template <typename T, bool Z>
-inline void ln_gru_cell_backward(const T* __restrict a, const T* __restrict nhw, const T* __restrict ghh,
-                                 const T* __restrict bhh, const T* __restrict hp, const T* __restrict dy,
-                                 const T* __restrict kh, T* __restrict dh, T* __restrict da, T* __restrict du,
-                                 int H) {
-  for (int j = 0; j < H; ++j) {
-    const T r = a[j], z = a[H + j], n = a[2 * H + j];
-    const T d = dh[j] + dy[j];                              // dL/dh_t
-    const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
-    const T un = nhw[2 * H + j] * ghh[2 * H + j] + bhh[2 * H + j];
-    const T dnp = dhn * (T(1) - z) * (T(1) - n * n);       // through n = tanh(.)
-    const T drp = dnp * un * r * (T(1) - r);
-    const T dzp = dhn * (hp[j] - n) * z * (T(1) - z);
-    da[j] = drp;
-    da[H + j] = dzp;
-    da[2 * H + j] = dnp;
-    du[j] = drp;
-    du[H + j] = dzp;
-    du[2 * H + j] = dnp * r;                                // the reset gate scales u_n
-    dh[j] = (Z ? kh[j] * d : T(0)) + dhn * z;
-  }
-}
-
 template <typename T>
-void ln_gru_forward_impl(const T* xs, const T* whh, const T* ghh, const T* bhh, const T* mask, const T* kh,
-                         const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h, T* A,
-                         T* NHW, T* RH) {
+void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
+                         const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h,
+                         T* NHW, T* RX, T* RH) {
   const int G = 3 * H;
-  std::vector<T> a_step(train ? 0 : static_cast<size_t>(B) * G), nhw_step(train ? 0 : static_cast<size_t>(B) * G),
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), gates(G),
       hm(mask ? static_cast<size_t>(B) * H : 0);
   const StepGemm<T> rec(whh, true, B, G, H);
   for (int s = 0; s < Tn; ++s) {
@@ -390,122 +410,156 @@ void ln_gru_forward_impl(const T* xs, const T* whh, const T* ghh, const T* bhh, 
     T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 3H)
     rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
     for (int b = 0; b < B; ++b) {
-      T* y = Y + (tB + b) * H;
+      const int64_t tb = tB + b;
+      T* y = Y + tb * H;
       if (!is_valid(len, t, b)) {
         std::memset(y, 0, sizeof(T) * H);
         continue;
       }
-      T* hb = h + static_cast<int64_t>(b) * H;
+      T* nx = xw + tb * G;
       T* nb = nhw + static_cast<int64_t>(b) * G;
-      T* ab = train ? A + (tB + b) * G : a_step.data() + static_cast<int64_t>(b) * G;
-      const T* xb = xs + (tB + b) * G;
-      const T* khb = kh ? kh + (tB + b) * H : nullptr;
-      T mean, rstd;
-      row_stats<T>(nb, G, mean, rstd);
-      if (train) RH[tB + b] = rstd;
-      for (int j = 0; j < G; ++j) nb[j] = (nb[j] - mean) * rstd;
-      if (khb) ln_gru_cell<T, true>(xb, nb, ghh, bhh, khb, ab, hb, y, H);
-      else ln_gru_cell<T, false>(xb, nb, ghh, bhh, nullptr, ab, hb, y, H);
+      const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
+      if (train) {
+        RX[tb] = rx;
+        RH[tb] = rh;
+      }
+      ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
+      T* hb = h + static_cast<int64_t>(b) * H;
+      if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, y, H);
+      else ln_gru_output<T, false>(gates.data(), nullptr, hb, y, H);
     }
   }
 }
 
-// xs (T,B,3H) = LN(x W_ih^T) g_ih + b_ih; b_hh (3H) stays inside the reset gate's product as torch's GRU.
-// Returns Y (T,B,H), h_n and, when train, A (T,B,3H) activated r,z,n, NHW (T,B,3H) normalised h W_hh^T, RH (T,B).
-std::vector<Tensor> ln_gru_forward(const Tensor& xs, const Tensor& h0, const Tensor& w_hh, const Tensor& g_hh,
-                                   const Tensor& b_hh, const std::optional<Tensor>& mask,
-                                   const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
-                                   bool reverse, bool train) {
-  const int Tn = xs.size(0), B = xs.size(1), H = xs.size(2) / 3;
+// xw (T,B,3H) = x W_ih^T, normalised in place (becomes n_x); b_ih, b_hh (3H) (zeros without bias): b_hh stays
+// inside the reset gate's product as in torch's GRU. Returns Y (T,B,H), h_n and, when train, NHW (T,B,3H), RX,
+// RH (T,B).
+std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_ih,
+                                   const Tensor& b_hh, const Tensor& g_ih, const Tensor& g_hh,
+                                   const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
+                                   const std::optional<Tensor>& lengths, bool reverse, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
   const int Ts = train ? Tn : 0;
-  Tensor Y = at::empty({Tn, B, H}, xs.options());
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
-  Tensor A = at::empty({Ts, B, 3 * H}, xs.options()), NHW = at::empty({Ts, B, 3 * H}, xs.options());
-  Tensor RH = at::empty({Ts, B}, xs.options());
-  AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "rnnlab ln_gru_forward", [&] {
-    ln_gru_forward_impl<scalar_t>(xs.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
-                                  b_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
-                                  ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H, train,
-                                  Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-                                  NHW.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>());
+  Tensor NHW = at::empty({Ts, B, 3 * H}, xw.options());
+  Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_gru_forward", [&] {
+    ln_gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(),
+                                  b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
+                                  ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths),
+                                  reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>());
   });
-  return {Y, h, A, NHW, RH};
+  return {Y, h, NHW, RX, RH};
+}
+
+// One row's pointwise derivative from dL/dh_t = dh + dy: ds = d[s_r, s_z, s_n] (the input half), du =
+// d[u_r, u_z, u_n] (the recurrent half), dh <- the direct part of dL/dh_{t-1} (zoneout and the carry z h; the
+// GEMM adds the rest).
+template <typename T, bool Z>
+inline void ln_gru_cell_backward(const T* __restrict a, const T* __restrict nhw, const T* __restrict gh,
+                                 const T* __restrict bh, const T* __restrict hp, const T* __restrict dy,
+                                 const T* __restrict kh, T* __restrict dh, T* __restrict ds, T* __restrict du,
+                                 int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = a[j], z = a[H + j], n = a[2 * H + j];
+    const T d = dh[j] + dy[j];                              // dL/dh_t
+    const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
+    const T un = nhw[2 * H + j] * gh[2 * H + j] + bh[2 * H + j];
+    const T dnp = dhn * (T(1) - z) * (T(1) - n * n);       // through n = tanh(.)
+    const T drp = dnp * un * r * (T(1) - r);
+    const T dzp = dhn * (hp[j] - n) * z * (T(1) - z);
+    ds[j] = drp;
+    ds[H + j] = dzp;
+    ds[2 * H + j] = dnp;
+    du[j] = drp;
+    du[H + j] = dzp;
+    du[2 * H + j] = dnp * r;                                // the reset gate scales u_n
+    dh[j] = (Z ? kh[j] * d : T(0)) + dhn * z;
+  }
 }
 
 template <typename T>
-void ln_gru_backward_impl(const T* dY, const T* A, const T* NHW, const T* RH, const T* Y, const T* h0, const T* whh,
-                          const T* ghh, const T* bhh, const T* mask, const T* kh, const int64_t* len, bool reverse,
-                          int Tn, int B, int H, T* dh, T* dA, T* dHW, T* dghh, T* dbhh) {
+void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
+                          const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
+                          const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
+                          T* dHW, T* dbx, T* dbh, T* dgx, T* dgh) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
-  std::vector<T> scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> gates(G), ds(G), du(G), scratch(mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     const int64_t tB = static_cast<int64_t>(t) * B;
     T* dhw = dHW + tB * G;                                 // (B, 3H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
-      T* da = dA + tb * G;
+      T* dxwb = dXW + tb * G;
       T* dhwb = dhw + static_cast<int64_t>(b) * G;
       if (!is_valid(len, t, b)) {
-        std::memset(da, 0, sizeof(T) * G);
+        std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
-      const T* a = A + tb * G;
+      const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
-      const T* khb = kh ? kh + tb * H : nullptr;
-      const T* dy = dY + tb * H;
+      ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
       T* dhb = dh + static_cast<int64_t>(b) * H;
-      if (khb) ln_gru_cell_backward<T, true>(a, nhw, ghh, bhh, hp, dy, khb, dhb, da, dhwb, H);
-      else ln_gru_cell_backward<T, false>(a, nhw, ghh, bhh, hp, dy, nullptr, dhb, da, dhwb, H);
-      for (int j = 0; j < G; ++j) {
-        dbhh[j] += dhwb[j];
-        dghh[j] += dhwb[j] * nhw[j];
-        dhwb[j] *= ghh[j];
-      }
-      ln_backward_row<T>(dhwb, nhw, RH[tb], G);
+      if (kh)
+        ln_gru_cell_backward<T, true>(gates.data(), nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
+                                      du.data(), H);
+      else
+        ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
+                                       du.data(), H);
+      both_halves_backward<T>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh, dxwb,
+                              dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
   }
 }
 
-// Returns dA (T,B,3H) (gradient of xs), dHW (T,B,3H) (of h_{t-1} W_hh^T), dh0, dg_hh (3H), db_hh (3H).
-std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& A, const Tensor& NHW,
-                                    const Tensor& RH, const Tensor& Y, const Tensor& h0, const Tensor& w_hh,
-                                    const Tensor& g_hh, const Tensor& b_hh, const std::optional<Tensor>& mask,
+// Returns dXW (T,B,3H) (gradient of x W_ih^T), dHW (T,B,3H) (of (h_{t-1} * mask) W_hh^T), dh0, db_ih, db_hh,
+// dg_ih, dg_hh (3H each).
+std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
+                                    const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
+                                    const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
+                                    const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
                                     bool reverse) {
-  const int Tn = A.size(0), B = A.size(1), H = A.size(2) / 3;
+  const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dA = at::empty_like(A), dHW = at::empty_like(A);
-  Tensor dghh = at::zeros({3 * H}, A.options()), dbhh = at::zeros({3 * H}, A.options());
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "rnnlab ln_gru_backward", [&] {
+  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
+  Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
+  AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
     ln_gru_backward_impl<scalar_t>(
-        dY.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(),
-        Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
-        b_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h),
-        lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
-        dHW.data_ptr<scalar_t>(), dghh.data_ptr<scalar_t>(), dbhh.data_ptr<scalar_t>());
+        dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RH.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+        b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
+        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dbx.data_ptr<scalar_t>(),
+        dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
   });
-  return {dA, dHW, dh, dghh, dbhh};
+  return {dXW, dHW, dh, dbx, dbh, dgx, dgh};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
-  m.def("ln_lstm_forward(Tensor xs, Tensor h0, Tensor c0, Tensor w_hh, Tensor g_hh, Tensor g_c, Tensor b_c, "
-        "Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
-  m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor A, Tensor NHW, Tensor RH, Tensor NC, "
-        "Tensor RC, Tensor C, Tensor c0, Tensor w_hh, Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, "
-        "Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) -> Tensor[]");
-  m.def("ln_gru_forward(Tensor xs, Tensor h0, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
-  m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor A, Tensor NHW, Tensor RH, Tensor Y, Tensor h0, "
-        "Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse) "
+  m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
+        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
+        "bool train) -> Tensor[]");
+  m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
+        "Tensor NC, Tensor RC, Tensor C, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
+        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) "
         "-> Tensor[]");
+  m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
+        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
+  m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
+        "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
+        "Tensor? keep_h, Tensor? lengths, bool reverse) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
