@@ -24,30 +24,46 @@ namespace {
 
 using namespace rnnlab_kernels;
 
-constexpr int kLanes = 16;     // independent partial sums, so that gcc vectorizes the reductions without -ffast-math
 constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
+
+// The row reductions (sums over G = 4H or 3H features, several per row and step) are written with gcc/clang
+// vector extensions: without -ffast-math gcc does not vectorize a float sum (it may not reassociate), and a
+// 64-byte vector of partial sums is one register on AVX-512 (two or four on narrower ISAs, handled by the
+// compiler). The partial sums are combined at the end, which changes the rounding order only.
+template <typename T>
+struct Lanes {
+  typedef T V __attribute__((vector_size(64)));
+  static constexpr int n = 64 / sizeof(T);
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static T sum(V v) {
+    T s = 0;
+    for (int k = 0; k < n; ++k) s += v[k];
+    return s;
+  }
+};
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
 template <typename T>
 inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
-  T acc[kLanes] = {};
+  using L = Lanes<T>;
+  typename L::V acc = {};
   int j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += x[j + k];
-  T s = 0;
+  for (; j + L::n <= n; j += L::n) acc += L::load(x + j);
+  T s = L::sum(acc);
   for (; j < n; ++j) s += x[j];
-  for (int k = 0; k < kLanes; ++k) s += acc[k];
   mean = s / n;
-  T acc2[kLanes] = {};
+  typename L::V acc2 = {};
   j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const T d = x[j + k] - mean;
-      acc2[k] += d * d;
-    }
-  T v = 0;
+  for (; j + L::n <= n; j += L::n) {
+    const typename L::V d = L::load(x + j) - mean;
+    acc2 += d * d;
+  }
+  T v = L::sum(acc2);
   for (; j < n; ++j) v += (x[j] - mean) * (x[j] - mean);
-  for (int k = 0; k < kLanes; ++k) v += acc2[k];
   rstd = T(1) / std::sqrt(v / n + T(kEps));
 }
 
@@ -63,21 +79,18 @@ inline T normalise_row(T* __restrict x, int n) {
 // The layer-norm derivative of one row, in place: d holds dn = dy g on entry, dx on exit.
 template <typename T>
 inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, int n) {
-  T a1[kLanes] = {}, a2[kLanes] = {};
+  using L = Lanes<T>;
+  typename L::V a1 = {}, a2 = {};
   int j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      a1[k] += d[j + k];
-      a2[k] += d[j + k] * nrm[j + k];
-    }
-  T s1 = 0, s2 = 0;
+  for (; j + L::n <= n; j += L::n) {
+    const typename L::V v = L::load(d + j);
+    a1 += v;
+    a2 += v * L::load(nrm + j);
+  }
+  T s1 = L::sum(a1), s2 = L::sum(a2);
   for (; j < n; ++j) {
     s1 += d[j];
     s2 += d[j] * nrm[j];
-  }
-  for (int k = 0; k < kLanes; ++k) {
-    s1 += a1[k];
-    s2 += a2[k];
   }
   const T m1 = s1 / n, m2 = s2 / n;
   for (j = 0; j < n; ++j) d[j] = rstd * (d[j] - m1 - nrm[j] * m2);
