@@ -104,24 +104,64 @@ inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, in
   for (j = 0; j < n; ++j) d[j] = rstd * (d[j] - m1 - nrm[j] * m2);
 }
 
+// 8 elements of a float or double row as one vector (gcc/clang vector extensions; see load8).
+template <typename T>
+struct Vec8 {
+  typedef T V __attribute__((vector_size(8 * sizeof(T))));
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+};
+
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
 // layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
-// in the n block, where the reset gate scales the recurrent half.)
+// in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
+// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)).
 template <typename T>
 inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
                                  const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
                                  T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
                                  T* __restrict dxw, T* __restrict dhw, int G) {
-  for (int j = 0; j < G; ++j) {
+  using L = Vec8<T>;
+  typedef typename L::V V;
+  V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
+  int j = 0;
+  for (; j + 8 <= G; j += 8) {
+    const V a = L::load(da + j), u = L::load(du + j), n1 = L::load(nx + j), n2 = L::load(nhw + j);
+    L::store(dbx + j, L::load(dbx + j) + a);
+    L::store(dgx + j, L::load(dgx + j) + a * n1);
+    L::store(dbh + j, L::load(dbh + j) + u);
+    L::store(dgh + j, L::load(dgh + j) + u * n2);
+    const V d1 = a * L::load(gx + j), d2 = u * L::load(gh + j);
+    L::store(dxw + j, d1);
+    L::store(dhw + j, d2);
+    const V8d e1 = __builtin_convertvector(d1, V8d), e2 = __builtin_convertvector(d2, V8d);
+    s1x += e1;
+    s2x += e1 * __builtin_convertvector(n1, V8d);
+    s1h += e2;
+    s2h += e2 * __builtin_convertvector(n2, V8d);
+  }
+  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
+  for (; j < G; ++j) {
     dbx[j] += da[j];
     dgx[j] += da[j] * nx[j];
-    dxw[j] = da[j] * gx[j];
     dbh[j] += du[j];
     dgh[j] += du[j] * nhw[j];
+    dxw[j] = da[j] * gx[j];
     dhw[j] = du[j] * gh[j];
+    t1x += dxw[j];
+    t2x += double(dxw[j]) * nx[j];
+    t1h += dhw[j];
+    t2h += double(dhw[j]) * nhw[j];
   }
-  ln_backward_row<T>(dxw, nx, rx, G);
-  ln_backward_row<T>(dhw, nhw, rh, G);
+  const T m1x = T(t1x / G), m2x = T(t2x / G), m1h = T(t1h / G), m2h = T(t2h / G);
+  for (j = 0; j < G; ++j) {
+    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
+    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
+  }
 }
 
 // The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
@@ -179,18 +219,38 @@ struct LnAct<float> {
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
-// The activated gates of one row: a = g_x n_x + b + g_h n_hw; i, f, g, o = sigma, sigma, tanh, sigma(a).
-// Separate functions with __restrict arguments, so that gcc vectorizes their loops.
+// i, f, g, o = sigma, sigma, tanh, sigma(a) in place, a (4H) a row's pre-activations. A separate function with
+// __restrict arguments (as the other row loops), so that gcc vectorizes it.
 template <typename T>
-inline void ln_lstm_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
-                          const T* __restrict gh, const T* __restrict b, T* __restrict gates, int H) {
-  for (int j = 0; j < 4 * H; ++j) gates[j] = gx[j] * nx[j] + b[j] + gh[j] * nhw[j];
+inline void lstm_activate(T* __restrict gates, int H) {
   for (int j = 0; j < H; ++j) {
     gates[j] = LnAct<T>::sigmoid(gates[j]);
     gates[H + j] = LnAct<T>::sigmoid(gates[H + j]);
     gates[2 * H + j] = LnAct<T>::tanh(gates[2 * H + j]);
     gates[3 * H + j] = LnAct<T>::sigmoid(gates[3 * H + j]);
   }
+}
+
+// The backward's activated gates of one row from the saved normalised halves: a = g_x n_x + b + g_h n_hw.
+template <typename T>
+inline void ln_lstm_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
+                          const T* __restrict gh, const T* __restrict b, T* __restrict gates, int H) {
+  for (int j = 0; j < 4 * H; ++j) gates[j] = gx[j] * nx[j] + b[j] + gh[j] * nhw[j];
+  lstm_activate<T>(gates, H);
+}
+
+// The forward's: both halves normalised in place (kept for the backward) in the same pass that forms a.
+template <typename T>
+inline void ln_lstm_gates_forward(T* __restrict x, T mx, T rx, T* __restrict hw, T mh, T rh,
+                                  const T* __restrict gx, const T* __restrict gh, const T* __restrict b,
+                                  T* __restrict gates, int H) {
+  for (int j = 0; j < 4 * H; ++j) {
+    const T nx = (x[j] - mx) * rx, nh = (hw[j] - mh) * rh;
+    x[j] = nx;
+    hw[j] = nh;
+    gates[j] = gx[j] * nx + b[j] + gh[j] * nh;
+  }
+  lstm_activate<T>(gates, H);
 }
 
 template <typename T>
@@ -242,8 +302,10 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* nx = xw + tb * G;
       T* nb = nhw + static_cast<int64_t>(b) * G;
       T* ncb = train ? NC + tb * H : nc_step.data();
-      const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
-      ln_lstm_gates<T>(nx, nb, gx, gh, bias, gates.data(), H);
+      T mx, rx, mh, rh;
+      row_stats<T>(nx, G, mx, rx);
+      row_stats<T>(nb, G, mh, rh);
+      ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
       ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
       T cmean, crstd;
       row_stats<T>(cn.data(), H, cmean, crstd);
