@@ -35,6 +35,13 @@ def _compiled():
     assert fused.compiled_available(), "fused C++ kernels failed to build (see the RuntimeWarning)"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_notices(monkeypatch):
+    """Forget which reference-loop notices were given, so that a declined run warns (and fails the tests that
+    turn warnings into errors) even when an earlier test gave the same notice."""
+    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+
+
 def _pair(cell: str, dtype=torch.float32, **options):
     """The same randomised layer twice: on the kernel (``fused``) and on the reference loop."""
     torch.manual_seed(0)
@@ -44,7 +51,10 @@ def _pair(cell: str, dtype=torch.float32, **options):
             if name.startswith("ln_") and "weight" in name:
                 p.uniform_(0.5, 1.5)  # gains away from 1
             else:
-                p.uniform_(-0.4, 0.4)  # weights, biases and the cell-norm shift away from 0
+                # weights, biases and the cell-norm shift away from 0. (With +-0.5 instead, one float32 case,
+                # 2 bidirectional LayerNormLSTM layers with zoneout 0.3, misses the tolerance of _assert_same_run
+                # by 2x: its float32 runs are badly conditioned, see there. +-0.3 and +-0.7 pass too.)
+                p.uniform_(-0.4, 0.4)
     ref = CELLS[cell](I, H, dtype=dtype, backend="reference", **options)
     ref.load_state_dict(ours.state_dict())
     ref.train(ours.training)
@@ -183,9 +193,8 @@ def test_kernel_gradcheck_float64(cell):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_uncovered_runs_fall_back_to_the_reference_loop(cell, monkeypatch):
-    """All-step outputs are declined: the layer says so once and the reference loop still gives the answer."""
-    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+def test_uncovered_runs_fall_back_to_the_reference_loop(cell):
+    """All-step outputs are declined: the layer says so and the reference loop still gives the answer."""
     ours, ref = _pair(cell, return_all_states=True)
     x = torch.randn(T, B, I)
     with pytest.warns(UserWarning, match="kernel does not cover this run"):

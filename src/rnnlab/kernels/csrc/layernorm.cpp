@@ -6,8 +6,9 @@
 // hw = (h_{t-1} * mask) W_hh^T (one GEMM into the step's rows of NHW), then per batch row the layer norms of xw
 // and hw over their G features (normalised in place: xw becomes n_x, NHW holds n_hw; their 1/std go to RX, RH),
 // the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates are
-// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per step is cheaper than writing,
-// page-faulting and reading one more (T, B, G) buffer).
+// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per row instead of one more (T, B, G)
+// buffer written, page-faulted and read; measured only together with the input layer norm moving into this
+// loop, see layernorm.py).
 //
 // Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
 // layer-norm derivatives of both halves to d(xw) and d(hw) (kept for all steps: dX, dW_ih and dW_hh are GEMMs in
@@ -28,7 +29,7 @@ constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 
 // The row reductions (means over G = 4H or 3H features, several per row and step) accumulate in double, also
 // for float rows: the layer-norm derivative subtracts means of terms of both signs, and float partial sums there
-// made the float32 results measurably (2-4x) less accurate than torch's layer norm (which sums pairwise).
+// left the float32 gradients 2-4x further from float64 than the reference loop's (measured on the tests' cases).
 // Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
 // reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
 typedef double V8d __attribute__((vector_size(64)));
@@ -196,8 +197,8 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
 
 // Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
 // error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
-// which amplifies it: measured, the float32 results drifted 5-10x further from float64 than torch's on some
-// inputs. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error ~1e-7), else
+// which amplifies it: measured on one of the tests' cases, the float32 results were 5-10x further from float64
+// than the reference loop's. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error ~1e-7), else
 // 1 - 2 / (e^{2|x|} + 1). Both are computed and one is selected, which keeps the loops branch-free (vectorized).
 template <typename T>
 struct LnAct {
