@@ -57,21 +57,36 @@ inline double hsum(V8d v) {
 }
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
+// Four independent partial sums per pass: one would make each pass a chain of n/8 dependent adds.
 template <typename T>
 inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
-  V8d acc = {};
+  V8d a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int j = 0;
-  for (; j + 8 <= n; j += 8) acc += load8<T>(x + j);
-  double s = hsum(acc);
+  for (; j + 32 <= n; j += 32) {
+    a0 += load8<T>(x + j);
+    a1 += load8<T>(x + j + 8);
+    a2 += load8<T>(x + j + 16);
+    a3 += load8<T>(x + j + 24);
+  }
+  for (; j + 8 <= n; j += 8) a0 += load8<T>(x + j);
+  double s = hsum((a0 + a1) + (a2 + a3));
   for (; j < n; ++j) s += x[j];
   const double m = s / n;
-  V8d acc2 = {};
+  V8d b0 = {}, b1 = {}, b2 = {}, b3 = {};
   j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const V8d d0 = load8<T>(x + j) - m, d1 = load8<T>(x + j + 8) - m;
+    const V8d d2 = load8<T>(x + j + 16) - m, d3 = load8<T>(x + j + 24) - m;
+    b0 += d0 * d0;
+    b1 += d1 * d1;
+    b2 += d2 * d2;
+    b3 += d3 * d3;
+  }
   for (; j + 8 <= n; j += 8) {
     const V8d d = load8<T>(x + j) - m;
-    acc2 += d * d;
+    b0 += d * d;
   }
-  double v = hsum(acc2);
+  double v = hsum((b0 + b1) + (b2 + b3));
   for (; j < n; ++j) v += (x[j] - m) * (x[j] - m);
   mean = T(m);
   rstd = T(1.0 / std::sqrt(v / n + kEps));
