@@ -31,9 +31,10 @@ backward walks the steps in reverse with, per row, the layer-norm derivative
 step, so that ``∂X = ∂xw W_{ih}``, ``∂W_{ih} = ∂xw^T X`` and ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` are GEMMs over
 all rows, as in the plain fused backward. The input half's layer norm runs in the loop too, rather than as one
 ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
-(the normalised input and its gradient) and their passes, and measured 1.55x the plain fused LSTM at
-B=64, T=100, H=256 against 1.25x now (``benchmarks/variants.py``). The activated gates are not stored either:
-the backward recomputes them from the two saved normalised halves.
+(the normalised input and its gradient) and their passes: 1.55x the plain fused LSTM at B=64, T=100, H=256
+in one run of ``benchmarks/variants.py``, against 1.1-1.4x with this layout (several runs on a shared, loaded
+machine). The activated gates are not stored either: the backward recomputes them from the two saved
+normalised halves.
 
 A run on another device, in another dtype, or asking for the recorded cell states or gates (``record``,
 ``gates``) is declined (``None``): the layer then runs the reference loop.
