@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -172,16 +173,18 @@ def test_peephole_with_zero_peepholes_is_the_plain_lstm():
 def test_reference_loop_fallback_warns_once_per_reason(monkeypatch):
     monkeypatch.setattr(rnnlab.layers, "_warned", set())
     x = torch.randn(T, B, I)
-    layer = rnnlab.LayerNormGRU(I, H, backend="fused") if "fused" in rnnlab.available_backends() else None
+    # a cell without a whole-sequence kernel: LayerNormGRU's maths with its kernel taken away
+    spec = dataclasses.replace(rnnlab.cellspec.LAYER_NORM_GRU_SPEC, name="NoKernelGRU", kernel=None)
+    layer = rnnlab.Recurrent(spec, I, H, backend="fused") if "fused" in rnnlab.available_backends() else None
     if layer is None:
         pytest.skip("no fused backend registered")
-    with pytest.warns(UserWarning, match=r"LayerNormGRU: LayerNormGRU has no whole-sequence kernel, so it runs "
+    with pytest.warns(UserWarning, match=r"Recurrent: NoKernelGRU has no whole-sequence kernel, so it runs "
                                          r"on the reference loop instead of the 'fused' backend"):
         layer(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(x)  # once only
-        rnnlab.LayerNormGRU(I, H, backend="reference")(x)  # no warning when the reference loop was asked for
+        rnnlab.Recurrent(spec, I, H, backend="reference")(x)  # no warning when the reference loop was asked for
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)  # the options run on LSTM_SPEC's kernel: no warning

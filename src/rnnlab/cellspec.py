@@ -286,12 +286,25 @@ def _ln_gru_step(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> Tens
     return (1 - gates["z"]) * gates["n"] + gates["z"] * h
 
 
+def _ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.layernorm import ln_lstm_kernel  # lazy: the kernels module imports this one
+
+    return ln_lstm_kernel(run)
+
+
+def _ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
+    from .kernels.layernorm import ln_gru_kernel
+
+    return ln_gru_kernel(run)
+
+
 LAYER_NORM_LSTM_SPEC = CellSpec(
     "LayerNormLSTM", _ln_lstm_params, _ln_lstm_step, _ln_lstm_gates, ("h", "c"), forget_gate=("bias", 1, 4),
-    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0, "ln_c_weight": 1.0, "ln_c_bias": 0.0})
+    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0, "ln_c_weight": 1.0, "ln_c_bias": 0.0},
+    kernel=_ln_lstm_kernel)
 LAYER_NORM_GRU_SPEC = CellSpec(
     "LayerNormGRU", _ln_gru_params, _ln_gru_step, _ln_gru_gates, forget_gate=("bias_ih", 1, 3),
-    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0})
+    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0}, kernel=_ln_gru_kernel)
 
 
 # -- peephole LSTM (Gers & Schmidhuber 2000, "Recurrent nets that time and count") -----------------------------

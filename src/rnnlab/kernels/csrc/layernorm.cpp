@@ -1,0 +1,692 @@
+// Compiled step loops of the layer-normalised LSTM and GRU (Ba, Kiros & Hinton 2016), see
+// rnnlab/kernels/layernorm.py for the maths and the autograd glue.
+//
+// Python hands over the input projection of every step, xw = x W_ih^T (T, B, G) (one GEMM over all T*B rows,
+// G = 4H LSTM, 3H GRU), and gets back d(xw) for the big input GEMMs, exactly like fused.cpp. Per step here:
+// hw = (h_{t-1} * mask) W_hh^T (one GEMM into the step's rows of NHW), then per batch row the layer norms of xw
+// and hw over their G features (normalised in place: xw becomes n_x, NHW holds n_hw; their 1/std go to RX, RH),
+// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates are
+// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per row instead of one more (T, B, G)
+// buffer written, page-faulted and read; measured only together with the input layer norm moving into this
+// loop, see layernorm.py).
+//
+// Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
+// layer-norm derivatives of both halves to d(xw) and d(hw) (kept for all steps: dX, dW_ih and dW_hh are GEMMs in
+// Python), then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM). Gains, shifts and biases are summed per step while
+// the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
+//   dx = rstd (dn - mean(dn) - n mean(dn n)),  dn = dy g,  dg += dy n,  dshift += dy.
+//
+// Layout, lengths and reverse as in fused.cpp: row-major, time-major, gate blocks LSTM i,f,g,o and GRU r,z,n;
+// steps t >= lengths[b] keep row b's state and output zeros. Zoneout keep tensors (T, B, H) mix the old and the
+// new state: s_t = k_t s_{t-1} + (1 - k_t) new_t.
+#include "common.h"
+
+namespace {
+
+using namespace rnnlab_kernels;
+
+constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
+
+// The row reductions (means over G = 4H or 3H features, several per row and step) accumulate in double, also
+// for float rows: the layer-norm derivative subtracts means of terms of both signs, and float partial sums there
+// left the float32 gradients 2-4x further from float64 than the reference loop's (measured on the tests' cases).
+// Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
+// reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
+typedef double V8d __attribute__((vector_size(64)));
+
+template <typename T>
+inline V8d load8(const T* p);
+template <>
+inline V8d load8<float>(const float* p) {
+  typedef float V8f __attribute__((vector_size(32)));
+  V8f v;
+  std::memcpy(&v, p, sizeof(V8f));
+  return __builtin_convertvector(v, V8d);
+}
+template <>
+inline V8d load8<double>(const double* p) {
+  V8d v;
+  std::memcpy(&v, p, sizeof(V8d));
+  return v;
+}
+
+inline double hsum(V8d v) {
+  double s = 0;
+  for (int k = 0; k < 8; ++k) s += v[k];
+  return s;
+}
+
+// mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
+// Four independent partial sums per pass: one would make each pass a chain of n/8 dependent adds.
+template <typename T>
+inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
+  V8d a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    a0 += load8<T>(x + j);
+    a1 += load8<T>(x + j + 8);
+    a2 += load8<T>(x + j + 16);
+    a3 += load8<T>(x + j + 24);
+  }
+  for (; j + 8 <= n; j += 8) a0 += load8<T>(x + j);
+  double s = hsum((a0 + a1) + (a2 + a3));
+  for (; j < n; ++j) s += x[j];
+  const double m = s / n;
+  V8d b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const V8d d0 = load8<T>(x + j) - m, d1 = load8<T>(x + j + 8) - m;
+    const V8d d2 = load8<T>(x + j + 16) - m, d3 = load8<T>(x + j + 24) - m;
+    b0 += d0 * d0;
+    b1 += d1 * d1;
+    b2 += d2 * d2;
+    b3 += d3 * d3;
+  }
+  for (; j + 8 <= n; j += 8) {
+    const V8d d = load8<T>(x + j) - m;
+    b0 += d * d;
+  }
+  double v = hsum((b0 + b1) + (b2 + b3));
+  for (; j < n; ++j) v += (x[j] - m) * (x[j] - m);
+  mean = T(m);
+  rstd = T(1.0 / std::sqrt(v / n + kEps));
+}
+
+// Layer-normalise one row in place (x <- (x - mean) rstd) and return its rstd.
+template <typename T>
+inline T normalise_row(T* __restrict x, int n) {
+  T mean, rstd;
+  row_stats<T>(x, n, mean, rstd);
+  for (int j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
+  return rstd;
+}
+
+// The layer-norm derivative of one row, in place: d holds dn = dy g on entry, dx on exit.
+template <typename T>
+inline void ln_backward_row(T* __restrict d, const T* __restrict nrm, T rstd, int n) {
+  V8d a1 = {}, a2 = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const V8d v = load8<T>(d + j);
+    a1 += v;
+    a2 += v * load8<T>(nrm + j);
+  }
+  double s1 = hsum(a1), s2 = hsum(a2);
+  for (; j < n; ++j) {
+    s1 += d[j];
+    s2 += double(d[j]) * nrm[j];
+  }
+  const T m1 = T(s1 / n), m2 = T(s2 / n);
+  for (j = 0; j < n; ++j) d[j] = rstd * (d[j] - m1 - nrm[j] * m2);
+}
+
+// 8 elements of a float or double row as one vector (gcc/clang vector extensions; see load8).
+template <typename T>
+struct Vec8 {
+  typedef T V __attribute__((vector_size(8 * sizeof(T))));
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+};
+
+// From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
+// layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
+// in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
+// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)).
+template <typename T>
+inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
+                                 const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
+                                 T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
+                                 T* __restrict dxw, T* __restrict dhw, int G) {
+  using L = Vec8<T>;
+  typedef typename L::V V;
+  V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
+  int j = 0;
+  for (; j + 8 <= G; j += 8) {
+    const V a = L::load(da + j), u = L::load(du + j), n1 = L::load(nx + j), n2 = L::load(nhw + j);
+    L::store(dbx + j, L::load(dbx + j) + a);
+    L::store(dgx + j, L::load(dgx + j) + a * n1);
+    L::store(dbh + j, L::load(dbh + j) + u);
+    L::store(dgh + j, L::load(dgh + j) + u * n2);
+    const V d1 = a * L::load(gx + j), d2 = u * L::load(gh + j);
+    L::store(dxw + j, d1);
+    L::store(dhw + j, d2);
+    const V8d e1 = __builtin_convertvector(d1, V8d), e2 = __builtin_convertvector(d2, V8d);
+    s1x += e1;
+    s2x += e1 * __builtin_convertvector(n1, V8d);
+    s1h += e2;
+    s2h += e2 * __builtin_convertvector(n2, V8d);
+  }
+  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
+  for (; j < G; ++j) {
+    dbx[j] += da[j];
+    dgx[j] += da[j] * nx[j];
+    dbh[j] += du[j];
+    dgh[j] += du[j] * nhw[j];
+    dxw[j] = da[j] * gx[j];
+    dhw[j] = du[j] * gh[j];
+    t1x += dxw[j];
+    t2x += double(dxw[j]) * nx[j];
+    t1h += dhw[j];
+    t2h += double(dhw[j]) * nhw[j];
+  }
+  const T m1x = T(t1x / G), m2x = T(t2x / G), m1h = T(t1h / G), m2h = T(t2h / G);
+  for (j = 0; j < G; ++j) {
+    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
+    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
+  }
+}
+
+// The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
+template <typename T>
+inline const T* masked_h(const T* h, const T* mask, int n, T* scratch) {
+  if (mask == nullptr) return h;
+  for (int j = 0; j < n; ++j) scratch[j] = h[j] * mask[j];
+  return scratch;
+}
+
+// dh (B x P) += (dHW (B x G) W_hh) * mask: the recurrent GEMM of the backward, masked like the forward's input.
+template <typename T>
+inline void add_recurrent_grad(const StepGemm<T>& rec, const T* dhw, const T* mask, int n, T* scratch, T* dh) {
+  if (mask == nullptr) {
+    rec(dhw, T(1), dh);
+    return;
+  }
+  rec(dhw, T(0), scratch);
+  for (int j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
+}
+
+// The keep row (H) of zoneout tensor k at row tb, or a row of zeros when that state has no zoneout.
+template <typename T>
+inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& zeros) {
+  return k ? k + tb * H : zeros.data();
+}
+
+template <typename T>
+const T* ptr_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
+// error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
+// which amplifies it: measured on one of the tests' cases, the float32 results were 5-10x further from float64
+// than the reference loop's. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error ~1e-7), else
+// 1 - 2 / (e^{2|x|} + 1). Both are computed and one is selected, which keeps the loops branch-free (vectorized).
+template <typename T>
+struct LnAct {
+  static inline T sigmoid(T x) { return Act<T>::sigmoid(x); }
+  static inline T tanh(T x) { return Act<T>::tanh(x); }
+};
+template <>
+struct LnAct<float> {
+  static inline float sigmoid(float x) { return Act<float>::sigmoid(x); }
+  static inline float tanh(float x) {
+    const float a = x < 0.0f ? -x : x;
+    const float s = x * x;
+    const float small = ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s +
+                          1.33314422036e-1f) * s - 3.33332819422e-1f) * s * x + x;
+    const float large = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+    return a < 0.625f ? small : (x < 0.0f ? -large : large);
+  }
+};
+
+// ---- LSTM -----------------------------------------------------------------------------------------------------
+
+// i, f, g, o = sigma, sigma, tanh, sigma(a) in place, a (4H) a row's pre-activations. A separate function with
+// __restrict arguments (as the other row loops), so that gcc vectorizes it.
+template <typename T>
+inline void lstm_activate(T* __restrict gates, int H) {
+  for (int j = 0; j < H; ++j) {
+    gates[j] = LnAct<T>::sigmoid(gates[j]);
+    gates[H + j] = LnAct<T>::sigmoid(gates[H + j]);
+    gates[2 * H + j] = LnAct<T>::tanh(gates[2 * H + j]);
+    gates[3 * H + j] = LnAct<T>::sigmoid(gates[3 * H + j]);
+  }
+}
+
+// The backward's activated gates of one row from the saved normalised halves: a = g_x n_x + b + g_h n_hw.
+template <typename T>
+inline void ln_lstm_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
+                          const T* __restrict gh, const T* __restrict b, T* __restrict gates, int H) {
+  for (int j = 0; j < 4 * H; ++j) gates[j] = gx[j] * nx[j] + b[j] + gh[j] * nhw[j];
+  lstm_activate<T>(gates, H);
+}
+
+// The forward's: both halves normalised in place (kept for the backward) in the same pass that forms a.
+template <typename T>
+inline void ln_lstm_gates_forward(T* __restrict x, T mx, T rx, T* __restrict hw, T mh, T rh,
+                                  const T* __restrict gx, const T* __restrict gh, const T* __restrict b,
+                                  T* __restrict gates, int H) {
+  for (int j = 0; j < 4 * H; ++j) {
+    const T nx = (x[j] - mx) * rx, nh = (hw[j] - mh) * rh;
+    x[j] = nx;
+    hw[j] = nh;
+    gates[j] = gx[j] * nx + b[j] + gh[j] * nh;
+  }
+  lstm_activate<T>(gates, H);
+}
+
+template <typename T>
+inline void ln_lstm_cell(const T* __restrict gates, const T* __restrict c, T* __restrict cn, int H) {
+  for (int j = 0; j < H; ++j) cn[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];  // f c + i g
+}
+
+// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c), then zoneout s = k s + (1-k) s'.
+template <typename T, bool Z>
+inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __restrict o, const T* __restrict gc,
+                           const T* __restrict bc, const T* __restrict kh, const T* __restrict kc,
+                           T* __restrict nc, T* __restrict h, T* __restrict c, T* __restrict y, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T n = (cn[j] - cmean) * crstd;
+    nc[j] = n;
+    const T hn = o[j] * LnAct<T>::tanh(n * gc[j] + bc[j]);
+    const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
+    c[j] = Z ? kc[j] * c[j] + (T(1) - kc[j]) * cn[j] : cn[j];
+    h[j] = hv;
+    y[j] = hv;
+  }
+}
+
+template <typename T>
+void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
+                          const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
+                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs) {
+  const int G = 4 * H;
+  // One step's n_hw when nothing is kept (inference).
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
+  std::vector<T> gates(G), cn(H), hm(mask ? static_cast<size_t>(B) * H : 0);
+  const bool zone = kh != nullptr || kc != nullptr;
+  const std::vector<T> zeros(zone ? H : 0);
+  const StepGemm<T> rec(whh, true, B, G, H);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 4H)
+    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* y = Y + tb * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(y, 0, sizeof(T) * H);
+        continue;
+      }
+      T* hb = h + static_cast<int64_t>(b) * H;
+      T* cb = c + static_cast<int64_t>(b) * H;
+      T* nx = xw + tb * G;
+      T* nb = nhw + static_cast<int64_t>(b) * G;
+      T* ncb = train ? NC + tb * H : nc_step.data();
+      T mx, rx, mh, rh;
+      row_stats<T>(nx, G, mx, rx);
+      row_stats<T>(nb, G, mh, rh);
+      ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
+      ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
+      T cmean, crstd;
+      row_stats<T>(cn.data(), H, cmean, crstd);
+      if (train) {
+        RX[tb] = rx;
+        RH[tb] = rh;
+        RC[tb] = crstd;
+      }
+      const T* o = gates.data() + 3 * H;
+      if (zone)
+        ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
+                                keep_row(kc, tb, H, zeros), ncb, hb, cb, y, H);
+      else
+        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, hb, cb, y, H);
+    }
+    if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
+  }
+}
+
+// xw (T,B,4H) = x W_ih^T, normalised in place (becomes n_x); bias (4H) (zeros without one); mask (B,H) recurrent
+// dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
+// normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
+// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state).
+std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                    const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
+                                    const Tensor& b_c, const std::optional<Tensor>& mask,
+                                    const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
+                                    const std::optional<Tensor>& lengths, bool reverse, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
+  const int Ts = train ? Tn : 0;
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor h = h0.clone(), c = c0.clone();
+  Tensor NHW = at::empty({Ts, B, 4 * H}, xw.options());
+  Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
+  Tensor NC = at::empty({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
+  Tensor Cs = at::empty({Ts, B, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
+    ln_lstm_forward_impl<scalar_t>(
+        xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
+        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
+        Cs.data_ptr<scalar_t>());
+  });
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs};
+}
+
+// Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
+// (dao), dg_c, db_c, dn = dL/dn_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
+// the rest).
+template <typename T, bool Z>
+inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict gc,
+                                    const T* __restrict bc, const T* __restrict dy, const T* __restrict kh,
+                                    T* __restrict dh, T* __restrict dao, T* __restrict dgc, T* __restrict dbc,
+                                    T* __restrict dn, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T d = dh[j] + dy[j];                              // dL/dh_t
+    const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
+    dh[j] = Z ? kh[j] * d : T(0);
+    const T ty = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
+    const T dyc = dhn * o[j] * (T(1) - ty * ty);
+    dao[j] = dhn * ty * o[j] * (T(1) - o[j]);
+    dgc[j] += dyc * nc[j];
+    dbc[j] += dyc;
+    dn[j] = dyc * gc[j];
+  }
+}
+
+// Backward through c' = f c_{t-1} + i g (and zoneout of c): dcn_ln (dL/dc' through the cell norm) plus the
+// carried dL/dc_t -> the i, f, g pre-activation gradients and dc <- dL/dc_{t-1}.
+template <typename T, bool Z>
+inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp, const T* __restrict dcn_ln,
+                                  const T* __restrict kc, T* __restrict dc, T* __restrict da, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T i = a[j], f = a[H + j], g = a[2 * H + j];
+    const T dcn = (Z ? (T(1) - kc[j]) * dc[j] : dc[j]) + dcn_ln[j];  // dL/dc'_t
+    da[j] = dcn * g * i * (T(1) - i);
+    da[H + j] = dcn * cp[j] * f * (T(1) - f);
+    da[2 * H + j] = dcn * i * (T(1) - g * g);
+    dc[j] = (Z ? kc[j] * dc[j] : T(0)) + dcn * f;         // dL/dc_{t-1}
+  }
+}
+
+template <typename T>
+void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* NC,
+                           const T* RC, const T* Cs, const T* c0, const T* whh, const T* bias, const T* gx,
+                           const T* gh, const T* gc, const T* bc, const T* mask, const T* kh, const T* kc,
+                           const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dc, T* dXW, T* dHW,
+                           T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
+  const int G = 4 * H;
+  const StepGemm<T> rec(whh, false, B, H, G);
+  std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> db_h(G);  // the LSTM's one bias sits in both halves' sums: kept once (db), this is discarded
+  const bool zone = kh != nullptr || kc != nullptr;
+  const std::vector<T> zeros(zone ? H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* dhw = dHW + tB * G;                                 // (B, 4H)
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* dxwb = dXW + tb * G;
+      T* dhwb = dhw + static_cast<int64_t>(b) * G;
+      if (!is_valid(len, t, b)) {                          // state carried: dh, dc pass through unchanged
+        std::memset(dxwb, 0, sizeof(T) * G);
+        std::memset(dhwb, 0, sizeof(T) * G);
+        continue;
+      }
+      const int tp = prev_step(len, reverse, Tn, t, b);
+      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+      const T* nx = NX + tb * G;
+      const T* nhw = NHW + tb * G;
+      const T* nc = NC + tb * H;
+      T* dhb = dh + static_cast<int64_t>(b) * H;
+      T* dcb = dc + static_cast<int64_t>(b) * H;
+      ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
+      const T* a = gates.data();
+      if (zone)
+        ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
+                                         da.data() + 3 * H, dgc, dbc, dn.data(), H);
+      else
+        ln_lstm_output_backward<T, false>(a + 3 * H, nc, gc, bc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
+                                          dgc, dbc, dn.data(), H);
+      ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
+      if (zone)
+        ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
+      else
+        ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
+      both_halves_backward<T>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, db_h.data(), dgx, dgh,
+                              dxwb, dhwb, G);
+    }
+    add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
+  }
+}
+
+// Returns dXW (T,B,4H) (gradient of x W_ih^T), dHW (T,B,4H) (of (h_{t-1} * mask) W_hh^T), dh0, dc0, db (4H),
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw.
+std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
+                                     const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
+                                     const Tensor& RC, const Tensor& Cs, const Tensor& c0, const Tensor& w_hh,
+                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
+                                     const Tensor& b_c, const std::optional<Tensor>& mask,
+                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
+                                     const std::optional<Tensor>& lengths, bool reverse) {
+  const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
+  Tensor dh = dhn.clone(), dc = dcn.clone();
+  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
+  Tensor dgh = at::zeros({4 * H}, NX.options());
+  Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
+  AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_lstm_backward", [&] {
+    ln_lstm_backward_impl<scalar_t>(
+        dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
+        c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
+        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(),
+        db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
+        dbc.data_ptr<scalar_t>());
+  });
+  return {dXW, dHW, dh, dc, db, dgx, dgh, dgc, dbc};
+}
+
+// ---- GRU ------------------------------------------------------------------------------------------------------
+
+// The activated gates of one row: s = g_x n_x + b_ih, u = g_h n_hw + b_hh; r = sigma(s_r + u_r),
+// z = sigma(s_z + u_z), n = tanh(s_n + r u_n).
+template <typename T>
+inline void ln_gru_gates(const T* __restrict nx, const T* __restrict nhw, const T* __restrict gx,
+                         const T* __restrict gh, const T* __restrict bx, const T* __restrict bh,
+                         T* __restrict gates, int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = LnAct<T>::sigmoid(gx[j] * nx[j] + bx[j] + gh[j] * nhw[j] + bh[j]);
+    const T z = LnAct<T>::sigmoid(gx[H + j] * nx[H + j] + bx[H + j] + gh[H + j] * nhw[H + j] + bh[H + j]);
+    const T un = gh[2 * H + j] * nhw[2 * H + j] + bh[2 * H + j];
+    gates[j] = r;
+    gates[H + j] = z;
+    gates[2 * H + j] = LnAct<T>::tanh(gx[2 * H + j] * nx[2 * H + j] + bx[2 * H + j] + r * un);
+  }
+}
+
+// h' = (1 - z) n + z h with the unmasked h; zoneout when Z.
+template <typename T, bool Z>
+inline void ln_gru_output(const T* __restrict gates, const T* __restrict kh, T* __restrict h, T* __restrict y,
+                          int H) {
+  for (int j = 0; j < H; ++j) {
+    const T z = gates[H + j], n = gates[2 * H + j];
+    const T hn = (T(1) - z) * n + z * h[j];
+    const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
+    h[j] = hv;
+    y[j] = hv;
+  }
+}
+
+template <typename T>
+void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
+                         const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h,
+                         T* NHW, T* RX, T* RH) {
+  const int G = 3 * H;
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), gates(G),
+      hm(mask ? static_cast<size_t>(B) * H : 0);
+  const StepGemm<T> rec(whh, true, B, G, H);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 3H)
+    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* y = Y + tb * H;
+      if (!is_valid(len, t, b)) {
+        std::memset(y, 0, sizeof(T) * H);
+        continue;
+      }
+      T* nx = xw + tb * G;
+      T* nb = nhw + static_cast<int64_t>(b) * G;
+      const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
+      if (train) {
+        RX[tb] = rx;
+        RH[tb] = rh;
+      }
+      ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
+      T* hb = h + static_cast<int64_t>(b) * H;
+      if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, y, H);
+      else ln_gru_output<T, false>(gates.data(), nullptr, hb, y, H);
+    }
+  }
+}
+
+// xw (T,B,3H) = x W_ih^T, normalised in place (becomes n_x); b_ih, b_hh (3H) (zeros without bias): b_hh stays
+// inside the reset gate's product as in torch's GRU. Returns Y (T,B,H), h_n and, when train, NHW (T,B,3H), RX,
+// RH (T,B).
+std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_ih,
+                                   const Tensor& b_hh, const Tensor& g_ih, const Tensor& g_hh,
+                                   const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
+                                   const std::optional<Tensor>& lengths, bool reverse, bool train) {
+  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
+  const int Ts = train ? Tn : 0;
+  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor h = h0.clone();
+  Tensor NHW = at::empty({Ts, B, 3 * H}, xw.options());
+  Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_gru_forward", [&] {
+    ln_gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(),
+                                  b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
+                                  ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths),
+                                  reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>());
+  });
+  return {Y, h, NHW, RX, RH};
+}
+
+// One row's pointwise derivative from dL/dh_t = dh + dy: ds = d[s_r, s_z, s_n] (the input half), du =
+// d[u_r, u_z, u_n] (the recurrent half), dh <- the direct part of dL/dh_{t-1} (zoneout and the carry z h; the
+// GEMM adds the rest).
+template <typename T, bool Z>
+inline void ln_gru_cell_backward(const T* __restrict a, const T* __restrict nhw, const T* __restrict gh,
+                                 const T* __restrict bh, const T* __restrict hp, const T* __restrict dy,
+                                 const T* __restrict kh, T* __restrict dh, T* __restrict ds, T* __restrict du,
+                                 int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = a[j], z = a[H + j], n = a[2 * H + j];
+    const T d = dh[j] + dy[j];                              // dL/dh_t
+    const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
+    const T un = nhw[2 * H + j] * gh[2 * H + j] + bh[2 * H + j];
+    const T dnp = dhn * (T(1) - z) * (T(1) - n * n);       // through n = tanh(.)
+    const T drp = dnp * un * r * (T(1) - r);
+    const T dzp = dhn * (hp[j] - n) * z * (T(1) - z);
+    ds[j] = drp;
+    ds[H + j] = dzp;
+    ds[2 * H + j] = dnp;
+    du[j] = drp;
+    du[H + j] = dzp;
+    du[2 * H + j] = dnp * r;                                // the reset gate scales u_n
+    dh[j] = (Z ? kh[j] * d : T(0)) + dhn * z;
+  }
+}
+
+template <typename T>
+void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
+                          const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
+                          const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
+                          T* dHW, T* dbx, T* dbh, T* dgx, T* dgh) {
+  const int G = 3 * H;
+  const StepGemm<T> rec(whh, false, B, H, G);
+  std::vector<T> gates(G), ds(G), du(G), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* dhw = dHW + tB * G;                                 // (B, 3H)
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* dxwb = dXW + tb * G;
+      T* dhwb = dhw + static_cast<int64_t>(b) * G;
+      if (!is_valid(len, t, b)) {
+        std::memset(dxwb, 0, sizeof(T) * G);
+        std::memset(dhwb, 0, sizeof(T) * G);
+        continue;
+      }
+      const int tp = prev_step(len, reverse, Tn, t, b);
+      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      const T* nx = NX + tb * G;
+      const T* nhw = NHW + tb * G;
+      ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
+      T* dhb = dh + static_cast<int64_t>(b) * H;
+      if (kh)
+        ln_gru_cell_backward<T, true>(gates.data(), nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
+                                      du.data(), H);
+      else
+        ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
+                                       du.data(), H);
+      both_halves_backward<T>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh, dxwb,
+                              dhwb, G);
+    }
+    add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
+  }
+}
+
+// Returns dXW (T,B,3H) (gradient of x W_ih^T), dHW (T,B,3H) (of (h_{t-1} * mask) W_hh^T), dh0, db_ih, db_hh,
+// dg_ih, dg_hh (3H each).
+std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
+                                    const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
+                                    const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
+                                    const Tensor& g_hh, const std::optional<Tensor>& mask,
+                                    const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
+                                    bool reverse) {
+  const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
+  Tensor dh = dhn.clone();
+  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
+  Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
+  AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
+    ln_gru_backward_impl<scalar_t>(
+        dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
+        RH.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+        b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
+        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dbx.data_ptr<scalar_t>(),
+        dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
+  });
+  return {dXW, dHW, dh, dbx, dbh, dgx, dgh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
+  m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
+        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
+        "bool train) -> Tensor[]");
+  m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
+        "Tensor NC, Tensor RC, Tensor C, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
+        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) "
+        "-> Tensor[]");
+  m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
+        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
+  m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
+        "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
+        "Tensor? keep_h, Tensor? lengths, bool reverse) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
+  m.impl("ln_lstm_forward", &ln_lstm_forward);
+  m.impl("ln_lstm_backward", &ln_lstm_backward);
+  m.impl("ln_gru_forward", &ln_gru_forward);
+  m.impl("ln_gru_backward", &ln_gru_backward);
+}

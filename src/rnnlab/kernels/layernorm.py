@@ -1,0 +1,194 @@
+r"""Whole-sequence kernels of the layer-normalised LSTM and GRU (:attr:`rnnlab.cellspec.CellSpec.kernel`).
+
+The cells (Ba, Kiros & Hinton 2016, section 3.1; ``LN`` normalises each row over its features, eps 1e-5):
+
+.. math::
+    \text{LSTM:}\quad a_t &= \underbrace{LN(W_{ih} x_t)\,\gamma_{ih} + b}_{s_t} + LN(W_{hh} (h_{t-1} m))\,\gamma_{hh},
+    \qquad [i, f, g, o] = [\sigma, \sigma, \tanh, \sigma](a_t) \\
+    c'_t &= f c_{t-1} + i g, \qquad h'_t = o \tanh(LN(c'_t)\,\gamma_c + \beta_c) \\
+    \text{GRU:}\quad s_t &= LN(W_{ih} x_t)\,\gamma_{ih} + b_{ih}, \qquad
+    [u_r, u_z, u_n] = LN(W_{hh} (h_{t-1} m))\,\gamma_{hh} + b_{hh} \\
+    r &= \sigma(s_r + u_r), \quad z = \sigma(s_z + u_z), \quad n = \tanh(s_n + r u_n), \quad
+    h'_t = (1 - z) n + z h_{t-1}
+
+with ``m`` the recurrent-dropout mask (ones without it) and zoneout ``h_t = k_t h_{t-1} + (1 - k_t) h'_t`` (the
+same for ``c``; ``k = 0`` without it).
+
+How it is split (the fused backend's recipe, :mod:`rnnlab.kernels.fused`): the input projection
+``xw = X W_ih^T`` is one GEMM over all ``T*B`` rows; everything else runs in the compiled loop
+(``csrc/layernorm.cpp``): per step one GEMM ``hw = (h_{t-1} m) W_{hh}^T``, then per row the layer norms of
+``xw_t`` and ``hw``, the gates and the cell (for the LSTM also the layer norm of ``c'``). Its hand-written
+backward walks the steps in reverse with, per row, the layer-norm derivative
+
+.. math::
+    y = n\gamma + \beta,\; n = (x - \mu)\,\rho \;\Rightarrow\;
+    \partial x = \rho\,(\partial n - \overline{\partial n} - n\,\overline{\partial n \cdot n}),
+    \quad \partial n = \partial y\,\gamma,\; \partial\gamma \mathrel{+}= \partial y\, n,\;
+    \partial\beta \mathrel{+}= \partial y
+
+(``ρ = 1/sqrt(var + eps)``, bars are row means), applied to the cell's ``LN(c')`` (LSTM), to ``LN(hw)`` and to
+``LN(xw)``, and ``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM per step. It returns ``∂xw`` and ``∂hw`` for every
+step, so that ``∂X = ∂xw W_{ih}``, ``∂W_{ih} = ∂xw^T X`` and ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` are GEMMs over
+all rows, as in the plain fused backward. The input half's layer norm runs in the loop too, rather than as one
+``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
+(the normalised input and its gradient) and their passes: 1.55x the plain fused LSTM at B=64, T=100, H=256
+in one run of ``benchmarks/variants.py``, against 1.1-1.4x with this layout (several runs on a shared, loaded
+machine). The activated gates are not stored either: the backward recomputes them from the two saved
+normalised halves.
+
+A run on another device, in another dtype, or asking for the recorded cell states or gates (``record``,
+``gates``) is declined (``None``): the layer then runs the reference loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cellspec import SequenceResult, SequenceRun
+from ._extension import load_extension
+from .fused import _bias, _dw_hh, _input_grads, _lengths, _projection
+
+__all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _ops() -> Any:
+    return torch.ops.rnnlab_fused
+
+
+def _covers(run: SequenceRun) -> bool:
+    """Whether the compiled loop can run ``run`` (else the layer falls back to the reference loop)."""
+    x = run.x
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and not run.record and not run.gates
+            and load_extension())
+
+
+def _keep(run: SequenceRun, k: int) -> Tensor | None:
+    keep = run.keep[k] if k < len(run.keep) else None
+    return None if keep is None else keep.contiguous()
+
+
+def _mask(run: SequenceRun) -> Tensor | None:
+    return None if run.h_mask is None else run.h_mask.contiguous()
+
+
+def _needs_graph(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _recurrent_weight_grad(dHW: Tensor, Y: Tensor, h0: Tensor, mask: Tensor | None, lengths: Tensor | None,
+                           reverse: bool) -> Tensor:
+    """``∂W_hh = Σ_t ∂hw_t^T (h_{t-1} m)``: the outputs are the states (zoneout included), masked like the
+    forward's recurrent input."""
+    if mask is not None:
+        Y, h0 = Y * mask, h0 * mask
+    return _dw_hh(dHW, Y, h0.contiguous(), lengths, reverse)
+
+
+class _LNLSTM(torch.autograd.Function):
+    """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
+    keep_h, keep_c, lengths, reverse``; outputs ``Y (T, B, H), h_n, c_n``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
+                reverse):
+        xw = _projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
+        h0, c0, b = h0.contiguous(), c0.contiguous(), _bias(w_ih, bias)
+        params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
+        Y, hn, cn, NHW, RX, RH, NC, RC, C = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
+                                                                   lengths, reverse, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
+                              Y)
+        ctx.reverse, ctx.has_bias = reverse, bias is not None
+        return Y, hn, cn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn, dcn):  # type: ignore[override]
+        x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y) = rest[:5], rest[5:]
+        dXW, dHW, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
+            dY.contiguous(), dhn.contiguous(), dcn.contiguous(), NX, RX, NHW, RH, NC, RC, C, c0, w_hh, *params,
+            mask, keep_h, keep_c, lengths, ctx.reverse)
+        need = ctx.needs_input_grad
+        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 3)
+        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[4] else None
+        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh,
+                db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
+                dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None)
+
+
+class _LNGRU(torch.autograd.Function):
+    """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
+    lengths, reverse``; outputs ``Y (T, B, H), h_n``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse):  # type: ignore[override]
+        xw = _projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
+        h0 = h0.contiguous()
+        params = (w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
+        Y, hn, NHW, RX, RH = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y)
+        ctx.reverse = reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return Y, hn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhn):  # type: ignore[override]
+        x, h0, w_ih, *rest = ctx.saved_tensors
+        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y) = rest[:5], rest[5:]
+        dXW, dHW, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
+            dY.contiguous(), dhn.contiguous(), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse)
+        need = ctx.needs_input_grad
+        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 2)
+        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[3] else None
+        return (dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih if ctx.has_bias[0] and need[4] else None,
+                db_hh if ctx.has_bias[1] and need[5] else None, dg_ih if need[6] else None,
+                dg_hh if need[7] else None, None, None, None, None)
+
+
+def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
+    """LayerNormLSTM's whole-sequence kernel (the contract of :attr:`CellSpec.kernel`); ``None`` if not covered."""
+    if not _covers(run):
+        return None
+    p = run.p
+    h0, c0 = run.state  # type: ignore[misc]
+    mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), _lengths(run.lengths)
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
+               p["ln_c_weight"], p["ln_c_bias"])
+    if _needs_graph(run.x, h0, c0, *weights):
+        Y, hn, cn = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse)
+        return Y, (hn, cn), None, None
+    with torch.no_grad():  # inference: nothing saved for a backward
+        w_ih, w_hh, bias, *gains = weights
+        Y, hn, cn = _ops().ln_lstm_forward(
+            _projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), _bias(w_ih, bias),
+            *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, False)[:3]
+    return Y, (hn, cn), None, None
+
+
+def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
+    """LayerNormGRU's whole-sequence kernel (the contract of :attr:`CellSpec.kernel`); ``None`` if not covered."""
+    if not _covers(run):
+        return None
+    p = run.p
+    h0 = run.state
+    assert isinstance(h0, Tensor)
+    mask, keep_h, lengths = _mask(run), _keep(run, 0), _lengths(run.lengths)
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
+               p["ln_hh_weight"])
+    if _needs_graph(run.x, h0, *weights):
+        Y, hn = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse)
+        return Y, hn, None, None
+    with torch.no_grad():
+        w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = weights
+        Y, hn = _ops().ln_gru_forward(
+            _projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh),
+            g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False)[:2]
+    return Y, hn, None, None
