@@ -283,6 +283,26 @@ def test_zoneout_keeps_units_per_step_in_training_and_uses_the_expectation_in_ev
     assert (out - expected).abs().max() <= 1e-5
 
 
+def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges():
+    from rnnlab.layers import bernoulli_mask
+
+    cpu = torch.device("cpu")
+    assert bernoulli_mask((7, 3, 5), 0.0, torch.float32, cpu).sum() == 0
+    assert bernoulli_mask((7, 3, 5), 1.0, torch.float64, cpu).sum() == 105
+    torch.manual_seed(3)
+    m = bernoulli_mask((400, 64, 64), 0.3, torch.float32, cpu)  # 1.6 M draws: sigma of a rate ~ 0.0004
+    assert m.dtype == torch.float32 and set(m.unique().tolist()) == {0.0, 1.0}
+    flat = m.flatten()
+    # every 16-bit lane of a 64-bit draw (the top one holds the sign bit) has the rate
+    for lane in range(4):
+        assert abs(float(flat[lane::4].mean()) - 0.3) < 0.004, lane
+    # neighbours (which share a draw) are independent: P(both) = p^2
+    assert abs(float((flat[:-1] * flat[1:]).mean()) - 0.09) < 0.003
+    torch.manual_seed(3)
+    assert torch.equal(bernoulli_mask((400, 64, 64), 0.3, torch.float32, cpu), m)  # a seed fixes it
+    assert bernoulli_mask((5, 4), 0.5, torch.bfloat16, cpu).dtype == torch.bfloat16
+
+
 @pytest.mark.filterwarnings("ignore:.*reference loop")
 def test_return_all_states_and_gates_are_consistent_with_the_recurrence():
     lstm = rnnlab.LSTM(I, H, num_layers=2, bidirectional=True, return_gates=True, batch_first=True)
