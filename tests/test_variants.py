@@ -283,9 +283,14 @@ def test_zoneout_keeps_units_per_step_in_training_and_uses_the_expectation_in_ev
     assert (out - expected).abs().max() <= 1e-5
 
 
-def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges():
+@pytest.mark.parametrize("compiled", [True, False], ids=["xoshiro", "torch-lanes"])
+def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges(compiled, monkeypatch):
     from rnnlab.layers import bernoulli_mask
 
+    if compiled and not rnnlab.kernels.fused.compiled_available():
+        pytest.skip("the compiled kernels are not available")
+    if not compiled:
+        monkeypatch.setattr(rnnlab.kernels.fused, "compiled_available", lambda: False)
     cpu = torch.device("cpu")
     assert bernoulli_mask((7, 3, 5), 0.0, torch.float32, cpu).sum() == 0
     assert bernoulli_mask((7, 3, 5), 1.0, torch.float64, cpu).sum() == 105
@@ -293,7 +298,7 @@ def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges():
     m = bernoulli_mask((400, 64, 64), 0.3, torch.float32, cpu)  # 1.6 M draws: sigma of a rate ~ 0.0004
     assert m.dtype == torch.float32 and set(m.unique().tolist()) == {0.0, 1.0}
     flat = m.flatten()
-    # every 16-bit lane of a 64-bit draw (the top one holds the sign bit) has the rate
+    # every 16-bit lane of a 64-bit draw has the rate (torch's draws: the top lane holds the sign bit)
     for lane in range(4):
         assert abs(float(flat[lane::4].mean()) - 0.3) < 0.004, lane
     # neighbours (which share a draw) are independent: P(both) = p^2

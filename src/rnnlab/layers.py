@@ -592,19 +592,25 @@ class RNNBase(nn.Module):
 def bernoulli_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A tensor of 1s (probability ``p``) and 0s, i.i.d., as ``dtype``.
 
-    On the CPU, torch's generator costs ~8 ns per float drawn, which makes drawing zoneout's ``(T, B, H)`` masks
-    a visible share of a small layer's step (measured: 17% of an LSTM at B=8, H=64). Here each element takes 16
-    random bits out of 64-bit integer draws (4 elements per draw, ~3x cheaper), compared with ``p`` rounded to a
-    multiple of ``2^-16`` (``torch.rand < p`` rounds it to ``2^-24``). Other devices use ``torch.rand < p``.
+    On the CPU, torch's generator costs ~3-8 ns per value, which made drawing zoneout's ``(T, B, H)`` masks 15-20%
+    of a small layer's forward + backward. With the compiled kernels the mask comes from a xoshiro256** stream
+    (``csrc/masks.cpp``) seeded by one 64-bit draw from torch's generator, so ``torch.manual_seed`` still fixes it;
+    without them, from 16-bit lanes of torch's 64-bit integer draws (4 elements per draw). Either way ``p`` is
+    rounded to a multiple of ``2^-16`` (``torch.rand < p`` rounds it to ``2^-24``). Other devices use
+    ``torch.rand < p``.
     """
     if torch.device(device).type != "cpu":
         return torch.rand(shape, device=device).lt_(p).to(dtype)
     n = math.prod(shape)
-    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
-    # The comparison in float, in place (the int16 values are exact in float32/64): one pass instead of a
-    # compare into bool and a cast. P(uniform int16 < threshold) = round(p * 2^16) / 2^16.
     exact = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    mask = bits.to(exact).lt_(float(round(p * 65536) - 32768)).view(shape)
+    if fused.compiled_available():
+        seed = int(torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64))
+        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, seed, torch.empty(0, dtype=exact)).view(shape)
+    else:
+        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
+        # The comparison in float, in place (the int16 values are exact in float32/64): one pass instead of a
+        # compare into bool and a cast. P(uniform int16 < threshold) = round(p * 2^16) / 2^16.
+        mask = bits.to(exact).lt_(float(round(p * 65536) - 32768)).view(shape)
     return mask if exact == dtype else mask.to(dtype)
 
 
