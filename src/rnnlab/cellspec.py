@@ -24,7 +24,9 @@ It returns the new state. The parameter function returns the shapes, in registra
     layer = rnnlab.Recurrent(MY_RNN, input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
 
 Parameters are initialised ``U(-1/sqrt(H), 1/sqrt(H))`` like torch.nn unless ``constant_init`` names a value.
-A spec with a ``mode`` (torch's cell types) can also run on a fused whole-sequence backend; other specs run on
+A spec with a ``mode`` (torch's cell types) runs on a fused whole-sequence backend. A spec may also bring its own
+whole-sequence ``kernel`` (a compiled loop with a hand-written backward, see :class:`SequenceRun`): the built-in
+variants and torch's cells with recurrent dropout, zoneout or all-step outputs have one. Everything else runs on
 the reference loop, and the layer says so once with a warning when a faster backend was selected.
 """
 

@@ -21,7 +21,8 @@ r"""The cells users keep asking torch.nn for, each written as a :class:`~rnnlab.
   LSTM pre-activations. With ``w_c* = 0`` it is exactly ``rnnlab.LSTM``.
 
 Each is a layer (multi-layer, bidirectional, packed input, all of :class:`rnnlab.RNNBase`'s options) and a cell.
-None has a fused kernel: they run on the reference loop (measured in docs/variants.md).
+Each has a compiled whole-sequence kernel with a hand-written backward (``rnnlab.kernels.peephole``,
+``rnnlab.kernels.layernorm``), tested against the reference loop of its step; costs are in docs/variants.md.
 """
 
 from __future__ import annotations
