@@ -425,7 +425,7 @@ class RNNBase(nn.Module):
                 p = self.layer_params(layer, direction)
                 if self.weight_dropout > 0 and self.training:
                     # DropConnect: one mask on W_hh for the whole forward (every step and sequence)
-                    p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
+                    p["weight_hh"] = _drop_connect(p["weight_hh"], self.weight_dropout)
                 hook = None
                 if observer is not None and not on_loop and lengths is None:
                     hook = self._kernel_sink(observer, backend, layer, direction, x, state)
@@ -612,6 +612,14 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device:
         # compare into bool and a cast. P(uniform int16 < threshold) = round(p * 2^16) / 2^16.
         mask = bits.to(exact).lt_(float(round(p * 65536) - 32768)).view(shape)
     return mask if exact == dtype else mask.to(dtype)
+
+
+def _drop_connect(w: Tensor, p: float) -> Tensor:
+    """``F.dropout(w, p)`` (zeros with probability ``p``, the rest scaled by ``1/(1-p)``) with the mask from
+    :func:`bernoulli_mask` (cheaper on the CPU; ``p`` rounded to a multiple of ``2^-16``)."""
+    if p >= 1:
+        return w * 0
+    return w * bernoulli_mask(tuple(w.shape), 1 - p, w.dtype, w.device).div_(1 - p)
 
 
 def _zoneout(old: State, new: State, keep: tuple[Tensor | None, ...], t: int) -> State:
