@@ -17,6 +17,7 @@ more than 2,000). ``deadline=None`` everywhere: the first call of a backend can 
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -329,15 +330,40 @@ def check_variant(case: dict, backend: str) -> None:
     ref_x = x if batched else x[:, :1]
     ref_out, ref_hidden = _unrolled(layer, cell_cls, ref_x, ref_states, lengths)
     where = f"{backend} {case}"
-    _assert_same({"output": out, **{f"hidden[{k}]": h for k, h in enumerate(hidden)}},
-                 {"output": ref_out, **{f"hidden[{k}]": h for k, h in enumerate(ref_hidden)}}, dtype, where)
-    # and the gradients of the same loss through both
     w = torch.randn(out.shape, generator=g, dtype=dtype)
     grads = torch.autograd.grad((out * w).sum(), [x, *layer.parameters()], allow_unused=True)
     ref_grads = torch.autograd.grad((ref_out * w).sum(), [x, *layer.parameters()], allow_unused=True)
     names = ["x", *(n for n, _ in layer.named_parameters())]
-    _assert_same({n: a for n, a in zip(names, grads) if a is not None},
-                 {n: b for n, b in zip(names, ref_grads) if b is not None}, dtype, where)
+    ours = {"output": out, **{f"hidden[{k}]": h for k, h in enumerate(hidden)},
+            **{n: a for n, a in zip(names, grads) if a is not None}}
+    theirs = {"output": ref_out, **{f"hidden[{k}]": h for k, h in enumerate(ref_hidden)},
+              **{n: b for n, b in zip(names, ref_grads) if b is not None}}
+    if dtype != torch.float32:
+        _assert_same(ours, theirs, dtype, where)
+        return
+    # float32: a layer norm over a few units (H = 2) amplifies rounding, and a compiled kernel rounds differently
+    # from the unrolled cell; where they differ by more than TOL, each is compared with the float64 result of the
+    # same weights and inputs, and the kernel must be no further from it than 4x the unrolled cell's own error.
+    truth = _unrolled_float64(layer, cell_cls, x, batched, ref_states, lengths, w, names)
+    for key in ours:
+        try:
+            _assert_same({key: ours[key]}, {key: theirs[key]}, dtype, where)
+        except AssertionError:
+            err = float((ours[key].detach().double() - truth[key]).abs().max())
+            ref_err = float((theirs[key].detach().double() - truth[key]).abs().max())
+            assert err <= 4 * ref_err + TOL[dtype]["atol"], (f"{where}: {key}: {err:.3g} from float64, the "
+                                                             f"unrolled float32 cell {ref_err:.3g}")
+
+
+def _unrolled_float64(layer, cell_cls, x, batched, states, lengths, w, names) -> dict[str, torch.Tensor]:
+    """Outputs, final states and gradients of the unrolled cell in float64 (same weights and inputs, upcast)."""
+    layer64 = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_()
+    states64 = None if states is None else [s.detach().double() for s in states]
+    out, hidden = _unrolled(layer64, cell_cls, x64 if batched else x64[:, :1], states64, lengths)
+    grads = torch.autograd.grad((out * w.double()).sum(), [x64, *layer64.parameters()], allow_unused=True)
+    return {"output": out, **{f"hidden[{k}]": h for k, h in enumerate(hidden)},
+            **{n: a for n, a in zip(names, grads) if a is not None}}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
