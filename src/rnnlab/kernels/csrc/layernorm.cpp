@@ -11,8 +11,9 @@
 // loop, see layernorm.py).
 //
 // Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
-// layer-norm derivatives of both halves to d(xw) and d(hw) (kept for all steps: dX, dW_ih and dW_hh are GEMMs in
-// Python), then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM). Gains, shifts and biases are summed per step while
+// layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in Python) and d(hw),
+// then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM); dW_hh += d(hw)^T (h_{t-1} * mask) is summed here, one GEMM
+// per chunk of steps (RecurrentWeightGrad). Gains, shifts and biases are summed per step while
 // the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
 //   dx = rstd (dn - mean(dn) - n mean(dn n)),  dn = dy g,  dg += dy n,  dshift += dy.
 //
@@ -56,10 +57,41 @@ inline double hsum(V8d v) {
   return s;
 }
 
-// mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
+// mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean.
+// float rows: one pass of sum and sum of squares in double, var = E[x^2] - mean^2. A float has 24 bits, so the
+// double sums are all but exact and the difference loses nothing that matters unless |mean| exceeds the
+// spread by ~1e6; one pass instead of two over each of the three normalised rows per step (measured in
+// benchmarks/ab_layernorm.py). double rows: two passes (about the mean), like torch, since there the one-pass
+// difference would cancel the digits that float64 callers (gradcheck) rely on.
 // Four independent partial sums per pass: one would make each pass a chain of n/8 dependent adds.
 template <typename T>
 inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    V8d a0 = {}, a1 = {}, q0 = {}, q1 = {};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const V8d v0 = load8<T>(x + j), v1 = load8<T>(x + j + 8);
+      a0 += v0;
+      a1 += v1;
+      q0 += v0 * v0;
+      q1 += v1 * v1;
+    }
+    for (; j + 8 <= n; j += 8) {
+      const V8d v = load8<T>(x + j);
+      a0 += v;
+      q0 += v * v;
+    }
+    double s = hsum(a0 + a1), q = hsum(q0 + q1);
+    for (; j < n; ++j) {
+      s += x[j];
+      q += double(x[j]) * x[j];
+    }
+    const double m = s / n;
+    const double v = std::max(q / n - m * m, 0.0);
+    mean = T(m);
+    rstd = T(1.0 / std::sqrt(v + kEps));
+    return;
+  }
   V8d a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int j = 0;
   for (; j + 32 <= n; j += 32) {
@@ -135,8 +167,9 @@ struct Vec8 {
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
 // layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
 // in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
-// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)).
-template <typename T>
+// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)). BH: also sum
+// dbh += du (the GRU's b_hh; the LSTM's one bias is summed once, in dbx).
+template <typename T, bool BH>
 inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
                                  const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
                                  T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
@@ -149,7 +182,7 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
     const V a = L::load(da + j), u = L::load(du + j), n1 = L::load(nx + j), n2 = L::load(nhw + j);
     L::store(dbx + j, L::load(dbx + j) + a);
     L::store(dgx + j, L::load(dgx + j) + a * n1);
-    L::store(dbh + j, L::load(dbh + j) + u);
+    if constexpr (BH) L::store(dbh + j, L::load(dbh + j) + u);
     L::store(dgh + j, L::load(dgh + j) + u * n2);
     const V d1 = a * L::load(gx + j), d2 = u * L::load(gh + j);
     L::store(dxw + j, d1);
@@ -164,7 +197,7 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
   for (; j < G; ++j) {
     dbx[j] += da[j];
     dgx[j] += da[j] * nx[j];
-    dbh[j] += du[j];
+    if constexpr (BH) dbh[j] += du[j];
     dgh[j] += du[j] * nhw[j];
     dxw[j] = da[j] * gx[j];
     dhw[j] = du[j] * gh[j];
@@ -231,6 +264,46 @@ struct LnAct<float> {
     const float large = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
     return a < 0.625f ? small : (x < 0.0f ? -large : large);
   }
+};
+
+// dW_hh = sum_t d(hw)_t^T (h_{t-1} * mask), accumulated inside the backward loop: each step's d(hw) (B, G) goes
+// into a small chunk buffer (about 256 rows, reused, so in cache), the matching h_{t-1} * mask rows next to it,
+// and every few steps one GEMM dW_hh (G, P) += D^T Hp over the chunk's rows. This replaces a (T, B, G) d(hw)
+// buffer written here, page-faulted on first touch and read back by one big GEMM in Python (measured in
+// benchmarks/ab_layernorm.py). Rows of padding steps hold zeros in both, so they add nothing.
+template <typename T>
+class RecurrentWeightGrad {
+ public:
+  RecurrentWeightGrad(int Tn, int B, int G, int P, T* dw)
+      : B_(B), G_(G), P_(P), K_(std::max(1, std::min(Tn, (256 + B - 1) / B))), dw_(dw),
+        d_(static_cast<size_t>(K_) * B * G), hp_(dw ? static_cast<size_t>(K_) * B * P : 0) {}
+
+  T* step_rows() { return d_.data() + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
+
+  // Row b of the current step's h_{t-1} * mask (hp = nullptr: a padding row, zeros).
+  void set_prev(int b, const T* hp, const T* mask) {
+    if (dw_ == nullptr) return;
+    T* dst = hp_.data() + (static_cast<int64_t>(n_) * B_ + b) * P_;
+    if (hp == nullptr) std::memset(dst, 0, sizeof(T) * P_);
+    else if (mask == nullptr) std::memcpy(dst, hp, sizeof(T) * P_);
+    else for (int j = 0; j < P_; ++j) dst[j] = hp[j] * mask[static_cast<int64_t>(b) * P_ + j];
+  }
+
+  void end_step() {
+    if (++n_ == K_) flush();
+  }
+
+  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms.
+  void flush() {
+    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_.data(), P_, d_.data(), G_, dw_, P_);
+    n_ = 0;
+  }
+
+ private:
+  int B_, G_, P_, K_;
+  T* dw_;
+  int n_ = 0;
+  std::vector<T> d_, hp_;
 };
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
@@ -408,20 +481,20 @@ inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp,
 
 template <typename T>
 void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* NC,
-                           const T* RC, const T* Cs, const T* c0, const T* whh, const T* bias, const T* gx,
-                           const T* gh, const T* gc, const T* bc, const T* mask, const T* kh, const T* kc,
-                           const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dc, T* dXW, T* dHW,
-                           T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
+                           const T* RC, const T* Cs, const T* Y, const T* h0, const T* c0, const T* whh,
+                           const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
+                           const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
+                           T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
+  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
   std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
-  std::vector<T> db_h(G);  // the LSTM's one bias sits in both halves' sums: kept once (db), this is discarded
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
     const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = dHW + tB * G;                                 // (B, 4H)
+    T* dhw = wgrad.step_rows();                            // (B, 4H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
       T* dxwb = dXW + tb * G;
@@ -429,10 +502,13 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       if (!is_valid(len, t, b)) {                          // state carried: dh, dc pass through unchanged
         std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
+        wgrad.set_prev(b, nullptr, mask);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
-      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+      const int64_t pb = static_cast<int64_t>(tp) * B + b;
+      const T* cp = tp >= 0 ? Cs + pb * H : c0 + static_cast<int64_t>(b) * H;
+      wgrad.set_prev(b, tp >= 0 ? Y + pb * H : h0 + static_cast<int64_t>(b) * H, mask);  // h_{t-1}
       const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
       const T* nc = NC + tb * H;
@@ -451,25 +527,28 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
         ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
       else
         ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
-      both_halves_backward<T>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, db_h.data(), dgx, dgh,
-                              dxwb, dhwb, G);
+      both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
+                                     dgh, dxwb, dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
+    wgrad.end_step();
   }
+  wgrad.flush();
 }
 
-// Returns dXW (T,B,4H) (gradient of x W_ih^T), dHW (T,B,4H) (of (h_{t-1} * mask) W_hh^T), dh0, dc0, db (4H),
-// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw.
+// Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs.
 std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
-                                     const Tensor& RC, const Tensor& Cs, const Tensor& c0, const Tensor& w_hh,
+                                     const Tensor& RC, const Tensor& Cs, const Tensor& Y, const Tensor& h0,
+                                     const Tensor& c0, const Tensor& w_hh,
                                      const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                      const Tensor& b_c, const std::optional<Tensor>& mask,
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-                                     const std::optional<Tensor>& lengths, bool reverse) {
+                                     const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
   Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
   Tensor dgh = at::zeros({4 * H}, NX.options());
   Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
@@ -477,14 +556,16 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
     ln_lstm_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
-        c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+        bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
         g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
-        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(),
+        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(),
+        need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
         dbc.data_ptr<scalar_t>());
   });
-  return {dXW, dHW, dh, dc, db, dgx, dgh, dgc, dbc};
+  return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
 
 // ---- GRU ------------------------------------------------------------------------------------------------------
@@ -606,14 +687,15 @@ template <typename T>
 void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
                           const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                           const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
-                          T* dHW, T* dbx, T* dbh, T* dgx, T* dgh) {
+                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
+  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
   std::vector<T> gates(G), ds(G), du(G), scratch(mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = dHW + tB * G;                                 // (B, 3H)
+    T* dhw = wgrad.step_rows();                            // (B, 3H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
       T* dxwb = dXW + tb * G;
@@ -621,10 +703,12 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       if (!is_valid(len, t, b)) {
         std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
+        wgrad.set_prev(b, nullptr, mask);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      wgrad.set_prev(b, hp, mask);
       const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
       ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
@@ -635,24 +719,26 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       else
         ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
                                        du.data(), H);
-      both_halves_backward<T>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh, dxwb,
-                              dhwb, G);
+      both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
+                                    dxwb, dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
+    wgrad.end_step();
   }
+  wgrad.flush();
 }
 
-// Returns dXW (T,B,3H) (gradient of x W_ih^T), dHW (T,B,3H) (of (h_{t-1} * mask) W_hh^T), dh0, db_ih, db_hh,
+// Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
 // dg_ih, dg_hh (3H each).
 std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
                                     const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
-                                    bool reverse) {
+                                    bool reverse, bool need_w_hh) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
   Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
   Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
@@ -661,10 +747,11 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
         RH.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
         b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
-        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dbx.data_ptr<scalar_t>(),
+        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
+        dbx.data_ptr<scalar_t>(),
         dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
   });
-  return {dXW, dHW, dh, dbx, dbh, dgx, dgh};
+  return {dXW, dW, dh, dbx, dbh, dgx, dgh};
 }
 
 }  // namespace
@@ -674,14 +761,14 @@ TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
         "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
         "bool train) -> Tensor[]");
   m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
-        "Tensor NC, Tensor RC, Tensor C, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
-        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) "
-        "-> Tensor[]");
+        "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
+        "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
+        "bool reverse, bool need_w_hh) -> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
         "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
   m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse) -> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
