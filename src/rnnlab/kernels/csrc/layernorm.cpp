@@ -366,7 +366,8 @@ inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __
 template <typename T>
 void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
                           const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
-                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs) {
+                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs,
+                          T* GS) {
   const int G = 4 * H;
   // One step's n_hw when nothing is kept (inference).
   std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
@@ -395,6 +396,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       row_stats<T>(nx, G, mx, rx);
       row_stats<T>(nb, G, mh, rh);
       ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
+      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
       ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
       T cmean, crstd;
       row_stats<T>(cn.data(), H, cmean, crstd);
@@ -417,13 +419,16 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
 // xw (T,B,4H) = x W_ih^T, normalised in place (becomes n_x); bias (4H) (zeros without one); mask (B,H) recurrent
 // dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
 // normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
-// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state).
+// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state), and, when gates, GS (T,B,4H) the
+// activated gates i, f, g, o (zeros at padding steps).
 std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                     const Tensor& b_c, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-                                    const std::optional<Tensor>& lengths, bool reverse, bool train) {
+                                    const std::optional<Tensor>& lengths, bool reverse, bool train,
+                                    bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
+  Tensor GS = at::zeros({gates ? Tn : 0, B, 4 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
@@ -438,9 +443,9 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
-        Cs.data_ptr<scalar_t>());
+        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, c, NHW, RX, RH, NC, RC, Cs};
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS};
 }
 
 // Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
@@ -479,12 +484,23 @@ inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp,
   }
 }
 
+// The recorded gates' own gradients dg (4H) (return_gates) added to the pre-activation gradients da:
+// d(sigma)/da = sigma (1 - sigma) for i, f, o, d(tanh)/da = 1 - g^2.
+template <typename T>
+inline void add_lstm_gate_grads(const T* __restrict a, const T* __restrict dg, T* __restrict da, int H) {
+  for (int j = 0; j < 4 * H; ++j) {
+    const T v = a[j];
+    da[j] += dg[j] * (j >= 2 * H && j < 3 * H ? T(1) - v * v : v * (T(1) - v));
+  }
+}
+
 template <typename T>
 void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* NC,
                            const T* RC, const T* Cs, const T* Y, const T* h0, const T* c0, const T* whh,
                            const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
                            const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
-                           T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
+                           T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
+                           const T* dGS) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
@@ -516,6 +532,8 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       T* dcb = dc + static_cast<int64_t>(b) * H;
       ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
       const T* a = gates.data();
+      if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
+        for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
       if (zone)
         ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
                                          da.data() + 3 * H, dgc, dbc, dn.data(), H);
@@ -527,6 +545,7 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
         ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
       else
         ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
+      if (dGS) add_lstm_gate_grads<T>(a, dGS + tb * G, da.data(), H);
       both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
                                      dgh, dxwb, dhwb, G);
     }
@@ -537,7 +556,8 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
 }
 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
-// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs.
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dC (T,B,H) and dgates
+// (T,B,4H) the recorded cell states' and gates' own gradients, when they were returned.
 std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
                                      const Tensor& RC, const Tensor& Cs, const Tensor& Y, const Tensor& h0,
@@ -545,7 +565,8 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
                                      const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                      const Tensor& b_c, const std::optional<Tensor>& mask,
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-                                     const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh) {
+                                     const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
+                                     const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
   Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
@@ -563,7 +584,7 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(),
         need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
-        dbc.data_ptr<scalar_t>());
+        dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates));
   });
   return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
@@ -602,7 +623,7 @@ inline void ln_gru_output(const T* __restrict gates, const T* __restrict kh, T* 
 template <typename T>
 void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                          const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h,
-                         T* NHW, T* RX, T* RH) {
+                         T* NHW, T* RX, T* RH, T* GS) {
   const int G = 3 * H;
   std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), gates(G),
       hm(mask ? static_cast<size_t>(B) * H : 0);
@@ -627,6 +648,7 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
         RH[tb] = rh;
       }
       ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
+      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: r, z, n
       T* hb = h + static_cast<int64_t>(b) * H;
       if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, y, H);
       else ln_gru_output<T, false>(gates.data(), nullptr, hb, y, H);
@@ -636,12 +658,13 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
 
 // xw (T,B,3H) = x W_ih^T, normalised in place (becomes n_x); b_ih, b_hh (3H) (zeros without bias): b_hh stays
 // inside the reset gate's product as in torch's GRU. Returns Y (T,B,H), h_n and, when train, NHW (T,B,3H), RX,
-// RH (T,B).
+// RH (T,B), and, when gates, GS (T,B,3H) the activated gates r, z, n (zeros at padding steps).
 std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_ih,
                                    const Tensor& b_hh, const Tensor& g_ih, const Tensor& g_hh,
                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
-                                   const std::optional<Tensor>& lengths, bool reverse, bool train) {
+                                   const std::optional<Tensor>& lengths, bool reverse, bool train, bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
+  Tensor GS = at::zeros({gates ? Tn : 0, B, 3 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
@@ -652,9 +675,10 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
                                   b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
                                   ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths),
                                   reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>());
+                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(),
+                                  gates ? GS.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, NHW, RX, RH};
+  return {Y, h, NHW, RX, RH, GS};
 }
 
 // One row's pointwise derivative from dL/dh_t = dh + dy: ds = d[s_r, s_z, s_n] (the input half), du =
@@ -683,11 +707,32 @@ inline void ln_gru_cell_backward(const T* __restrict a, const T* __restrict nhw,
   }
 }
 
+// The recorded gates' own gradients dg = d[r, z, n] (3H) (return_gates) added to ds, du (linear, so after the
+// state's part): n = tanh(s_n + r u_n) passes dg_n (1 - n^2) to s_n, times r to u_n, and times u_n on to r.
+template <typename T>
+inline void add_gru_gate_grads(const T* __restrict a, const T* __restrict nhw, const T* __restrict gh,
+                               const T* __restrict bh, const T* __restrict dg, T* __restrict ds, T* __restrict du,
+                               int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = a[j], z = a[H + j], n = a[2 * H + j];
+    const T un = nhw[2 * H + j] * gh[2 * H + j] + bh[2 * H + j];
+    const T dnp = dg[2 * H + j] * (T(1) - n * n);
+    const T drp = (dg[j] + dnp * un) * r * (T(1) - r);
+    const T dzp = dg[H + j] * z * (T(1) - z);
+    ds[j] += drp;
+    du[j] += drp;
+    ds[H + j] += dzp;
+    du[H + j] += dzp;
+    ds[2 * H + j] += dnp;
+    du[2 * H + j] += dnp * r;
+  }
+}
+
 template <typename T>
 void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
                           const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                           const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
-                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh) {
+                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh, const T* dGS) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
@@ -719,6 +764,7 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       else
         ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
                                        du.data(), H);
+      if (dGS) add_gru_gate_grads<T>(gates.data(), nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
       both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
                                     dxwb, dhwb, G);
     }
@@ -729,13 +775,13 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
 }
 
 // Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
-// dg_ih, dg_hh (3H each).
+// dg_ih, dg_hh (3H each). dgates (T,B,3H): the recorded gates' own gradients, when they were returned.
 std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
                                     const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
-                                    bool reverse, bool need_w_hh) {
+                                    bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = dhn.clone();
   Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
@@ -748,8 +794,8 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
         b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
         dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
-        dbx.data_ptr<scalar_t>(),
-        dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
+        dbx.data_ptr<scalar_t>(), dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(dgates));
   });
   return {dXW, dW, dh, dbx, dbh, dgx, dgh};
 }
@@ -759,16 +805,17 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
 TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
         "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
-        "bool train) -> Tensor[]");
+        "bool train, bool gates) -> Tensor[]");
   m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
         "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
         "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
-        "bool reverse, bool need_w_hh) -> Tensor[]");
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates) -> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
-        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
+        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
+        "-> Tensor[]");
   m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh) -> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
