@@ -108,8 +108,10 @@ class _LNLSTM(torch.autograd.Function):
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
         Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
                                                                        lengths, reverse, True, gates)
+        # returned gates also serve the backward (else it recomputes them from the normalised halves; keeping
+        # them always, for small runs, was measured: no gain at S4 in benchmarks/ab_layernorm.py)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y)
+                              Y, GS if gates else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
@@ -118,12 +120,12 @@ class _LNLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y) = rest[:5], rest[5:]
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
             _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), _zeros_if_none(dcn, c0), NX, RX, NHW, RH, NC, RC, C, Y,
             h0, c0, w_hh, *params, mask, keep_h, keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC),
-            _contiguous_or_none(dGS))
+            _contiguous_or_none(dGS), A)
         dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 3)
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
@@ -142,7 +144,7 @@ class _LNGRU(torch.autograd.Function):
         h0 = h0.contiguous()
         params = (w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
         Y, hn, NHW, RX, RH, GS = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
-        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if gates else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.set_materialize_grads(False)
@@ -152,11 +154,11 @@ class _LNGRU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dGS):  # type: ignore[override]
         x, h0, w_ih, *rest = ctx.saved_tensors
-        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y) = rest[:5], rest[5:]
+        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
         dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
             _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths,
-            ctx.reverse, need[3], _contiguous_or_none(dGS))
+            ctx.reverse, need[3], _contiguous_or_none(dGS), A)
         dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 2)
         return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
                 db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,

@@ -22,6 +22,10 @@
 // new state: s_t = k_t s_{t-1} + (1 - k_t) new_t.
 #include "common.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 using namespace rnnlab_kernels;
@@ -34,15 +38,26 @@ constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 // Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
 // reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
 typedef double V8d __attribute__((vector_size(64)));
+typedef float V8f __attribute__((vector_size(32)));
+
+// 8 floats to 8 doubles. gcc lowers __builtin_convertvector(V8f -> V8d) to two 128-bit converts and an insert
+// even with AVX-512; the intrinsic is one vcvtps2pd (the double sums of the backward were its hottest loop).
+inline V8d widen(V8f v) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<V8d>(_mm512_cvtps_pd(reinterpret_cast<__m256>(v)));
+#else
+  return __builtin_convertvector(v, V8d);
+#endif
+}
+inline V8d widen(V8d v) { return v; }
 
 template <typename T>
 inline V8d load8(const T* p);
 template <>
 inline V8d load8<float>(const float* p) {
-  typedef float V8f __attribute__((vector_size(32)));
   V8f v;
   std::memcpy(&v, p, sizeof(V8f));
-  return __builtin_convertvector(v, V8d);
+  return widen(v);
 }
 template <>
 inline V8d load8<double>(const double* p) {
@@ -187,11 +202,11 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
     const V d1 = a * L::load(gx + j), d2 = u * L::load(gh + j);
     L::store(dxw + j, d1);
     L::store(dhw + j, d2);
-    const V8d e1 = __builtin_convertvector(d1, V8d), e2 = __builtin_convertvector(d2, V8d);
+    const V8d e1 = widen(d1), e2 = widen(d2);
     s1x += e1;
-    s2x += e1 * __builtin_convertvector(n1, V8d);
+    s2x += e1 * widen(n1);
     s1h += e2;
-    s2h += e2 * __builtin_convertvector(n2, V8d);
+    s2h += e2 * widen(n2);
   }
   double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
   for (; j < G; ++j) {
@@ -500,7 +515,7 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
                            const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
                            const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
                            T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
-                           const T* dGS) {
+                           const T* dGS, const T* AS) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
@@ -530,8 +545,8 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       const T* nc = NC + tb * H;
       T* dhb = dh + static_cast<int64_t>(b) * H;
       T* dcb = dc + static_cast<int64_t>(b) * H;
-      ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
-      const T* a = gates.data();
+      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+      if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
       if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
         for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
       if (zone)
@@ -566,7 +581,8 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
                                      const Tensor& b_c, const std::optional<Tensor>& mask,
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
                                      const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
-                                     const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates) {
+                                     const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates,
+                                     const std::optional<Tensor>& A) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
   Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
@@ -584,7 +600,8 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(),
         need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
-        dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates));
+        dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates),
+        ptr_or_null<scalar_t>(A));
   });
   return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
@@ -732,7 +749,7 @@ template <typename T>
 void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
                           const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                           const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
-                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh, const T* dGS) {
+                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh, const T* dGS, const T* AS) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
@@ -756,15 +773,16 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       wgrad.set_prev(b, hp, mask);
       const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
-      ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
+      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+      if (!AS) ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
       T* dhb = dh + static_cast<int64_t>(b) * H;
       if (kh)
-        ln_gru_cell_backward<T, true>(gates.data(), nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
+        ln_gru_cell_backward<T, true>(a, nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
                                       du.data(), H);
       else
-        ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
+        ln_gru_cell_backward<T, false>(a, nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
                                        du.data(), H);
-      if (dGS) add_gru_gate_grads<T>(gates.data(), nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
+      if (dGS) add_gru_gate_grads<T>(a, nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
       both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
                                     dxwb, dhwb, G);
     }
@@ -781,7 +799,8 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
-                                    bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates) {
+                                    bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates,
+                                    const std::optional<Tensor>& A) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = dhn.clone();
   Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
@@ -795,7 +814,7 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
         ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
         dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         dbx.data_ptr<scalar_t>(), dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(dgates));
+        ptr_or_null<scalar_t>(dgates), ptr_or_null<scalar_t>(A));
   });
   return {dXW, dW, dh, dbx, dbh, dgx, dgh};
 }
@@ -809,13 +828,14 @@ TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
         "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
         "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
-        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates) -> Tensor[]");
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A) -> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
         "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
         "-> Tensor[]");
   m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates) -> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor? A) "
+        "-> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
