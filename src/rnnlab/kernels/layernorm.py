@@ -30,13 +30,16 @@ backward walks the steps in reverse with, per row, the layer-norm derivative
 ``LN(xw)``, and ``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM per step. It returns ``∂xw`` for every step, so
 that ``∂X = ∂xw W_{ih}`` and ``∂W_{ih} = ∂xw^T X`` are GEMMs over all rows, as in the plain fused backward;
 ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` is summed inside the loop, one GEMM per chunk of about 256 rows (a small
-reused buffer instead of a ``(T, B, G)`` one: 0.95-0.98x the LSTM's time with a one-pass row statistic, in
-``benchmarks/ab_layernorm.py``, 13 interleaved rounds on a loaded machine; see the C++ file). The input half's
-layer norm runs in the loop too, rather than as one ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
-(the normalised input and its gradient) and their passes: 1.55x the plain fused LSTM at B=64, T=100, H=256
-in one run of ``benchmarks/variants.py``, against 1.1-1.4x with this layout (several runs on a shared, loaded
-machine). The activated gates are not stored either: the backward recomputes them from the two saved
-normalised halves.
+reused buffer instead of a ``(T, B, G)`` one). The input half's layer norm runs in the loop too, rather than as
+one ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
+(the normalised input and its gradient) and their passes (1.55x the plain fused LSTM at S1 in one run of
+``benchmarks/variants.py``). The activated gates are not stored: the backward recomputes them from the two saved
+normalised halves (storing them for small runs measured no gain).
+
+Cost (``benchmarks/variants.py --sizes S1 S4 --rounds 7``, forward + backward, 1 thread, CPU-time medians, ratio
+to the plain fused layer in the same run; three runs on the shared 2-core machine): LayerNormLSTM 1.12-1.26x at
+S1 (B=64, T=100, H=256) and 1.27-1.36x at S4 (B=8, T=50, H=64); LayerNormGRU 0.95-1.05x at S1 and 1.08-1.24x at
+S4. Interleaved warm repeats (``benchmarks/ab_layernorm.py``) put LayerNormLSTM at 1.1-1.3x at S4.
 
 The recorded cell states (``record``, ``return_all_states``: the LSTM's ``c_t``, which the backward keeps anyway)
 and gates (``gates``, ``return_gates``: the activated ``i, f, g, o`` / ``r, z, n``, a ``(T, B, G)`` buffer
