@@ -69,15 +69,22 @@ def _initial(cell: str, layer, dtype=torch.float32):
 
 
 def _forward_backward(layer, cell: str, x: Tensor, hx: tuple, packed: bool, seed: int = 7):
-    """Outputs, final states and the gradients of a loss touching every output, input, state and parameter."""
+    """Outputs, final states and the gradients of a loss touching every output, input, state and parameter.
+    With ``return_all_states`` / ``return_gates`` the recorded ``h``, ``c`` and gates count as more "final
+    states" (compared and differentiated the same way)."""
     x = x.detach().clone().requires_grad_(True)
     hx = tuple(s.detach().clone().requires_grad_(True) for s in hx)
     inp = pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False) if packed else x
     torch.manual_seed(seed)  # the same recurrent-dropout and zoneout masks on both paths
-    out, hidden = layer(inp, hx if cell == "lstm" else hx[0])
+    out, hidden, *rest = layer(inp, hx if cell == "lstm" else hx[0])
     if packed:
         out, _ = pad_packed_sequence(out, total_length=T)
     finals = hidden if isinstance(hidden, tuple) else (hidden,)
+    if rest:  # AllStates: h, c (LSTM), the gates by name
+        states = rest[0]
+        assert (states.c is not None) == (cell == "lstm") and (states.gates is not None) == layer.return_gates
+        finals = (*finals, states.h, *([states.c] if states.c is not None else []),
+                  *(states.gates[k] for k in sorted(states.gates or {})))
     probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
     loss = (out * probe).sum() + sum((f * f).sum() * (k + 1) for k, f in enumerate(finals))
     names = ["x", *(f"hx{k}" for k in range(len(hx))), *(n for n, _ in layer.named_parameters())]
@@ -168,9 +175,10 @@ def test_kernel_in_eval_mode_and_without_autograd(cell):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_kernel_gradcheck_float64(cell):
     """The hand-written backward against finite differences: 2 bidirectional layers, packed input, recurrent
-    dropout and zoneout (masks re-drawn from the same seed on every call)."""
+    dropout and zoneout (masks re-drawn from the same seed on every call), and the recorded cell states and gates
+    as outputs too (their gradients join the backward loop)."""
     layer = CELLS[cell](3, 2, num_layers=2, bidirectional=True, dtype=torch.float64, backend="fused",
-                        recurrent_dropout=0.3, zoneout=0.3)
+                        recurrent_dropout=0.3, zoneout=0.3, return_gates=True)
     with torch.no_grad():
         for p in layer.parameters():
             p.uniform_(-0.8, 0.8)
@@ -184,21 +192,53 @@ def test_kernel_gradcheck_float64(cell):
         torch.manual_seed(5)
         hx = (h0, torch.tanh(h0) * 0.7) if cell == "lstm" else h0
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, hidden = torch.func.functional_call(layer, dict(zip(names, ps)), (packed, hx))
-        return pad_packed_sequence(out)[0], *(hidden if isinstance(hidden, tuple) else (hidden,))
+        out, hidden, states = torch.func.functional_call(layer, dict(zip(names, ps)), (packed, hx))
+        recorded = ([states.c] if states.c is not None else []) + [states.gates[k] for k in sorted(states.gates)]
+        return pad_packed_sequence(out)[0], *(hidden if isinstance(hidden, tuple) else (hidden,)), *recorded
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.autograd.gradcheck(f, (x, h0, *params))
 
 
+@pytest.mark.parametrize("option", [dict(return_all_states=True), dict(return_gates=True),
+                                    dict(return_gates=True, recurrent_dropout=0.3, zoneout=0.25)],
+                         ids=["all_states", "gates", "gates+options"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_kernel_records_states_and_gates(cell, option, dtype):
+    """return_all_states / return_gates on the kernel: the recorded h, c and gates and their gradients (the loss
+    touches each) equal the reference loop's, with packed input, 2 bidirectional layers, dropout and zoneout."""
+    ours, ref = _pair(cell, dtype=dtype, num_layers=2, bidirectional=True, **option)
+    _assert_same_run(cell, ours, ref, True, dtype, tol=TOL if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_kernel_records_without_autograd(cell):
+    """The no-grad path with return_gates (the forward keeps the cell states and gates only for the caller)."""
+    ours, ref = _pair(cell, return_gates=True, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ours(x)
+        want = ref(x)
+    _assert_close(got[0], want[0], "no-grad output")
+    _assert_close(got[2].h, want[2].h, "no-grad all-step h")
+    if cell == "lstm":
+        _assert_close(got[2].c, want[2].c, "no-grad all-step c")
+    assert got[2].gates.keys() == want[2].gates.keys()
+    for k in want[2].gates:
+        _assert_close(got[2].gates[k], want[2].gates[k], f"no-grad gate {k}")
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_uncovered_runs_fall_back_to_the_reference_loop(cell):
-    """All-step outputs are declined: the layer says so and the reference loop still gives the answer."""
-    ours, ref = _pair(cell, return_all_states=True)
-    x = torch.randn(T, B, I)
+    """A dtype the kernel does not cover (bfloat16) is declined: the layer says so and the reference loop still
+    gives the answer."""
+    ours, ref = _pair(cell)
+    ours, ref = ours.to(torch.bfloat16), ref.to(torch.bfloat16)
+    x = torch.randn(T, B, I, dtype=torch.bfloat16)
     with pytest.warns(UserWarning, match="kernel does not cover this run"):
         got = ours(x)
     want = ref(x)
-    _assert_close(got[0], want[0], "output")
-    _assert_close(got[2].h, want[2].h, "all-step h")
+    assert torch.equal(got[0], want[0])  # both are the reference loop

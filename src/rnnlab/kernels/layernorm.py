@@ -27,17 +27,26 @@ backward walks the steps in reverse with, per row, the layer-norm derivative
     \partial\beta \mathrel{+}= \partial y
 
 (``ρ = 1/sqrt(var + eps)``, bars are row means), applied to the cell's ``LN(c')`` (LSTM), to ``LN(hw)`` and to
-``LN(xw)``, and ``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM per step. It returns ``∂xw`` and ``∂hw`` for every
-step, so that ``∂X = ∂xw W_{ih}``, ``∂W_{ih} = ∂xw^T X`` and ``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` are GEMMs over
-all rows, as in the plain fused backward. The input half's layer norm runs in the loop too, rather than as one
-``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
-(the normalised input and its gradient) and their passes: 1.55x the plain fused LSTM at B=64, T=100, H=256
-in one run of ``benchmarks/variants.py``, against 1.1-1.4x with this layout (several runs on a shared, loaded
-machine). The activated gates are not stored either: the backward recomputes them from the two saved
-normalised halves.
+``LN(xw)``, and ``∂h_{t-1} += (∂hw_t W_{hh}) m`` as one GEMM per step. It returns ``∂xw`` for every step, so
+that ``∂X = ∂xw W_{ih}`` and ``∂W_{ih} = ∂xw^T X`` are GEMMs over all rows, as in the plain fused backward;
+``∂W_{hh} = Σ_t ∂hw_t^T (h_{t-1} m)`` is summed inside the loop, one GEMM per chunk of about 256 rows (a small
+reused buffer instead of a ``(T, B, G)`` one). The input half's layer norm runs in the loop too, rather than as
+one ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
+(the normalised input and its gradient) and their passes (1.55x the plain fused LSTM at S1 in one run of
+``benchmarks/variants.py``). The activated gates are not stored: the backward recomputes them from the two saved
+normalised halves (storing them for small runs measured no gain).
 
-A run on another device, in another dtype, or asking for the recorded cell states or gates (``record``,
-``gates``) is declined (``None``): the layer then runs the reference loop.
+Cost (``benchmarks/variants.py --sizes S1 S4 --rounds 7``, forward + backward, 1 thread, CPU-time medians, ratio
+to the plain fused layer in the same run; three runs on the shared 2-core machine): LayerNormLSTM 1.12-1.26x at
+S1 (B=64, T=100, H=256) and 1.27-1.36x at S4 (B=8, T=50, H=64); LayerNormGRU 0.95-1.05x at S1 and 1.08-1.24x at
+S4. Interleaved warm repeats (``benchmarks/ab_layernorm.py``) put LayerNormLSTM at 1.1-1.3x at S4.
+
+The recorded cell states (``record``, ``return_all_states``: the LSTM's ``c_t``, which the backward keeps anyway)
+and gates (``gates``, ``return_gates``: the activated ``i, f, g, o`` / ``r, z, n``, a ``(T, B, G)`` buffer
+written only then) are outputs of the same autograd function; their own gradients join in the backward loop:
+``∂c_t`` is added to the carried ``∂L/∂c_t``, and a gate's ``∂`` times its activation's derivative to the
+pre-activation gradient (for the GRU's ``n`` also on through ``r u_n`` to ``r``). A run on another device or in
+another dtype is declined (``None``): the layer then runs the reference loop.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cellspec import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import _bias, _dw_hh, _input_grads, _lengths, _projection
+from .fused import _bias, _input_grads, _lengths, _projection
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
 
@@ -64,8 +73,7 @@ def _ops() -> Any:
 def _covers(run: SequenceRun) -> bool:
     """Whether the compiled loop can run ``run`` (else the layer falls back to the reference loop)."""
     x = run.x
-    return (x.device.type == "cpu" and x.dtype in _DTYPES and not run.record and not run.gates
-            and load_extension())
+    return x.device.type == "cpu" and x.dtype in _DTYPES and load_extension()
 
 
 def _keep(run: SequenceRun, k: int) -> Tensor | None:
@@ -81,76 +89,88 @@ def _needs_graph(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _recurrent_weight_grad(dHW: Tensor, Y: Tensor, h0: Tensor, mask: Tensor | None, lengths: Tensor | None,
-                           reverse: bool) -> Tensor:
-    """``∂W_hh = Σ_t ∂hw_t^T (h_{t-1} m)``: the outputs are the states (zoneout included), masked like the
-    forward's recurrent input."""
-    if mask is not None:
-        Y, h0 = Y * mask, h0 * mask
-    return _dw_hh(dHW, Y, h0.contiguous(), lengths, reverse)
+def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
+    """An output's incoming gradient (``None`` when that output was unused: grads are not materialised)."""
+    return torch.zeros_like(like) if g is None else g.contiguous()
+
+
+def _contiguous_or_none(g: Tensor | None) -> Tensor | None:
+    return None if g is None else g.contiguous()
 
 
 class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
-    keep_h, keep_c, lengths, reverse``; outputs ``Y (T, B, H), h_n, c_n``."""
+    keep_h, keep_c, lengths, reverse, gates``; outputs ``Y (T, B, H), h_n, c_n``, the cell states ``C (T, B, H)``
+    and, when ``gates``, the activated gates ``(T, B, 4H)`` (else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
-                reverse):
+                reverse, gates):
         xw = _projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
         h0, c0, b = h0.contiguous(), c0.contiguous(), _bias(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
-        Y, hn, cn, NHW, RX, RH, NC, RC, C = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
-                                                                   lengths, reverse, True)
+        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
+                                                                       lengths, reverse, True, gates)
+        # returned gates also serve the backward (else it recomputes them from the normalised halves; keeping
+        # them always, for small runs, was measured: no gain at S4 in benchmarks/ab_layernorm.py)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y)
+                              Y, GS if gates else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
-        return Y, hn, cn
+        ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
+        return Y, hn, cn, C, GS
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dY, dhn, dcn):  # type: ignore[override]
+    def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y) = rest[:5], rest[5:]
-        dXW, dHW, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
-            dY.contiguous(), dhn.contiguous(), dcn.contiguous(), NX, RX, NHW, RH, NC, RC, C, c0, w_hh, *params,
-            mask, keep_h, keep_c, lengths, ctx.reverse)
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
+            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), _zeros_if_none(dcn, c0), NX, RX, NHW, RH, NC, RC, C, Y,
+            h0, c0, w_hh, *params, mask, keep_h, keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC),
+            _contiguous_or_none(dGS), A)
         dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 3)
-        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[4] else None
-        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh,
+        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
-                dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None)
+                dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None, None)
 
 
 class _LNGRU(torch.autograd.Function):
     """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
-    lengths, reverse``; outputs ``Y (T, B, H), h_n``."""
+    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and, when ``gates``, the activated gates
+    ``(T, B, 3H)`` (else an empty tensor)."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse):  # type: ignore[override]
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]
+                gates):
         xw = _projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
         h0 = h0.contiguous()
         params = (w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
-        Y, hn, NHW, RX, RH = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True)
-        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y)
+        Y, hn, NHW, RX, RH, GS = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if gates else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return Y, hn
+        ctx.set_materialize_grads(False)
+        return Y, hn, GS
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dY, dhn):  # type: ignore[override]
+    def backward(ctx, dY, dhn, dGS):  # type: ignore[override]
         x, h0, w_ih, *rest = ctx.saved_tensors
-        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y) = rest[:5], rest[5:]
-        dXW, dHW, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
-            dY.contiguous(), dhn.contiguous(), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse)
+        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
+            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths,
+            ctx.reverse, need[3], _contiguous_or_none(dGS), A)
         dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 2)
-        dw_hh = _recurrent_weight_grad(dHW, Y, h0, mask, lengths, ctx.reverse) if need[3] else None
-        return (dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih if ctx.has_bias[0] and need[4] else None,
-                db_hh if ctx.has_bias[1] and need[5] else None, dg_ih if need[6] else None,
-                dg_hh if need[7] else None, None, None, None, None)
+        return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
+                db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,
+                dg_ih if need[6] else None, dg_hh if need[7] else None, None, None, None, None, None)
+
+
+def _gate_dict(names: str, GS: Tensor, on: bool) -> dict[str, Tensor] | None:
+    """The recorded gates by name, ``(T, B, H)`` views of ``GS (T, B, len(names) * H)``."""
+    return dict(zip(names, GS.chunk(len(names), dim=2))) if on else None
 
 
 def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
@@ -163,14 +183,16 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
                p["ln_c_weight"], p["ln_c_bias"])
     if _needs_graph(run.x, h0, c0, *weights):
-        Y, hn, cn = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse)
-        return Y, (hn, cn), None, None
-    with torch.no_grad():  # inference: nothing saved for a backward
+        Y, hn, cn, C, GS = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse,
+                                         run.gates)
+        return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)
+    with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
         w_ih, w_hh, bias, *gains = weights
-        Y, hn, cn = _ops().ln_lstm_forward(
+        keep = run.record or run.gates
+        Y, hn, cn, *_, C, GS = _ops().ln_lstm_forward(
             _projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), _bias(w_ih, bias),
-            *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, False)[:3]
-    return Y, (hn, cn), None, None
+            *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, keep, run.gates)
+    return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)
 
 
 def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
@@ -184,11 +206,11 @@ def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
     weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
                p["ln_hh_weight"])
     if _needs_graph(run.x, h0, *weights):
-        Y, hn = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse)
-        return Y, hn, None, None
+        Y, hn, GS = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse, run.gates)
+        return Y, hn, None, _gate_dict("rzn", GS, run.gates)
     with torch.no_grad():
         w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = weights
-        Y, hn = _ops().ln_gru_forward(
+        Y, hn, *_, GS = _ops().ln_gru_forward(
             _projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh),
-            g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False)[:2]
-    return Y, hn, None, None
+            g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False, run.gates)
+    return Y, hn, None, _gate_dict("rzn", GS, run.gates)

@@ -11,8 +11,9 @@
 // loop, see layernorm.py).
 //
 // Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
-// layer-norm derivatives of both halves to d(xw) and d(hw) (kept for all steps: dX, dW_ih and dW_hh are GEMMs in
-// Python), then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM). Gains, shifts and biases are summed per step while
+// layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in Python) and d(hw),
+// then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM); dW_hh += d(hw)^T (h_{t-1} * mask) is summed here, one GEMM
+// per chunk of steps (RecurrentWeightGrad). Gains, shifts and biases are summed per step while
 // the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
 //   dx = rstd (dn - mean(dn) - n mean(dn n)),  dn = dy g,  dg += dy n,  dshift += dy.
 //
@@ -20,6 +21,10 @@
 // steps t >= lengths[b] keep row b's state and output zeros. Zoneout keep tensors (T, B, H) mix the old and the
 // new state: s_t = k_t s_{t-1} + (1 - k_t) new_t.
 #include "common.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -33,15 +38,26 @@ constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 // Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
 // reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
 typedef double V8d __attribute__((vector_size(64)));
+typedef float V8f __attribute__((vector_size(32)));
+
+// 8 floats to 8 doubles. gcc lowers __builtin_convertvector(V8f -> V8d) to two 128-bit converts and an insert
+// even with AVX-512; the intrinsic is one vcvtps2pd (the double sums of the backward were its hottest loop).
+inline V8d widen(V8f v) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<V8d>(_mm512_cvtps_pd(reinterpret_cast<__m256>(v)));
+#else
+  return __builtin_convertvector(v, V8d);
+#endif
+}
+inline V8d widen(V8d v) { return v; }
 
 template <typename T>
 inline V8d load8(const T* p);
 template <>
 inline V8d load8<float>(const float* p) {
-  typedef float V8f __attribute__((vector_size(32)));
   V8f v;
   std::memcpy(&v, p, sizeof(V8f));
-  return __builtin_convertvector(v, V8d);
+  return widen(v);
 }
 template <>
 inline V8d load8<double>(const double* p) {
@@ -56,10 +72,41 @@ inline double hsum(V8d v) {
   return s;
 }
 
-// mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean (two passes, like torch).
+// mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean.
+// float rows: one pass of sum and sum of squares in double, var = E[x^2] - mean^2. A float has 24 bits, so the
+// double sums are all but exact and the difference loses nothing that matters unless |mean| exceeds the
+// spread by ~1e6; one pass instead of two over each of the three normalised rows per step (measured in
+// benchmarks/ab_layernorm.py). double rows: two passes (about the mean), like torch, since there the one-pass
+// difference would cancel the digits that float64 callers (gradcheck) rely on.
 // Four independent partial sums per pass: one would make each pass a chain of n/8 dependent adds.
 template <typename T>
 inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    V8d a0 = {}, a1 = {}, q0 = {}, q1 = {};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const V8d v0 = load8<T>(x + j), v1 = load8<T>(x + j + 8);
+      a0 += v0;
+      a1 += v1;
+      q0 += v0 * v0;
+      q1 += v1 * v1;
+    }
+    for (; j + 8 <= n; j += 8) {
+      const V8d v = load8<T>(x + j);
+      a0 += v;
+      q0 += v * v;
+    }
+    double s = hsum(a0 + a1), q = hsum(q0 + q1);
+    for (; j < n; ++j) {
+      s += x[j];
+      q += double(x[j]) * x[j];
+    }
+    const double m = s / n;
+    const double v = std::max(q / n - m * m, 0.0);
+    mean = T(m);
+    rstd = T(1.0 / std::sqrt(v + kEps));
+    return;
+  }
   V8d a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int j = 0;
   for (; j + 32 <= n; j += 32) {
@@ -135,8 +182,9 @@ struct Vec8 {
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
 // layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
 // in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
-// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)).
-template <typename T>
+// two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)). BH: also sum
+// dbh += du (the GRU's b_hh; the LSTM's one bias is summed once, in dbx).
+template <typename T, bool BH>
 inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
                                  const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
                                  T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
@@ -149,22 +197,22 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
     const V a = L::load(da + j), u = L::load(du + j), n1 = L::load(nx + j), n2 = L::load(nhw + j);
     L::store(dbx + j, L::load(dbx + j) + a);
     L::store(dgx + j, L::load(dgx + j) + a * n1);
-    L::store(dbh + j, L::load(dbh + j) + u);
+    if constexpr (BH) L::store(dbh + j, L::load(dbh + j) + u);
     L::store(dgh + j, L::load(dgh + j) + u * n2);
     const V d1 = a * L::load(gx + j), d2 = u * L::load(gh + j);
     L::store(dxw + j, d1);
     L::store(dhw + j, d2);
-    const V8d e1 = __builtin_convertvector(d1, V8d), e2 = __builtin_convertvector(d2, V8d);
+    const V8d e1 = widen(d1), e2 = widen(d2);
     s1x += e1;
-    s2x += e1 * __builtin_convertvector(n1, V8d);
+    s2x += e1 * widen(n1);
     s1h += e2;
-    s2h += e2 * __builtin_convertvector(n2, V8d);
+    s2h += e2 * widen(n2);
   }
   double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
   for (; j < G; ++j) {
     dbx[j] += da[j];
     dgx[j] += da[j] * nx[j];
-    dbh[j] += du[j];
+    if constexpr (BH) dbh[j] += du[j];
     dgh[j] += du[j] * nhw[j];
     dxw[j] = da[j] * gx[j];
     dhw[j] = du[j] * gh[j];
@@ -233,6 +281,46 @@ struct LnAct<float> {
   }
 };
 
+// dW_hh = sum_t d(hw)_t^T (h_{t-1} * mask), accumulated inside the backward loop: each step's d(hw) (B, G) goes
+// into a small chunk buffer (about 256 rows, reused, so in cache), the matching h_{t-1} * mask rows next to it,
+// and every few steps one GEMM dW_hh (G, P) += D^T Hp over the chunk's rows. This replaces a (T, B, G) d(hw)
+// buffer written here, page-faulted on first touch and read back by one big GEMM in Python (measured in
+// benchmarks/ab_layernorm.py). Rows of padding steps hold zeros in both, so they add nothing.
+template <typename T>
+class RecurrentWeightGrad {
+ public:
+  RecurrentWeightGrad(int Tn, int B, int G, int P, T* dw)
+      : B_(B), G_(G), P_(P), K_(std::max(1, std::min(Tn, (256 + B - 1) / B))), dw_(dw),
+        d_(static_cast<size_t>(K_) * B * G), hp_(dw ? static_cast<size_t>(K_) * B * P : 0) {}
+
+  T* step_rows() { return d_.data() + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
+
+  // Row b of the current step's h_{t-1} * mask (hp = nullptr: a padding row, zeros).
+  void set_prev(int b, const T* hp, const T* mask) {
+    if (dw_ == nullptr) return;
+    T* dst = hp_.data() + (static_cast<int64_t>(n_) * B_ + b) * P_;
+    if (hp == nullptr) std::memset(dst, 0, sizeof(T) * P_);
+    else if (mask == nullptr) std::memcpy(dst, hp, sizeof(T) * P_);
+    else for (int j = 0; j < P_; ++j) dst[j] = hp[j] * mask[static_cast<int64_t>(b) * P_ + j];
+  }
+
+  void end_step() {
+    if (++n_ == K_) flush();
+  }
+
+  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms.
+  void flush() {
+    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_.data(), P_, d_.data(), G_, dw_, P_);
+    n_ = 0;
+  }
+
+ private:
+  int B_, G_, P_, K_;
+  T* dw_;
+  int n_ = 0;
+  std::vector<T> d_, hp_;
+};
+
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // i, f, g, o = sigma, sigma, tanh, sigma(a) in place, a (4H) a row's pre-activations. A separate function with
@@ -293,7 +381,8 @@ inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __
 template <typename T>
 void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
                           const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
-                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs) {
+                          int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs,
+                          T* GS) {
   const int G = 4 * H;
   // One step's n_hw when nothing is kept (inference).
   std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
@@ -322,6 +411,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       row_stats<T>(nx, G, mx, rx);
       row_stats<T>(nb, G, mh, rh);
       ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
+      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
       ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
       T cmean, crstd;
       row_stats<T>(cn.data(), H, cmean, crstd);
@@ -344,13 +434,16 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
 // xw (T,B,4H) = x W_ih^T, normalised in place (becomes n_x); bias (4H) (zeros without one); mask (B,H) recurrent
 // dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
 // normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
-// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state).
+// its 1/std, C (T,B,H) the cell states (padding steps hold the carried state), and, when gates, GS (T,B,4H) the
+// activated gates i, f, g, o (zeros at padding steps).
 std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                     const Tensor& b_c, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-                                    const std::optional<Tensor>& lengths, bool reverse, bool train) {
+                                    const std::optional<Tensor>& lengths, bool reverse, bool train,
+                                    bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
+  Tensor GS = at::zeros({gates ? Tn : 0, B, 4 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
@@ -365,9 +458,9 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
-        Cs.data_ptr<scalar_t>());
+        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, c, NHW, RX, RH, NC, RC, Cs};
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS};
 }
 
 // Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
@@ -406,22 +499,33 @@ inline void ln_lstm_cell_backward(const T* __restrict a, const T* __restrict cp,
   }
 }
 
+// The recorded gates' own gradients dg (4H) (return_gates) added to the pre-activation gradients da:
+// d(sigma)/da = sigma (1 - sigma) for i, f, o, d(tanh)/da = 1 - g^2.
+template <typename T>
+inline void add_lstm_gate_grads(const T* __restrict a, const T* __restrict dg, T* __restrict da, int H) {
+  for (int j = 0; j < 4 * H; ++j) {
+    const T v = a[j];
+    da[j] += dg[j] * (j >= 2 * H && j < 3 * H ? T(1) - v * v : v * (T(1) - v));
+  }
+}
+
 template <typename T>
 void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* NC,
-                           const T* RC, const T* Cs, const T* c0, const T* whh, const T* bias, const T* gx,
-                           const T* gh, const T* gc, const T* bc, const T* mask, const T* kh, const T* kc,
-                           const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dc, T* dXW, T* dHW,
-                           T* db, T* dgx, T* dgh, T* dgc, T* dbc) {
+                           const T* RC, const T* Cs, const T* Y, const T* h0, const T* c0, const T* whh,
+                           const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
+                           const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
+                           T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
+                           const T* dGS, const T* AS) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
+  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
   std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
-  std::vector<T> db_h(G);  // the LSTM's one bias sits in both halves' sums: kept once (db), this is discarded
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
     const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = dHW + tB * G;                                 // (B, 4H)
+    T* dhw = wgrad.step_rows();                            // (B, 4H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
       T* dxwb = dXW + tb * G;
@@ -429,17 +533,22 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       if (!is_valid(len, t, b)) {                          // state carried: dh, dc pass through unchanged
         std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
+        wgrad.set_prev(b, nullptr, mask);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
-      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+      const int64_t pb = static_cast<int64_t>(tp) * B + b;
+      const T* cp = tp >= 0 ? Cs + pb * H : c0 + static_cast<int64_t>(b) * H;
+      wgrad.set_prev(b, tp >= 0 ? Y + pb * H : h0 + static_cast<int64_t>(b) * H, mask);  // h_{t-1}
       const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
       const T* nc = NC + tb * H;
       T* dhb = dh + static_cast<int64_t>(b) * H;
       T* dcb = dc + static_cast<int64_t>(b) * H;
-      ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
-      const T* a = gates.data();
+      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+      if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
+      if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
+        for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
       if (zone)
         ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
                                          da.data() + 3 * H, dgc, dbc, dn.data(), H);
@@ -451,25 +560,32 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
         ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
       else
         ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
-      both_halves_backward<T>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, db_h.data(), dgx, dgh,
-                              dxwb, dhwb, G);
+      if (dGS) add_lstm_gate_grads<T>(a, dGS + tb * G, da.data(), H);
+      both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
+                                     dgh, dxwb, dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
+    wgrad.end_step();
   }
+  wgrad.flush();
 }
 
-// Returns dXW (T,B,4H) (gradient of x W_ih^T), dHW (T,B,4H) (of (h_{t-1} * mask) W_hh^T), dh0, dc0, db (4H),
-// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw.
+// Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dC (T,B,H) and dgates
+// (T,B,4H) the recorded cell states' and gates' own gradients, when they were returned.
 std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
-                                     const Tensor& RC, const Tensor& Cs, const Tensor& c0, const Tensor& w_hh,
+                                     const Tensor& RC, const Tensor& Cs, const Tensor& Y, const Tensor& h0,
+                                     const Tensor& c0, const Tensor& w_hh,
                                      const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                      const Tensor& b_c, const std::optional<Tensor>& mask,
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-                                     const std::optional<Tensor>& lengths, bool reverse) {
+                                     const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
+                                     const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates,
+                                     const std::optional<Tensor>& A) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
   Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
   Tensor dgh = at::zeros({4 * H}, NX.options());
   Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
@@ -477,14 +593,17 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
     ln_lstm_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
-        c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
+        Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+        bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
         g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
-        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(),
+        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(),
+        need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
-        dbc.data_ptr<scalar_t>());
+        dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates),
+        ptr_or_null<scalar_t>(A));
   });
-  return {dXW, dHW, dh, dc, db, dgx, dgh, dgc, dbc};
+  return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
 
 // ---- GRU ------------------------------------------------------------------------------------------------------
@@ -521,7 +640,7 @@ inline void ln_gru_output(const T* __restrict gates, const T* __restrict kh, T* 
 template <typename T>
 void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                          const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h,
-                         T* NHW, T* RX, T* RH) {
+                         T* NHW, T* RX, T* RH, T* GS) {
   const int G = 3 * H;
   std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), gates(G),
       hm(mask ? static_cast<size_t>(B) * H : 0);
@@ -546,6 +665,7 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
         RH[tb] = rh;
       }
       ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
+      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: r, z, n
       T* hb = h + static_cast<int64_t>(b) * H;
       if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, y, H);
       else ln_gru_output<T, false>(gates.data(), nullptr, hb, y, H);
@@ -555,12 +675,13 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
 
 // xw (T,B,3H) = x W_ih^T, normalised in place (becomes n_x); b_ih, b_hh (3H) (zeros without bias): b_hh stays
 // inside the reset gate's product as in torch's GRU. Returns Y (T,B,H), h_n and, when train, NHW (T,B,3H), RX,
-// RH (T,B).
+// RH (T,B), and, when gates, GS (T,B,3H) the activated gates r, z, n (zeros at padding steps).
 std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_hh, const Tensor& b_ih,
                                    const Tensor& b_hh, const Tensor& g_ih, const Tensor& g_hh,
                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
-                                   const std::optional<Tensor>& lengths, bool reverse, bool train) {
+                                   const std::optional<Tensor>& lengths, bool reverse, bool train, bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
+  Tensor GS = at::zeros({gates ? Tn : 0, B, 3 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
@@ -571,9 +692,10 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
                                   b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
                                   ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths),
                                   reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>());
+                                  NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(),
+                                  gates ? GS.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, NHW, RX, RH};
+  return {Y, h, NHW, RX, RH, GS};
 }
 
 // One row's pointwise derivative from dL/dh_t = dh + dy: ds = d[s_r, s_z, s_n] (the input half), du =
@@ -602,18 +724,40 @@ inline void ln_gru_cell_backward(const T* __restrict a, const T* __restrict nhw,
   }
 }
 
+// The recorded gates' own gradients dg = d[r, z, n] (3H) (return_gates) added to ds, du (linear, so after the
+// state's part): n = tanh(s_n + r u_n) passes dg_n (1 - n^2) to s_n, times r to u_n, and times u_n on to r.
+template <typename T>
+inline void add_gru_gate_grads(const T* __restrict a, const T* __restrict nhw, const T* __restrict gh,
+                               const T* __restrict bh, const T* __restrict dg, T* __restrict ds, T* __restrict du,
+                               int H) {
+  for (int j = 0; j < H; ++j) {
+    const T r = a[j], z = a[H + j], n = a[2 * H + j];
+    const T un = nhw[2 * H + j] * gh[2 * H + j] + bh[2 * H + j];
+    const T dnp = dg[2 * H + j] * (T(1) - n * n);
+    const T drp = (dg[j] + dnp * un) * r * (T(1) - r);
+    const T dzp = dg[H + j] * z * (T(1) - z);
+    ds[j] += drp;
+    du[j] += drp;
+    ds[H + j] += dzp;
+    du[H + j] += dzp;
+    ds[2 * H + j] += dnp;
+    du[2 * H + j] += dnp * r;
+  }
+}
+
 template <typename T>
 void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, const T* RH, const T* Y, const T* h0,
                           const T* whh, const T* bx, const T* bh, const T* gx, const T* gh, const T* mask,
                           const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
-                          T* dHW, T* dbx, T* dbh, T* dgx, T* dgh) {
+                          T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh, const T* dGS, const T* AS) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
+  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
   std::vector<T> gates(G), ds(G), du(G), scratch(mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
     const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = dHW + tB * G;                                 // (B, 3H)
+    T* dhw = wgrad.step_rows();                            // (B, 3H)
     for (int b = 0; b < B; ++b) {
       const int64_t tb = tB + b;
       T* dxwb = dXW + tb * G;
@@ -621,38 +765,45 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       if (!is_valid(len, t, b)) {
         std::memset(dxwb, 0, sizeof(T) * G);
         std::memset(dhwb, 0, sizeof(T) * G);
+        wgrad.set_prev(b, nullptr, mask);
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      wgrad.set_prev(b, hp, mask);
       const T* nx = NX + tb * G;
       const T* nhw = NHW + tb * G;
-      ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
+      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+      if (!AS) ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
       T* dhb = dh + static_cast<int64_t>(b) * H;
       if (kh)
-        ln_gru_cell_backward<T, true>(gates.data(), nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
+        ln_gru_cell_backward<T, true>(a, nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
                                       du.data(), H);
       else
-        ln_gru_cell_backward<T, false>(gates.data(), nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
+        ln_gru_cell_backward<T, false>(a, nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
                                        du.data(), H);
-      both_halves_backward<T>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh, dxwb,
-                              dhwb, G);
+      if (dGS) add_gru_gate_grads<T>(a, nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
+      both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
+                                    dxwb, dhwb, G);
     }
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
+    wgrad.end_step();
   }
+  wgrad.flush();
 }
 
-// Returns dXW (T,B,3H) (gradient of x W_ih^T), dHW (T,B,3H) (of (h_{t-1} * mask) W_hh^T), dh0, db_ih, db_hh,
-// dg_ih, dg_hh (3H each).
+// Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
+// dg_ih, dg_hh (3H each). dgates (T,B,3H): the recorded gates' own gradients, when they were returned.
 std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
                                     const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
-                                    bool reverse) {
+                                    bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates,
+                                    const std::optional<Tensor>& A) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dXW = at::empty_like(NX), dHW = at::empty_like(NX);
+  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
   Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
   Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
@@ -661,10 +812,11 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
         RH.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
         b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
-        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dbx.data_ptr<scalar_t>(),
-        dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
+        dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
+        dbx.data_ptr<scalar_t>(), dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(dgates), ptr_or_null<scalar_t>(A));
   });
-  return {dXW, dHW, dh, dbx, dbh, dgx, dgh};
+  return {dXW, dW, dh, dbx, dbh, dgx, dgh};
 }
 
 }  // namespace
@@ -672,16 +824,18 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const T
 TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
         "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
-        "bool train) -> Tensor[]");
+        "bool train, bool gates) -> Tensor[]");
   m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
-        "Tensor NC, Tensor RC, Tensor C, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
-        "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse) "
-        "-> Tensor[]");
+        "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
+        "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A) -> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
-        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train) -> Tensor[]");
+        "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
+        "-> Tensor[]");
   m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse) -> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor? A) "
+        "-> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
