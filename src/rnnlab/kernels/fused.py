@@ -28,7 +28,7 @@ step 1 as one GEMM, then :func:`rnnlab.kernels.reference.recurrence` over the re
 autograd doing the backward.
 
 The layer options that change the per-step maths (recurrent dropout, zoneout, the recorded cell states and gates)
-run on the same loops through ``_LSTMEx``/``_GRUEx``/``_RNNEx`` (called by :mod:`rnnlab.kernels.options`), and
+run on the same loops through ``LSTMEx``/``GRUEx``/``RNNEx`` (called by :mod:`rnnlab.kernels.options`), and
 :func:`run_layer`'s ``sink=`` hands the per-step gradients ``dL/dh_t`` (``dL/dc_t``) of its backward to the
 diagnostics.
 
@@ -54,7 +54,10 @@ from torch.autograd.function import once_differentiable
 from . import reference
 from ._extension import load_extension
 
-__all__ = ["run_layer", "compiled_available", "uses_compiled", "GradientSink"]
+__all__ = ["run_layer", "compiled_available", "uses_compiled", "GradientSink",
+           # building blocks shared with the other compiled kernels (options.py, peephole.py, layernorm.py)
+           "ops", "projection", "bias_sum", "cpu_lengths", "recurrent_weight_grad", "input_grads", "dense",
+           "LSTMEx", "GRUEx", "RNNEx"]
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
@@ -69,11 +72,12 @@ def uses_compiled(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _COMPILED_DTYPES and load_extension()
 
 
-def _ops():
+def ops():
+    """The compiled ops (``torch.ops.rnnlab_fused``), loaded by :func:`compiled_available`."""
     return torch.ops.rnnlab_fused
 
 
-def _projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
+def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
     """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous."""
     T, B, _ = x.shape
     bias = None
@@ -85,7 +89,7 @@ def _projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
     return out.view(T, B, -1)
 
 
-def _bias(w: Tensor, *biases: Tensor | None) -> Tensor:
+def bias_sum(w: Tensor, *biases: Tensor | None) -> Tensor:
     """The sum of the given biases (zeros of ``w.size(0)`` if none), contiguous, for the compiled gate loop."""
     present = [b for b in biases if b is not None]
     if not present:
@@ -93,11 +97,11 @@ def _bias(w: Tensor, *biases: Tensor | None) -> Tensor:
     return (present[0] + present[1] if len(present) == 2 else present[0]).contiguous()
 
 
-def _lengths(lengths: Tensor | None) -> Tensor | None:
+def cpu_lengths(lengths: Tensor | None) -> Tensor | None:
     return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64).contiguous()
 
 
-def _dw_hh(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+def recurrent_weight_grad(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """``dW_hh = sum_t dG_t^T h_{t-1}`` as two GEMMs over slices of the outputs (no (T, B, H) copy).
 
     ``h_{t-1}`` is the output of the previously processed step (``Y[t-1]``, or ``Y[t+1]`` in reverse) except at
@@ -119,7 +123,7 @@ def _dw_hh(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: b
     return dw
 
 
-def _input_grads(ctx, dG: Tensor, x: Tensor, w_ih: Tensor, i_x: int, i_w: int) -> tuple[Tensor | None, Tensor | None]:
+def input_grads(ctx, dG: Tensor, x: Tensor, w_ih: Tensor, i_x: int, i_w: int) -> tuple[Tensor | None, Tensor | None]:
     """``dX = dG W_ih`` and ``dW_ih = dG^T X``, each one GEMM over all ``T*B`` rows, when needed."""
     T, B, G = dG.shape
     dG2 = dG.view(T * B, G)
@@ -133,10 +137,10 @@ class _LSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):  # type: ignore[override]
-        xw = _projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
-        Y, hn, cn, C, M = _ops().lstm_forward(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
-                                              w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
-                                              lengths, reverse, True)
+        xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
+        Y, hn, cn, C, M = ops().lstm_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                             w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                                             lengths, reverse, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, Y, lengths)
         ctx.reverse = reverse
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -148,11 +152,11 @@ class _LSTM(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, Y, lengths = ctx.saved_tensors
         w_hh_c = w_hh.contiguous()
         w_hr_c = None if w_hr is None else w_hr.contiguous()
-        dG, dh0, dc0, dH, db = _ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
-                                                    c0.contiguous(), w_hh_c, w_hr_c, lengths, ctx.reverse)
+        dG, dh0, dc0, dH, db = ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
+                                                   c0.contiguous(), w_hh_c, w_hr_c, lengths, ctx.reverse)
         T, B, G = dG.shape
-        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
-        dw_hh = _dw_hh(dG, Y, h0, lengths, ctx.reverse) if ctx.needs_input_grad[4] else None
+        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 3)
+        dw_hh = recurrent_weight_grad(dG, Y, h0, lengths, ctx.reverse) if ctx.needs_input_grad[4] else None
         dw_hr = None
         if w_hr is not None and ctx.needs_input_grad[7]:
             dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H)
@@ -165,9 +169,9 @@ class _GRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):  # type: ignore[override]
-        xw = _projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
-        Y, hn, HN = _ops().gru_forward(xw, _bias(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
-                                       _bias(w_hh, b_hh), lengths, reverse, True)
+        xw = projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
+        Y, hn, HN = ops().gru_forward(xw, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
+                                      bias_sum(w_hh, b_hh), lengths, reverse, True)
         ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths)
         ctx.reverse = reverse
         return Y, hn
@@ -177,15 +181,15 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, dY, dhn):  # type: ignore[override]
         x, h0, w_ih, w_hh, gates, HN, Y, lengths = ctx.saved_tensors
         h0c = h0.contiguous()
-        dGx, dHn, dh0, db_ih, db_hh = _ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
-                                                          w_hh.contiguous(), lengths, ctx.reverse)
-        dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
+        dGx, dHn, dh0, db_ih, db_hh = ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
+                                                         w_hh.contiguous(), lengths, ctx.reverse)
+        dx, dw_ih = input_grads(ctx, dGx, x, w_ih, 0, 2)
         dw_hh = None
         if ctx.needs_input_grad[3]:
             # rows r, z of dW_hh from dGx's r, z blocks (the same numbers), rows n from dHn: no (T, B, 3H) copy
             H = dHn.size(-1)
-            dw_hh = torch.cat([_dw_hh(dGx[..., :2 * H], Y, h0c, lengths, ctx.reverse),
-                               _dw_hh(dHn, Y, h0c, lengths, ctx.reverse)])  # (3H, H)
+            dw_hh = torch.cat([recurrent_weight_grad(dGx[..., :2 * H], Y, h0c, lengths, ctx.reverse),
+                               recurrent_weight_grad(dHn, Y, h0c, lengths, ctx.reverse)])  # (3H, H)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None, None, None)
 
@@ -195,9 +199,9 @@ class _RNN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu):  # type: ignore[override]
-        Y = _projection(x, w_ih)  # (T, B, H), becomes the output in place
-        hn = _ops().rnn_forward(Y, _bias(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu, lengths,
-                                reverse)
+        Y = projection(x, w_ih)  # (T, B, H), becomes the output in place
+        hn = ops().rnn_forward(Y, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu, lengths,
+                               reverse)
         ctx.save_for_backward(x, h0, w_ih, w_hh, Y, lengths)
         ctx.reverse, ctx.relu = reverse, relu
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -207,10 +211,10 @@ class _RNN(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn):  # type: ignore[override]
         x, h0, w_ih, w_hh, Y, lengths = ctx.saved_tensors
-        dG, dh0, db = _ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu,
-                                          lengths, ctx.reverse)
-        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 2)
-        dw_hh = _dw_hh(dG, Y, h0.contiguous(), lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
+        dG, dh0, db = ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu,
+                                         lengths, ctx.reverse)
+        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)
+        dw_hh = recurrent_weight_grad(dG, Y, h0.contiguous(), lengths, ctx.reverse) if ctx.needs_input_grad[3] else None
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, None, None, None)
 
@@ -237,7 +241,8 @@ class GradientSink(Protocol):
         ...
 
 
-def _c(t: Tensor | None) -> Tensor | None:
+def dense(t: Tensor | None) -> Tensor | None:
+    """``t.contiguous()``, or ``None`` (the compiled ops take contiguous buffers; optional inputs may be absent)."""
     return None if t is None else t.contiguous()
 
 
@@ -260,7 +265,7 @@ def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, 
     return Y * h_mask, h0 * h_mask  # (T, B, P), (B, P)
 
 
-class _LSTMEx(torch.autograd.Function):
+class LSTMEx(torch.autograd.Function):
     """LSTM layer-direction with the options; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
     h_mask, keep_h, keep_c, record, gates, sink``; outputs ``Y, h_n, c_n, C (T,B,H) or empty, gates (T,B,4H) or
     empty``."""
@@ -269,11 +274,11 @@ class _LSTMEx(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, keep_h, keep_c,  # type: ignore[override]
                 record, gates, sink):
         ctx.set_materialize_grads(False)
-        xw = _projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
-        w_hr_c = _c(w_hr)
-        Y, hn, cn, C, M, CR = _ops().lstm_forward_ex(xw, _bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
-                                                     w_hh.contiguous(), w_hr_c, lengths, reverse, _c(h_mask),
-                                                     _c(keep_h), _c(keep_c), True)
+        xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
+        w_hr_c = dense(w_hr)
+        Y, hn, cn, C, M, CR = ops().lstm_forward_ex(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                                    w_hh.contiguous(), w_hr_c, lengths, reverse, dense(h_mask),
+                                                    dense(keep_h), dense(keep_c), True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, CR, Y, lengths, h_mask, keep_h, keep_c)
         ctx.reverse, ctx.sink = reverse, sink
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -288,19 +293,19 @@ class _LSTMEx(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGates):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, CR, Y, lengths, h_mask, keep_h, keep_c = ctx.saved_tensors
-        dG, dh0, dc0, dH, db, sink_h, sink_c = _ops().lstm_backward_ex(
+        dG, dh0, dc0, dH, db, sink_h, sink_c = ops().lstm_backward_ex(
             _grad(dY, Y), _grad(dhn, h0), _grad(dcn, c0), gates, C, CR if CR.numel() else None, c0.contiguous(),
-            w_hh.contiguous(), _c(w_hr), lengths, ctx.reverse, _c(h_mask), _c(keep_h), _c(keep_c),
+            w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), dense(keep_h), dense(keep_c),
             None if dC is None or dC.numel() == 0 else dC.contiguous(),
             None if dGates is None or dGates.numel() == 0 else dGates.contiguous(), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, sink_c)
         T, B, _ = dG.shape
-        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
+        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 3)
         dw_hh = None
         if ctx.needs_input_grad[4]:
             prev, first = _masked_prev(Y, h0.contiguous(), h_mask)
-            dw_hh = _dw_hh(dG, prev, first, lengths, ctx.reverse)
+            dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         dw_hr = None
         if w_hr is not None and ctx.needs_input_grad[7]:
             dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H); dH is dL/dh~_t (after zoneout's 1 - k)
@@ -309,16 +314,16 @@ class _LSTMEx(torch.autograd.Function):
                 None, None, None, None, None, None, None, None)
 
 
-class _GRUEx(torch.autograd.Function):
+class GRUEx(torch.autograd.Function):
     """GRU layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask,
     keep_h, gates, sink``; outputs ``Y, h_n, gates (T,B,3H) or empty``."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        xw = _projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
-        Y, hn, HN = _ops().gru_forward_ex(xw, _bias(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
-                                          _bias(w_hh, b_hh), lengths, reverse, _c(h_mask), _c(keep_h), True)
+        xw = projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
+        Y, hn, HN = ops().gru_forward_ex(xw, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
+                                         bias_sum(w_hh, b_hh), lengths, reverse, dense(h_mask), dense(keep_h), True)
         ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h)
         ctx.reverse, ctx.sink = reverse, sink
         if sink is not None:
@@ -332,24 +337,24 @@ class _GRUEx(torch.autograd.Function):
     def backward(ctx, dY, dhn, dGates):  # type: ignore[override]
         x, h0, w_ih, w_hh, gates, HN, Y, lengths, h_mask, keep_h = ctx.saved_tensors
         h0c = h0.contiguous()
-        dGx, dHn, dh0, db_ih, db_hh, sink_h = _ops().gru_backward_ex(
-            _grad(dY, Y), _grad(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse, _c(h_mask),
-            _c(keep_h), None if dGates is None or dGates.numel() == 0 else dGates.contiguous(), ctx.sink is not None)
+        dGx, dHn, dh0, db_ih, db_hh, sink_h = ops().gru_backward_ex(
+            _grad(dY, Y), _grad(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse, dense(h_mask),
+            dense(keep_h), None if dGates is None or dGates.numel() == 0 else dGates.contiguous(), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
-        dx, dw_ih = _input_grads(ctx, dGx, x, w_ih, 0, 2)
+        dx, dw_ih = input_grads(ctx, dGx, x, w_ih, 0, 2)
         dw_hh = None
         if ctx.needs_input_grad[3]:
             H = dHn.size(-1)
             prev, first = _masked_prev(Y, h0c, h_mask)  # the carry z * h uses the unmasked h; W_hh sees the masked
-            dw_hh = torch.cat([_dw_hh(dGx[..., :2 * H], prev, first, lengths, ctx.reverse),
-                               _dw_hh(dHn, prev, first, lengths, ctx.reverse)])  # (3H, H)
+            dw_hh = torch.cat([recurrent_weight_grad(dGx[..., :2 * H], prev, first, lengths, ctx.reverse),
+                               recurrent_weight_grad(dHn, prev, first, lengths, ctx.reverse)])  # (3H, H)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None,
                 None, None, None, None, None, None)
 
 
-class _RNNEx(torch.autograd.Function):
+class RNNEx(torch.autograd.Function):
     """Elman layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu,
     h_mask, keep_h, gates, sink``; outputs ``Y, h_n, pre-activation (T,B,H) or empty``."""
 
@@ -357,9 +362,9 @@ class _RNNEx(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask, keep_h, gates,  # type: ignore[override]
                 sink):
         ctx.set_materialize_grads(False)
-        Y = _projection(x, w_ih)  # (T, B, H), becomes the output in place
-        hn, HR, PRE = _ops().rnn_forward_ex(Y, _bias(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu,
-                                            lengths, reverse, _c(h_mask), _c(keep_h), True, gates)
+        Y = projection(x, w_ih)  # (T, B, H), becomes the output in place
+        hn, HR, PRE = ops().rnn_forward_ex(Y, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu,
+                                           lengths, reverse, dense(h_mask), dense(keep_h), True, gates)
         ctx.save_for_backward(x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h)
         ctx.reverse, ctx.relu, ctx.sink = reverse, relu, sink
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -372,17 +377,17 @@ class _RNNEx(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dPre):  # type: ignore[override]
         x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h = ctx.saved_tensors
-        dG, dh0, db, sink_h = _ops().rnn_backward_ex(
+        dG, dh0, db, sink_h = ops().rnn_backward_ex(
             _grad(dY, Y), _grad(dhn, h0), Y, HR if HR.numel() else None, w_hh.contiguous(), ctx.relu, lengths,
-            ctx.reverse, _c(h_mask), _c(keep_h), None if dPre is None or dPre.numel() == 0 else dPre.contiguous(),
+            ctx.reverse, dense(h_mask), dense(keep_h), None if dPre is None or dPre.numel() == 0 else dPre.contiguous(),
             ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
-        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 2)
+        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)
         dw_hh = None
         if ctx.needs_input_grad[3]:
             prev, first = _masked_prev(Y, h0.contiguous(), h_mask)
-            dw_hh = _dw_hh(dG, prev, first, lengths, ctx.reverse)
+            dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None,
                 None, None, None, None, None, None, None)
@@ -392,21 +397,21 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
                   lengths: Tensor | None, sink: GradientSink | None = None) -> tuple[Tensor, reference.State]:
     w_ih, w_hh, b_ih, b_hh = weights[:4]
     w_hr = weights[4] if len(weights) > 4 else None
-    lengths = _lengths(lengths)
+    lengths = cpu_lengths(lengths)
     tensors = [x, w_ih, w_hh, b_ih, b_hh, w_hr, *(state if isinstance(state, tuple) else (state,))]
     train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    ops = _ops()
+    cops = ops()
     if train and sink is not None:  # the options' loops, with no option but the per-step gradients
         if mode == "LSTM":
             h0, c0 = state  # type: ignore[misc]
-            Y, hn, cn, _, _ = _LSTMEx.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, None, None,
-                                            None, False, False, sink)
+            Y, hn, cn, _, _ = LSTMEx.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, None, None,
+                                           None, False, False, sink)
             return Y, (hn, cn)
         if mode == "GRU":
-            Y, hn, _ = _GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink)
+            Y, hn, _ = GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink)
             return Y, hn
-        Y, hn, _ = _RNNEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode == "RNN_RELU", None, None,
-                                False, sink)
+        Y, hn, _ = RNNEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode == "RNN_RELU", None, None,
+                               False, sink)
         return Y, hn
     if mode == "LSTM":
         h0, c0 = state  # type: ignore[misc]
@@ -414,24 +419,24 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
             Y, hn, cn = _LSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
             return Y, (hn, cn)
         with torch.no_grad():
-            Y, hn, cn = ops.lstm_infer(x.contiguous(), w_ih.contiguous(), _bias(w_ih, b_ih, b_hh), h0.contiguous(),
-                                       c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
-                                       lengths, reverse)
+            Y, hn, cn = cops.lstm_infer(x.contiguous(), w_ih.contiguous(), bias_sum(w_ih, b_ih, b_hh), h0.contiguous(),
+                                        c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                                        lengths, reverse)
         return Y, (hn, cn)
     if mode == "GRU":
         if train:
             return _GRU.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         with torch.no_grad():
-            Y, hn = ops.gru_infer(x.contiguous(), w_ih.contiguous(), _bias(w_ih, b_ih),  # type: ignore[union-attr]
-                                  state.contiguous(), w_hh.contiguous(), _bias(w_hh, b_hh), lengths, reverse)
+            Y, hn = cops.gru_infer(x.contiguous(), w_ih.contiguous(), bias_sum(w_ih, b_ih),  # type: ignore[union-attr]
+                                   state.contiguous(), w_hh.contiguous(), bias_sum(w_hh, b_hh), lengths, reverse)
         return Y, hn
     relu = mode == "RNN_RELU"
     if train:
         return _RNN.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu)
     with torch.no_grad():
-        Y = _projection(x, w_ih)
-        hn = ops.rnn_forward(Y, _bias(w_ih, b_ih, b_hh), state.contiguous(),  # type: ignore[union-attr]
-                             w_hh.contiguous(), relu, lengths, reverse)
+        Y = projection(x, w_ih)
+        hn = cops.rnn_forward(Y, bias_sum(w_ih, b_ih, b_hh), state.contiguous(),  # type: ignore[union-attr]
+                              w_hh.contiguous(), relu, lengths, reverse)
     return Y, hn
 
 
@@ -464,13 +469,13 @@ def _run_fallback(mode: str, x: Tensor, state: reference.State, weights: Sequenc
     w_ih, w_hh, b_ih, b_hh = weights[:4]
     if mode == "LSTM":
         w_hr = weights[4] if len(weights) > 4 else None
-        xw = _projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
+        xw = projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
         step = lambda xw_t, s: _lstm_step(xw_t, s, w_hh, w_hr)  # noqa: E731
     elif mode == "GRU":
-        xw = _projection(x, w_ih, b_ih)  # type: ignore[arg-type]
+        xw = projection(x, w_ih, b_ih)  # type: ignore[arg-type]
         step = lambda xw_t, s: _gru_step(xw_t, s, w_hh, b_hh)  # noqa: E731
     elif mode in ("RNN_TANH", "RNN_RELU"):
-        xw = _projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
+        xw = projection(x, w_ih, b_ih, b_hh)  # type: ignore[arg-type]
         relu = mode == "RNN_RELU"
         step = lambda xw_t, s: _rnn_step(xw_t, s, w_hh, relu)  # noqa: E731
     else:

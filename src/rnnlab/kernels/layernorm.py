@@ -59,14 +59,14 @@ from torch.autograd.function import once_differentiable
 
 from ..cellspec import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import _bias, _input_grads, _lengths, _projection
+from .fused import bias_sum, input_grads, cpu_lengths, projection
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _ops() -> Any:
+def ops() -> Any:
     return torch.ops.rnnlab_fused
 
 
@@ -106,11 +106,11 @@ class _LNLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
                 reverse, gates):
-        xw = _projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
-        h0, c0, b = h0.contiguous(), c0.contiguous(), _bias(w_ih, bias)
+        xw = projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
+        h0, c0, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
-        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = _ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
-                                                                       lengths, reverse, True, gates)
+        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
+                                                                      lengths, reverse, True, gates)
         # returned gates also serve the backward (else it recomputes them from the normalised halves; keeping
         # them always, for small runs, was measured: no gain at S4 in benchmarks/ab_layernorm.py)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
@@ -125,11 +125,11 @@ class _LNLSTM(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
         params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
-        dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = _ops().ln_lstm_backward(
+        dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
             _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), _zeros_if_none(dcn, c0), NX, RX, NHW, RH, NC, RC, C, Y,
             h0, c0, w_hh, *params, mask, keep_h, keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC),
             _contiguous_or_none(dGS), A)
-        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 3)
+        dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 3)
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
                 dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None, None)
@@ -143,10 +143,10 @@ class _LNGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]
                 gates):
-        xw = _projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
+        xw = projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
         h0 = h0.contiguous()
-        params = (w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
-        Y, hn, NHW, RX, RH, GS = _ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
+        params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
+        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
         ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if gates else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -159,10 +159,10 @@ class _LNGRU(torch.autograd.Function):
         x, h0, w_ih, *rest = ctx.saved_tensors
         params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
-        dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = _ops().ln_gru_backward(
+        dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = ops().ln_gru_backward(
             _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths,
             ctx.reverse, need[3], _contiguous_or_none(dGS), A)
-        dx, dw_ih = _input_grads(ctx, dXW, x, w_ih, 0, 2)
+        dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 2)
         return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
                 db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,
                 dg_ih if need[6] else None, dg_hh if need[7] else None, None, None, None, None, None)
@@ -179,7 +179,7 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
         return None
     p = run.p
     h0, c0 = run.state  # type: ignore[misc]
-    mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), _lengths(run.lengths)
+    mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), cpu_lengths(run.lengths)
     weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
                p["ln_c_weight"], p["ln_c_bias"])
     if _needs_graph(run.x, h0, c0, *weights):
@@ -189,8 +189,8 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
         w_ih, w_hh, bias, *gains = weights
         keep = run.record or run.gates
-        Y, hn, cn, *_, C, GS = _ops().ln_lstm_forward(
-            _projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), _bias(w_ih, bias),
+        Y, hn, cn, *_, C, GS = ops().ln_lstm_forward(
+            projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, bias),
             *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, keep, run.gates)
     return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)
 
@@ -202,7 +202,7 @@ def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
     p = run.p
     h0 = run.state
     assert isinstance(h0, Tensor)
-    mask, keep_h, lengths = _mask(run), _keep(run, 0), _lengths(run.lengths)
+    mask, keep_h, lengths = _mask(run), _keep(run, 0), cpu_lengths(run.lengths)
     weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
                p["ln_hh_weight"])
     if _needs_graph(run.x, h0, *weights):
@@ -210,7 +210,7 @@ def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
         return Y, hn, None, _gate_dict("rzn", GS, run.gates)
     with torch.no_grad():
         w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = weights
-        Y, hn, *_, GS = _ops().ln_gru_forward(
-            _projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), _bias(w_ih, b_ih), _bias(w_hh, b_hh),
+        Y, hn, *_, GS = ops().ln_gru_forward(
+            projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh),
             g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False, run.gates)
     return Y, hn, None, _gate_dict("rzn", GS, run.gates)

@@ -84,19 +84,19 @@ def lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     w_ih, w_hh, b_ih, b_hh = _weights(run.p)
     w_hr = run.p.get("weight_hr")
     h0, c0 = run.state  # type: ignore[misc]
-    lengths = fused._lengths(run.lengths)
+    lengths = fused.cpu_lengths(run.lengths)
     keep_h, keep_c = _keep(run, 0), _keep(run, 1)
     if _needs_grad(run):
-        Y, hn, cn, C, G = fused._LSTMEx.apply(run.x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, run.reverse,
-                                              run.h_mask, keep_h, keep_c, run.record, run.gates, None)
+        Y, hn, cn, C, G = fused.LSTMEx.apply(run.x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, run.reverse,
+                                             run.h_mask, keep_h, keep_c, run.record, run.gates, None)
     else:
         # inference: the same loops, nothing saved for a backward
         with torch.no_grad():
-            G = fused._projection(run.x, w_ih)  # (T, B, 4H), becomes the activated gates
-            Y, hn, cn, C, _, _ = fused._ops().lstm_forward_ex(
-                G, fused._bias(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                fused._c(w_hr), lengths, run.reverse, fused._c(run.h_mask), fused._c(keep_h), fused._c(keep_c),
-                False)
+            G = fused.projection(run.x, w_ih)  # (T, B, 4H), becomes the activated gates
+            Y, hn, cn, C, _, _ = fused.ops().lstm_forward_ex(
+                G, fused.bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                fused.dense(w_hr), lengths, run.reverse, fused.dense(run.h_mask), fused.dense(keep_h),
+                fused.dense(keep_c), False)
     gates = dict(zip("ifgo", G.chunk(4, dim=2))) if run.gates else None  # (T, B, H) each
     return Y, (hn, cn), C if run.record else None, gates
 
@@ -108,17 +108,17 @@ def gru_kernel(run: SequenceRun) -> SequenceResult | None:
     w_ih, w_hh, b_ih, b_hh = _weights(run.p)
     h0 = run.state
     assert isinstance(h0, Tensor)
-    lengths = fused._lengths(run.lengths)
+    lengths = fused.cpu_lengths(run.lengths)
     keep_h = _keep(run, 0)
     if _needs_grad(run):
-        Y, hn, G = fused._GRUEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, run.h_mask, keep_h,
-                                      run.gates, None)
+        Y, hn, G = fused.GRUEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, run.h_mask, keep_h,
+                                     run.gates, None)
     else:
         with torch.no_grad():
-            G = fused._projection(run.x, w_ih)  # (T, B, 3H), becomes r, z, n
-            Y, hn, _ = fused._ops().gru_forward_ex(G, fused._bias(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
-                                                   fused._bias(w_hh, b_hh), lengths, run.reverse,
-                                                   fused._c(run.h_mask), fused._c(keep_h), False)
+            G = fused.projection(run.x, w_ih)  # (T, B, 3H), becomes r, z, n
+            Y, hn, _ = fused.ops().gru_forward_ex(G, fused.bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
+                                                  fused.bias_sum(w_hh, b_hh), lengths, run.reverse,
+                                                  fused.dense(run.h_mask), fused.dense(keep_h), False)
     gates = dict(zip("rzn", G.chunk(3, dim=2))) if run.gates else None
     return Y, hn, None, gates
 
@@ -130,16 +130,16 @@ def rnn_kernel(run: SequenceRun, *, relu: bool = False) -> SequenceResult | None
     w_ih, w_hh, b_ih, b_hh = _weights(run.p)
     h0 = run.state
     assert isinstance(h0, Tensor)
-    lengths = fused._lengths(run.lengths)
+    lengths = fused.cpu_lengths(run.lengths)
     keep_h = _keep(run, 0)
     if _needs_grad(run):
-        Y, hn, pre = fused._RNNEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, relu, run.h_mask,
-                                        keep_h, run.gates, None)
+        Y, hn, pre = fused.RNNEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, relu, run.h_mask,
+                                       keep_h, run.gates, None)
     else:
         with torch.no_grad():
-            Y = fused._projection(run.x, w_ih)  # (T, B, H), becomes the output in place
-            hn, _, pre = fused._ops().rnn_forward_ex(Y, fused._bias(w_ih, b_ih, b_hh), h0.contiguous(),
-                                                     w_hh.contiguous(), relu, lengths, run.reverse,
-                                                     fused._c(run.h_mask), fused._c(keep_h), False, run.gates)
+            Y = fused.projection(run.x, w_ih)  # (T, B, H), becomes the output in place
+            hn, _, pre = fused.ops().rnn_forward_ex(Y, fused.bias_sum(w_ih, b_ih, b_hh), h0.contiguous(),
+                                                    w_hh.contiguous(), relu, lengths, run.reverse,
+                                                    fused.dense(run.h_mask), fused.dense(keep_h), False, run.gates)
     return Y, hn, None, {"pre": pre} if run.gates else None
 

@@ -44,14 +44,14 @@ from torch.autograd.function import once_differentiable
 
 from ..cellspec import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import _bias, _dw_hh, _input_grads, _lengths, _projection
+from .fused import bias_sum, recurrent_weight_grad, input_grads, cpu_lengths, projection
 
 __all__ = ["peephole_kernel"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _ops() -> Any:
+def ops() -> Any:
     return torch.ops.rnnlab_fused
 
 
@@ -63,12 +63,12 @@ class _Peephole(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co,  # type: ignore[override]
                 h_mask, keep_h, keep_c, lengths, reverse, record):
-        xw = _projection(x, w_ih)  # (T, B, 4H), becomes the activated gates i, f, g, o
+        xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates i, f, g, o
         wc = torch.stack([w_ci, w_cf, w_co])  # (3, H)
         h0c = h0.contiguous()
-        Y, hn, cn, C = _ops().peephole_forward(xw, _bias(w_ih, b_ih, b_hh), h0c, c0.contiguous(),
-                                               w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths, reverse,
-                                               True)
+        Y, hn, cn, C = ops().peephole_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0c, c0.contiguous(),
+                                              w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths, reverse,
+                                              True)
         ctx.save_for_backward(x, h0c, c0, w_ih, w_hh, wc, xw, C, Y, h_mask, keep_h, keep_c, lengths)
         ctx.reverse, ctx.record = reverse, record
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -86,15 +86,15 @@ class _Peephole(torch.autograd.Function):
         dY = torch.zeros_like(Y) if dY is None else dY.contiguous()
         dhn = torch.zeros_like(h0) if dhn is None else dhn.contiguous()
         dcn = torch.zeros_like(h0) if dcn is None else dcn.contiguous()
-        dG, dh0, dc0, db, dwc = _ops().peephole_backward(dY, dhn, dcn, gates, C, c0.contiguous(), w_hh.contiguous(),
-                                                         wc, h_mask, keep_h, keep_c, dC, dgates, lengths,
-                                                         ctx.reverse)
-        dx, dw_ih = _input_grads(ctx, dG, x, w_ih, 0, 3)
+        dG, dh0, dc0, db, dwc = ops().peephole_backward(dY, dhn, dcn, gates, C, c0.contiguous(), w_hh.contiguous(),
+                                                        wc, h_mask, keep_h, keep_c, dC, dgates, lengths,
+                                                        ctx.reverse)
+        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 3)
         dw_hh = None
         if ctx.needs_input_grad[4]:
             # the GEMM multiplied h_{t-1} * mask, so that is what W_hh's gradient sees
             prev, first = (Y, h0) if h_mask is None else (Y * h_mask, h0 * h_mask)
-            dw_hh = _dw_hh(dG, prev, first, lengths, ctx.reverse)
+            dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         need = ctx.needs_input_grad
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] and need[5] else None, db if ctx.has_b[1] and need[6] else None,
@@ -126,7 +126,7 @@ def peephole_kernel(run: SequenceRun) -> SequenceResult | None:
         keep_c = torch.zeros_like(keep_h)
     h_mask = _contiguous(run.h_mask, x.dtype)
     keep_h, keep_c = _contiguous(keep_h, x.dtype), _contiguous(keep_c, x.dtype)
-    lengths = _lengths(run.lengths)
+    lengths = cpu_lengths(run.lengths)
     w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
     w_ci, w_cf, w_co = p["weight_ci"], p["weight_cf"], p["weight_co"]
     tensors = (x, h0, c0, *p.values())
@@ -141,16 +141,16 @@ def peephole_kernel(run: SequenceRun) -> SequenceResult | None:
     else:
         with torch.no_grad():
             wc = torch.stack([w_ci, w_cf, w_co])  # (3, H)
-            bias = _bias(w_ih, b_ih, b_hh)
+            bias = bias_sum(w_ih, b_ih, b_hh)
             if run.record:  # the states and gates of every step are wanted: the training loop keeps them
-                gates = _projection(x, w_ih)  # (T, B, 4H)
-                Y, hn, cn, C = _ops().peephole_forward(gates, bias, h0.contiguous(), c0.contiguous(),
-                                                       w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths,
-                                                       run.reverse, True)
+                gates = projection(x, w_ih)  # (T, B, 4H)
+                Y, hn, cn, C = ops().peephole_forward(gates, bias, h0.contiguous(), c0.contiguous(),
+                                                      w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths,
+                                                      run.reverse, True)
             else:
-                Y, hn, cn = _ops().peephole_infer(x.contiguous(), w_ih.contiguous(), bias, h0.contiguous(),
-                                                  c0.contiguous(), w_hh.contiguous(), wc, h_mask, keep_h, keep_c,
-                                                  lengths, run.reverse)
+                Y, hn, cn = ops().peephole_infer(x.contiguous(), w_ih.contiguous(), bias, h0.contiguous(),
+                                                 c0.contiguous(), w_hh.contiguous(), wc, h_mask, keep_h, keep_c,
+                                                 lengths, run.reverse)
     gate_dict = None
     if run.gates and gates is not None:
         gate_dict = {name: gates[..., k * H:(k + 1) * H] for k, name in enumerate("ifgo")}  # (T, B, H) each
