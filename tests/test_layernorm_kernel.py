@@ -10,7 +10,6 @@ hand-written backward must pass gradcheck in float64.
 from __future__ import annotations
 
 import copy
-import shutil
 import warnings
 
 import pytest
@@ -19,7 +18,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from rnnlab.kernels import _extension, fused
 
 TOL = 1e-5
 T, B, I, H = 7, 4, 5, 8
@@ -27,12 +25,7 @@ LENGTHS = [5, 7, 2, 6]
 CELLS = {"lstm": rnnlab.LayerNormLSTM, "gru": rnnlab.LayerNormGRU}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """The kernel needs the compiled extension: with a compiler present, the build must succeed."""
-    if shutil.which("c++") is None or _extension.extension_disabled():
-        pytest.skip("no compiled extension: the LayerNorm kernels decline every run")
-    assert fused.compiled_available(), "fused C++ kernels failed to build (see the RuntimeWarning)"
+pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compiler; fail if the build fails
 
 
 @pytest.fixture(autouse=True)

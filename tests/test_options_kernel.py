@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import warnings
 
 import pytest
@@ -22,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import rnnlab
 from rnnlab.cellspec import SequenceRun
 from rnnlab.diagnostics import record
-from rnnlab.kernels import _extension, fused, options
+from rnnlab.kernels import fused, options
 
 TOL = 1e-5
 T, B, I, H, P = 7, 4, 5, 6, 3
@@ -36,11 +35,7 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    if shutil.which("c++") is None or _extension.extension_disabled():
-        pytest.skip("no compiled fused kernels here")
-    assert fused.compiled_available(), "fused C++ kernels failed to build (see the RuntimeWarning)"
+pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compiler; fail if the build fails
 
 
 def _make(mode: str, options_: dict, dtype=torch.float32, **kw) -> rnnlab.RNNBase:

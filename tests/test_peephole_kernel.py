@@ -9,7 +9,6 @@ state and parameter must agree. The hand-written backward is also checked by gra
 
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import pytest
@@ -18,7 +17,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
 from rnnlab.cellspec import PEEPHOLE_LSTM_SPEC, SequenceRun
-from rnnlab.kernels import _extension, fused
 from rnnlab.kernels.peephole import peephole_kernel
 from rnnlab.kernels.reference import recurrence
 
@@ -27,12 +25,7 @@ T, B, I, H = 7, 4, 5, 6
 LENGTHS = torch.tensor([5, 7, 1, 3])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """The kernel must really be tested: with a compiler present, the build must succeed."""
-    if shutil.which("c++") is None or _extension.extension_disabled():
-        pytest.skip("no compiled kernels in this environment")
-    assert fused.compiled_available(), "fused C++ kernels failed to build (see the RuntimeWarning)"
+pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compiler; fail if the build fails
 
 
 @pytest.fixture(autouse=True)
