@@ -91,7 +91,7 @@ class Recording:
     """The traces of one recording, in the order the layers ran."""
 
     traces: list[LayerTrace] = field(default_factory=list)
-    retain_grad: bool = False  # retain_grad() was called on every recorded state (or kernel traces were allowed)
+    retain_grad: bool = False  # retain_grad() was called on every recorded state
 
 
 def rnn_layers(model: nn.Module) -> list[tuple[str, RNNBase]]:
