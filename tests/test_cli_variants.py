@@ -96,6 +96,7 @@ def test_variant_with_every_option_resumes_bit_identically(tmp_path, capsys):
     (["--recurrent-dropout", "1.0"], "config: model.recurrent_dropout must be in [0, 1), got 1.0"),
     (["--zoneout", "-0.1"], "config: model.zoneout must be in [0, 1), got -0.1"),
     (["--track-every", "-1"], "config: train.track_every must be >= 0, got -1"),
+    (["--track-spectra-every", "0"], "config: train.track_spectra_every must be >= 1, got 0"),
     (["--task", "sine", "--num-samples", "16", "--cell", "rnn_tanh", "--forget-bias", "1"],
      "model: RNN: forget_bias needs a cell with a forget gate, and RNN_TANH has none"),
 ])
@@ -123,6 +124,10 @@ def test_track_every_writes_per_layer_gradient_norms_and_off_writes_none(tmp_pat
         assert total == pytest.approx(rec["grad_norm_pre"], rel=1e-5)  # no clipping: the groups make the total
         assert rec["grad_norm_pre"] == pytest.approx(trained[rec["step"]]["grad_norm"], rel=1e-6)
         assert [len(rec["profile"][k]) for k in ("rnn.l0", "rnn.l1")] == [12, 12]  # ||dL/dh_t|| at every step
+    assert all("rho" in r for r in records)  # by default rho at every record
+    assert main([*argv, "--track-every", "2", "--track-spectra-every", "2"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "g" / "diagnostics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "rho" in r] == [0, 4]  # every 2nd record (step 4), the start, the end
     assert main([*argv, "--track-every", "0"]) == 0  # same folder: a run without tracking leaves no records
     assert not (tmp_path / "g" / "diagnostics.jsonl").exists()
     capsys.readouterr()

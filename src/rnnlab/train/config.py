@@ -122,6 +122,8 @@ class TrainConfig:
     max_bad_steps: int = _f(10, "stop the run after N consecutive skipped (non-finite) steps (0 = never)")
     track_every: int = _f(0, "gradient tracking every N steps into <run>/diagnostics.jsonl (0 = off; see "
                              "docs/gradflow.md)")
+    track_spectra_every: int = _f(1, "with tracking, rho(W_hh) at every Kth record only (and at the start and "
+                                     "the end): the eigenvalues cost about a training step at H=128")
 
 
 @dataclass
@@ -231,7 +233,7 @@ _AT_LEAST: dict[str, int] = {
     "train.max_steps": 0, "train.max_time": 0, "train.bptt_stride": 0, "train.bptt_horizon": 0,
     "train.eval_every": 0, "train.eval_batches": 0, "train.final_eval_batches": 0,
     "train.early_stop_patience": 0, "train.checkpoint_every": 0, "train.log_every": 1, "train.threads": 0,
-    "train.max_bad_steps": 0, "train.track_every": 0, "run.sample_length": 0,
+    "train.max_bad_steps": 0, "train.track_every": 0, "train.track_spectra_every": 1, "run.sample_length": 0,
 }
 _UNIT = ("model.recurrent_dropout", "model.zoneout", "model.weight_dropout")  # probabilities, in [0, 1)
 _POSITIVE = ("optim.lr", "optim.gamma", "run.sample_temperature")

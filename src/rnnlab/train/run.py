@@ -52,7 +52,8 @@ def task_info(task: Task) -> dict[str, Any]:
 
 
 def tracking_callbacks(cfg: Config) -> list[Callback]:
-    """``[GradientTracker(every=cfg.train.track_every)]`` when tracking is on, else ``[]``.
+    """``[GradientTracker(every=cfg.train.track_every, spectra_every=cfg.train.track_spectra_every)]`` when
+    tracking is on, else ``[]``.
 
     The tracker (:mod:`rnnlab.diagnostics.tracking`, docs/gradflow.md) appends one JSON line per tracked step to
     ``<run>/diagnostics.jsonl``: pre/post-clip global and per-layer gradient norms, ``rho(W_hh)``, the gradient
@@ -63,7 +64,7 @@ def tracking_callbacks(cfg: Config) -> list[Callback]:
         return []
     from ..diagnostics.tracking import GradientTracker  # lazy: it imports the trainer, which imports this package
 
-    return [GradientTracker(every=cfg.train.track_every)]
+    return [GradientTracker(every=cfg.train.track_every, spectra_every=cfg.train.track_spectra_every)]
 
 
 def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: str | Path | None = None,
