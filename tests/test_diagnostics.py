@@ -340,3 +340,20 @@ def test_analyse_bundles_everything_consistently():
     assert torch.all(tr_sv[:, :-1] >= tr_sv[:, 1:])  # descending
     d = diag.to_dict()
     assert d["gates"][0]["scalars"]["f_mean"] == diag.gates[0].scalars["f_mean"]
+
+
+def test_gate_histograms_bin_like_torch_histc():
+    """The bincount histograms (all gates in one call) equal torch.histc of each gate; NaN is left out."""
+    from rnnlab.diagnostics.gates import _histograms
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(3, 50, 4, 16, generator=g)
+    v[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.05])  # the edges: 0 and top in the first and last bins
+    v[2, 1, 1, 0] = float("nan")
+    counts, edges = _histograms(v, 1.0)
+    for k in range(3):
+        finite = v[k][~torch.isnan(v[k])]
+        assert torch.equal(counts[k], torch.histc(finite, bins=20, min=0, max=1).double())
+    assert torch.equal(edges, torch.linspace(0, 1, 21))
+    a = torch.rand(1, 40, generator=g) * 3.7
+    assert torch.equal(_histograms(a, 3.7)[0][0], torch.histc(a, bins=20, min=0, max=3.7).double())

@@ -98,15 +98,20 @@ def _step_inputs(trace: LayerTrace, rows: int) -> tuple[Tensor, tuple[Tensor, ..
     return x, tuple(torch.cat([state_tensors(p)[k].detach()[:rows] for p in trace.prev]) for k in range(n_states))
 
 
-def _histogram(v: Tensor, top: float, bins: int = 20) -> tuple[Tensor, Tensor]:
-    """Counts of ``v`` in ``bins`` equal bins over ``[0, top]`` (the top edge in the last bin), and the edges.
+def _histograms(v: Tensor, top: float, bins: int = 20) -> tuple[Tensor, Tensor]:
+    """Counts of each ``v[k]`` in ``bins`` equal bins over ``[0, top]`` (the top edge in the last bin): ``(K, bins)``
+    float64, and the edges.
 
-    ``torch.histc``'s binning, through one integer ``bincount`` (histc is a scalar loop, ~10x slower)."""
-    # the values binned here (sigmoid outputs in [0, 1], |a| up to its max) are in range by construction; NaN
-    # (a diverged run) is left out, as histc does
-    finite = v[~torch.isnan(v)] if bool(torch.isnan(v).any()) else v
-    idx = (finite * (bins / top)).to(torch.int64).clamp_(0, bins - 1)
-    return torch.bincount(idx.flatten(), minlength=bins).double(), torch.linspace(0, top, bins + 1)
+    ``torch.histc``'s binning, for all ``K`` groups through one integer ``bincount`` (group k's bins are
+    ``k*bins .. k*bins + bins-1``; histc is a scalar loop, ~10x slower). The values binned here (sigmoid outputs
+    in [0, 1], |a| up to its max) are in range by construction; NaN (a diverged run) is left out, as histc does.
+    """
+    K = v.size(0)
+    idx = (torch.nan_to_num(v, nan=0.0) * (bins / top)).to(torch.int64).clamp_(0, bins - 1)
+    idx += torch.arange(K).mul_(bins).view(K, *([1] * (v.dim() - 1)))
+    nan = torch.isnan(v)
+    counts = torch.bincount(idx[~nan] if bool(nan.any()) else idx.flatten(), minlength=K * bins)
+    return counts.double().view(K, bins), torch.linspace(0, top, bins + 1)
 
 
 def _frac(mask: Tensor) -> float:
@@ -138,14 +143,7 @@ def _sigmoid_stats(out: GateStats, names: str, gates: dict[str, Tensor], full: b
     if not full:
         return None
     series = v.mean(dim=(2, 3)).double()  # (G, T)
-    bins = 20
-    # one bincount for every gate: gate k's bins are k*bins .. k*bins + bins-1 (torch.histc's binning on [0, 1])
-    clean = torch.nan_to_num(v, nan=-1.0)  # NaN (a diverged run) is left out of the histograms, as histc does
-    idx = (clean * bins).to(torch.int64).clamp_(max=bins - 1)
-    idx += torch.arange(G).mul_(bins).view(G, 1, 1, 1)
-    counts = torch.bincount(idx[clean >= 0] if bool(torch.isnan(v).any()) else idx.flatten(),
-                            minlength=G * bins).double().view(G, bins)
-    edges = torch.linspace(0, 1, bins + 1)
+    counts, edges = _histograms(v, 1.0)
     for k, name in enumerate(names):
         out.series[f"{name}_mean"] = series[k]
         out.histograms[name] = (counts[k], edges)
@@ -208,7 +206,8 @@ def gate_stats(trace: LayerTrace, rows: int | None = None, *, full: bool = True)
             k = max(1, math.ceil(0.9 * flat_a.size(1)))
             out.series["preact_abs_p90"] = flat_a.kthvalue(k, dim=1).values.double()
             top = float(a.max()) or 1.0
-            out.histograms["preact_abs"] = _histogram(a, top)
+            counts, edges = _histograms(a.unsqueeze(0), top)
+            out.histograms["preact_abs"] = (counts[0], edges)
         if trace.mode == "RNN_TANH":
             tanh_sat = gates["h"].abs() > TANH_SAT
         else:
