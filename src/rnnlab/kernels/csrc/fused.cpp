@@ -806,6 +806,24 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_ex(Tensor xw, const Tensor& bias,
   return {h, HR, PRE};
 }
 
+// One row of the options' backward (see rnn_backward_impl). Its own function with __restrict arguments: inline,
+// the seven row pointers were more than gcc checks for overlap at run time, so the loop stayed scalar (1.5-3x the
+// plain backward at T=100, B=32, H=128, measured).
+template <typename T, bool RELU>
+inline void rnn_row_backward_ex(const T* __restrict dy, const T* __restrict hr, const T* __restrict k,
+                                const T* __restrict gx, T* __restrict dh, T* __restrict sink, T* __restrict dg,
+                                int H) {
+  for (int j = 0; j < H; ++j) {
+    const T dt = dh[j] + dy[j];
+    sink[j] = dt;
+    if constexpr (RELU)
+      dg[j] = (hr[j] > T(0) ? (T(1) - k[j]) * dt : T(0)) + gx[j];
+    else
+      dg[j] = (T(1) - k[j]) * dt * (T(1) - hr[j] * hr[j]) + gx[j];
+    dh[j] = k[j] * dt;
+  }
+}
+
 // EX adds the layer options. With h_t = k h_{t-1} + (1 - k) h~_t, h~_t = act(pre_t) and dt = dL/dh_t:
 //   dpre = (1 - k) dt act'(h~_t) + dL/dpre_ext (tanh' = 1 - h~^2, relu' = [h~ > 0]); dh <- k dt (+ the GEMM part).
 template <typename T, bool EX = false>
@@ -834,21 +852,10 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
         const T* k = opt.keep_h ? opt.keep_h + off : zeros.data();
         const T* gx = opt.dgates ? opt.dgates + off : zeros.data();
         T* sk = opt.sink_h ? opt.sink_h + off : dummy.data();
-        if (relu) {
-          for (int j = 0; j < H; ++j) {
-            const T dt = dhb[j] + dy[j];
-            sk[j] = dt;
-            dg[j] = (hr[j] > T(0) ? (T(1) - k[j]) * dt : T(0)) + gx[j];
-            dhb[j] = k[j] * dt;
-          }
-        } else {
-          for (int j = 0; j < H; ++j) {
-            const T dt = dhb[j] + dy[j];
-            sk[j] = dt;
-            dg[j] = (T(1) - k[j]) * dt * (T(1) - hr[j] * hr[j]) + gx[j];
-            dhb[j] = k[j] * dt;
-          }
-        }
+        if (relu)
+          rnn_row_backward_ex<T, true>(dy, hr, k, gx, dhb, sk, dg, H);
+        else
+          rnn_row_backward_ex<T, false>(dy, hr, k, gx, dhb, sk, dg, H);
         continue;
       }
       if (relu) {
