@@ -244,3 +244,55 @@ def test_tracked_rho_is_the_spectral_radius_of_the_weights_at_that_step():
             block = dict(zip("rzn", model.rnn.layer_weights(int(ws.name[-1]))[1].detach().double().chunk(3)))[gate]
             assert rho == pytest.approx(float(torch.linalg.eigvals(block).abs().max()), rel=1e-9)
             assert last["rho"][ws.name][gate] == pytest.approx(rho, rel=1e-5)
+
+
+def test_kernel_profile_keeps_vanishing_gradients():
+    """The kernel trace's step norms are summed in float64: a tanh RNN whose gradient falls to ~1e-30 (float32
+    squares of it underflow to 0) still gets every step's norm, equal in relative terms to the reference
+    recording's (float64 norms of the autograd gradients)."""
+    import rnnlab
+    from rnnlab.diagnostics import Recorder, profile_from_grads
+    from rnnlab.kernels.fused import uses_compiled
+
+    torch.manual_seed(0)
+    layer = rnnlab.RNN(3, 8)
+    with torch.no_grad():
+        layer.weight_hh_l0.mul_(0.25)
+    x = torch.randn(40, 4, 3)
+    if not uses_compiled(x):
+        pytest.skip("the compiled fused kernels are not available")
+
+    def profile(kernel: bool):
+        recorder = Recorder(layer, retain_grad=True, kernel=kernel)
+        recorder.start()
+        try:
+            loss = layer(x)[0][-1].sum()  # the gradient enters at the last step only
+        finally:
+            rec = recorder.stop()
+        loss.backward()
+        return profile_from_grads(rec)
+
+    kernel, reference = profile(True), profile(False)
+    smallest = float(reference.hidden.min())
+    assert 1e-36 < smallest < 1e-22, smallest  # the regime this is about (float32 squares below 1e-45)
+    torch.testing.assert_close(kernel.hidden, reference.hidden, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_norms_are_exact_for_tiny_and_subnormal_values(dtype, monkeypatch):
+    from rnnlab.diagnostics import gradflow
+
+    torch.manual_seed(0)
+    g = torch.randn(5, 3, 7, dtype=dtype)
+    g[1] *= 1e-25  # squares below float32's range
+    g[2] *= 1e-40  # float32 subnormal elements
+    g[3] = 0.0
+    g[4, 0, :3] = torch.tensor([3.0, 4.0, 12.0], dtype=dtype)
+    g[4, 1:] = 0.0
+    g[4, 0, 3:] = 0.0
+    want = g.double().flatten(1).pow(2).sum(1).sqrt()  # float64 squares: exact enough for every row here
+    assert float(want[4]) == 13.0
+    torch.testing.assert_close(gradflow.step_norms(g), want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(gradflow.step_norms(g.transpose(1, 2)), want, rtol=1e-14, atol=0)  # any layout
+    monkeypatch.setattr(gradflow, "compiled_available", lambda: False)  # the fallback without the extension
+    torch.testing.assert_close(gradflow.step_norms(g), want, rtol=1e-14, atol=0)
