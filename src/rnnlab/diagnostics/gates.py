@@ -171,6 +171,8 @@ def gate_stats(trace: LayerTrace, rows: int | None = None, *, full: bool = True)
     T, B = trace.steps, min(trace.inputs[0].size(0), rows or trace.inputs[0].size(0))
     if trace.gate_seq is not None:  # a kernel trace: the activations the fused kernel computed
         gates = {k: v[:, :B] for k, v in trace.gate_seq.items()}  # each (T, B, H)
+        if "a" in gates:  # Elman: the kernel kept the pre-activation; the activation of those rows from it
+            gates["h"] = torch.tanh(gates["a"]) if trace.mode == "RNN_TANH" else torch.relu(gates["a"])
     else:
         weights = tuple(None if w is None else w.detach() for w in trace.weights)
         with torch.no_grad():

@@ -102,17 +102,19 @@ def half_life(norms: Tensor | Sequence[float], *, window: int | None = None) -> 
         >>> half_life([1.0, 0.5, 0.25, 0.125])
         1.0
     """
-    g = torch.as_tensor(norms, dtype=torch.float64).flatten()
+    # In Python floats: a profile is a few hundred numbers, and two dozen small tensor ops cost more than the fit
+    # (the tracker fits one per layer at every record).
+    values = torch.as_tensor(norms, dtype=torch.float64).flatten().tolist()
     if window is not None:
-        g = g[:window]
-    k = torch.arange(g.numel(), dtype=torch.float64)
-    keep = torch.isfinite(g) & (g > 0)
-    if int(keep.sum()) < 2:
-        raise ValueError(f"half_life: expected at least 2 positive finite norms, got {int(keep.sum())} "
-                         f"of {g.numel()}")
-    k, y = k[keep], g[keep].log()
-    slope = ((k - k.mean()) * (y - y.mean())).sum() / ((k - k.mean()) ** 2).sum()
-    return math.log(2) / float(-slope) if slope < 0 else math.inf
+        values = values[:window]
+    points = [(k, math.log(v)) for k, v in enumerate(values) if math.isfinite(v) and v > 0]
+    if len(points) < 2:
+        raise ValueError(f"half_life: expected at least 2 positive finite norms, got {len(points)} of {len(values)}")
+    k_mean = math.fsum(k for k, _ in points) / len(points)
+    y_mean = math.fsum(y for _, y in points) / len(points)
+    slope = (math.fsum((k - k_mean) * (y - y_mean) for k, y in points)
+             / math.fsum((k - k_mean) ** 2 for k, _ in points))
+    return math.log(2) / -slope if slope < 0 else math.inf
 
 
 def step_norms(g: Tensor) -> Tensor:

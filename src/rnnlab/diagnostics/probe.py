@@ -73,8 +73,8 @@ class LayerTrace:
     # tensors (``inputs``/``states`` are views of them), so that statistics need not re-stack T slices.
     input_seq: Tensor | None = None
     state_seq: tuple[Tensor, ...] | None = None
-    # Kernel traces of LSTM/GRU layers: the activations the kernel computed (``i, f, g, o`` and the new cell ``c``;
-    # ``r, z, n``), each (T, B, H), read by the gate statistics instead of recomputing them.
+    # Kernel traces: what the kernel computed (LSTM ``i, f, g, o`` and the new cell ``c``; GRU ``r, z, n``; Elman
+    # the pre-activation ``a``), each (T, B, H), read by the gate statistics instead of recomputing them.
     gate_seq: dict[str, Tensor] | None = None
 
     @property
@@ -223,6 +223,8 @@ class _KernelTrace:
             tr.gate_seq = dict(zip(names, gates.chunk(len(names), dim=2)))
             if cells is not None:
                 tr.gate_seq["c"] = cells
+        elif gates is not None and tr.mode in ("RNN_TANH", "RNN_RELU"):  # the Elman pre-activation (T, B, H)
+            tr.gate_seq = {"a": gates}
 
     def outputs(self, y: Tensor) -> None:
         tr = self.trace

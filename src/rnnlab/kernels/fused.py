@@ -232,8 +232,8 @@ class GradientSink(Protocol):
 
     def forward(self, cells: Tensor | None, gates: Tensor | None = None) -> None:
         """Called in the forward with the detached cell states ``C`` ``(T, B, H)`` (LSTM) or ``None``, and the
-        activated gates ``(T, B, 4H)`` (LSTM ``i, f, g, o``; GRU ``r, z, n`` ``(T, B, 3H)``; ``None`` for the
-        Elman cells), detached views of the buffers the backward reads (and never writes)."""
+        activated gates ``(T, B, 4H)`` (LSTM ``i, f, g, o``; GRU ``r, z, n`` ``(T, B, 3H)``; the Elman cells'
+        pre-activation ``(T, B, H)``), detached views of buffers the backward never writes."""
         ...
 
     def backward(self, dh: Tensor, dc: Tensor | None) -> None:
@@ -369,7 +369,7 @@ class RNNEx(torch.autograd.Function):
         ctx.reverse, ctx.relu, ctx.sink = reverse, relu, sink
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
-            sink.forward(None)
+            sink.forward(None, PRE.detach() if PRE.numel() else None)
         _empty_like_none(ctx, PRE)
         return Y, hn, PRE
 
@@ -410,8 +410,9 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
         if mode == "GRU":
             Y, hn, _ = GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink)
             return Y, hn
+        # the pre-activation too (one (T, B, H) write), for the sink's gate statistics
         Y, hn, _ = RNNEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode == "RNN_RELU", None, None,
-                               False, sink)
+                               True, sink)
         return Y, hn
     if mode == "LSTM":
         h0, c0 = state  # type: ignore[misc]
