@@ -1,12 +1,17 @@
 """What gradient tracking costs inside the real :class:`rnnlab.train.Trainer`, per training step.
 
-For each cell, three short runs of the adding problem (T=100, B=32, H=128, one layer, Adam, norm clipping) from
-the same seed: no tracker; :class:`rnnlab.diagnostics.tracking.GradientTracker` ``(every=1)`` (every step tracked:
-profile from the step's own fused backward, scalar gate statistics, per-layer norms, ``rho(W_hh)``); and the same
-without ``rho`` (``spectra_every`` larger than the run). Reported: the median process-CPU milliseconds per trainer
-step (step end to step end, after 5 warm-up steps) and the ratios to the untracked run. One thread.
+For each cell, four short runs of the adding problem (T=100, B=32, H=128, one layer, Adam, norm clipping) from
+the same seed: no tracker; :class:`rnnlab.diagnostics.tracking.GradientTracker` ``(every=1)`` with its defaults
+(every step tracked: profile from the step's own fused backward, scalar gate statistics, per-layer norms, and
+``rho(W_hh)`` at every 10th record); the same with ``rho`` at every record (``spectra_every=1``); and without
+``rho`` (``spectra_every`` larger than the run). Reported: process-CPU milliseconds per trainer step (step end to
+step end, after 5 warm-up steps and without the last step, which always measures ``rho``) and the ratios to the
+untracked run: medians, except for the default tracker, whose cost differs between records with and without
+``rho``, so there the means of all measured steps (40 by default, 4 of them with ``rho``) of both runs are
+compared. The four runs are repeated in rounds (rotating their order); each ratio is taken within a round and
+the median and range over rounds are printed. One thread.
 
-    python benchmarks/tracking_cost.py [--steps 40] [--cells lstm gru rnn_tanh]
+    python benchmarks/tracking_cost.py [--steps 47] [--rounds 3] [--cells lstm gru rnn_tanh]
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ class _StepClock(Callback):
         self._last = now
 
 
-def step_ms(cell: str, steps: int, tracker: GradientTracker | None) -> float:
+def step_ms(cell: str, steps: int, tracker: GradientTracker | None) -> tuple[float, float]:
+    """(median, mean) process-CPU ms per step over the steps after the first 5, the last one left out."""
     cfg = load_config(None, {"task.name": "adding", "task.seq_len": 100, "task.num_samples": 2048,
                              "task.batch_size": 32, "model.cell": cell, "model.hidden_size": 128,
                              "model.num_layers": 1, "optim.clip_norm": 1.0, "train.max_steps": steps,
@@ -48,23 +54,40 @@ def step_ms(cell: str, steps: int, tracker: GradientTracker | None) -> float:
     model = build_model(cfg.model, task)
     clock = _StepClock()
     Trainer(model, task, cfg, callbacks=([tracker] if tracker else []) + [clock]).fit()
-    return statistics.median(clock.ms[5:])
+    ms = clock.ms[5:-1]
+    return statistics.median(ms), statistics.fmean(ms)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=47)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the four runs, in rotating order")
     ap.add_argument("--cells", nargs="+", default=["lstm", "gru", "rnn_tanh"])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print("| cell | untracked step, CPU ms | tracked every step | × untracked | without rho | × untracked |")
-    print("|---|---|---|---|---|---|")
+    trackers = {
+        "plain": lambda: None,
+        "default": lambda: GradientTracker(every=1, at_start=False, at_end=False),
+        "full": lambda: GradientTracker(every=1, at_start=False, at_end=False, spectra_every=1),
+        "no_rho": lambda: GradientTracker(every=1, at_start=False, at_end=False, spectra_every=10 * args.steps),
+    }
+    print(f"ratios to the untracked run of the same round: median (min-max) over {args.rounds} rounds")
+    print("| cell | untracked step, CPU ms (median) | defaults (rho every 10th), means | rho every step, medians | "
+          "without rho, medians |")
+    print("|---|---|---|---|---|")
     for cell in args.cells:
-        plain = step_ms(cell, args.steps, None)
-        full = step_ms(cell, args.steps, GradientTracker(every=1, at_start=False, at_end=False))
-        no_rho = step_ms(cell, args.steps, GradientTracker(every=1, at_start=False, at_end=False,
-                                                          spectra_every=10 * args.steps))
-        print(f"| {cell} | {plain:.1f} | {full:.1f} | {full / plain:.2f} | {no_rho:.1f} | {no_rho / plain:.2f} |")
+        ratios: dict[str, list[float]] = {k: [] for k in trackers if k != "plain"}
+        plain_ms = []
+        names = list(trackers)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]  # rotate, so no run always goes first
+            got = {name: step_ms(cell, args.steps, trackers[name]()) for name in order}
+            plain_ms.append(got["plain"][0])
+            ratios["default"].append(got["default"][1] / got["plain"][1])
+            ratios["full"].append(got["full"][0] / got["plain"][0])
+            ratios["no_rho"].append(got["no_rho"][0] / got["plain"][0])
+        cols = [f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for v in ratios.values()]
+        print(f"| {cell} | {statistics.median(plain_ms):.1f} | " + " | ".join(cols) + " |")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _train(cfg: CompareConfig, cell: str, seq_len: int, run_dir: Path) -> dict[s
         "optim.clip_norm": cfg.clip_norm, "train.max_steps": cfg.steps, "train.seed": cfg.seed,
         "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": max(1, cfg.steps // 50),
         "run.progress": False, "run.plots": False, "run.tensorboard": False})
-    curve, tracker = _LossCurve(), GradientTracker(every=cfg.track_every)
+    curve, tracker = _LossCurve(), GradientTracker(every=cfg.track_every, spectra_every=1)  # rho curve: every record
     trainer = setup_run(rc, run_dir=run_dir, callbacks=[curve, tracker], progress=False)
     if cfg.init == "chrono":
         # build_model applies chrono with its default T_max; the dependency range of this task is seq_len

@@ -122,8 +122,8 @@ class TrainConfig:
     max_bad_steps: int = _f(10, "stop the run after N consecutive skipped (non-finite) steps (0 = never)")
     track_every: int = _f(0, "gradient tracking every N steps into <run>/diagnostics.jsonl (0 = off; see "
                              "docs/gradflow.md)")
-    track_spectra_every: int = _f(1, "with tracking, rho(W_hh) at every Kth record only (and at the start and "
-                                     "the end): the eigenvalues cost about a training step at H=128")
+    track_spectra_every: int = _f(10, "with tracking, rho(W_hh) at every Kth record only (and at the start and "
+                                      "the end): the eigenvalues cost up to a training step at H=128")
 
 
 @dataclass
