@@ -286,19 +286,25 @@ struct LnAct<float> {
 // and every few steps one GEMM dW_hh (G, P) += D^T Hp over the chunk's rows. This replaces a (T, B, G) d(hw)
 // buffer written here, page-faulted on first touch and read back by one big GEMM in Python (measured in
 // benchmarks/ab_layernorm.py). Rows of padding steps hold zeros in both, so they add nothing.
+//
+// The two chunk buffers are per-thread scratch kept between calls (grown, never shrunk; about 256 rows of G + P
+// values, 320 KB at B=8, H=64): fresh std::vectors were zero-filled and, being over malloc's mmap threshold,
+// page-faulted on every call (__memset and page faults in the profile of a small layer). Every row is written
+// before it is read (padding rows get explicit zeros), so stale contents never matter. One backward runs at a
+// time per thread, and the buffers are only touched inside it.
 template <typename T>
 class RecurrentWeightGrad {
  public:
   RecurrentWeightGrad(int Tn, int B, int G, int P, T* dw)
       : B_(B), G_(G), P_(P), K_(std::max(1, std::min(Tn, (256 + B - 1) / B))), dw_(dw),
-        d_(static_cast<size_t>(K_) * B * G), hp_(dw ? static_cast<size_t>(K_) * B * P : 0) {}
+        d_(scratch(0, static_cast<size_t>(K_) * B * G)), hp_(scratch(1, dw ? static_cast<size_t>(K_) * B * P : 0)) {}
 
-  T* step_rows() { return d_.data() + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
+  T* step_rows() { return d_ + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
 
   // Row b of the current step's h_{t-1} * mask (hp = nullptr: a padding row, zeros).
   void set_prev(int b, const T* hp, const T* mask) {
     if (dw_ == nullptr) return;
-    T* dst = hp_.data() + (static_cast<int64_t>(n_) * B_ + b) * P_;
+    T* dst = hp_ + (static_cast<int64_t>(n_) * B_ + b) * P_;
     if (hp == nullptr) std::memset(dst, 0, sizeof(T) * P_);
     else if (mask == nullptr) std::memcpy(dst, hp, sizeof(T) * P_);
     else for (int j = 0; j < P_; ++j) dst[j] = hp[j] * mask[static_cast<int64_t>(b) * P_ + j];
@@ -310,15 +316,24 @@ class RecurrentWeightGrad {
 
   // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms.
   void flush() {
-    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_.data(), P_, d_.data(), G_, dw_, P_);
+    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_, P_, d_, G_, dw_, P_);
     n_ = 0;
   }
 
  private:
+  // This thread's scratch buffer `slot` with room for n values (contents unspecified).
+  static T* scratch(int slot, size_t n) {
+    thread_local std::vector<T> buffers[2];
+    std::vector<T>& v = buffers[slot];
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+
   int B_, G_, P_, K_;
   T* dw_;
   int n_ = 0;
-  std::vector<T> d_, hp_;
+  T* d_;
+  T* hp_;
 };
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
