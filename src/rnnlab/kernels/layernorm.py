@@ -70,6 +70,18 @@ def ops() -> Any:
     return torch.ops.rnnlab_fused
 
 
+# A run whose (T, B, G) gate buffer is at most this large keeps its activated gates for the backward (the forward
+# writes them, as the plain fused LSTM does) instead of the backward recomputing them from the two normalised
+# halves (an exp and a division per gate and row, about a third of the backward loop at H=64). Larger buffers are
+# freshly mapped and page-faulted on every call, which cost the forward more than the recompute saves
+# (benchmarks/ab_layernorm.py: at S4, 400 KB, ... ; at S1, 26 MB, the forward 1.29x slower for a 6% faster backward).
+KEEP_GATES_BYTES = 1 << 20
+
+
+def _keep_gates(xw: Tensor, gates: bool) -> bool:
+    return gates or xw.numel() * xw.element_size() <= KEEP_GATES_BYTES
+
+
 def _covers(run: SequenceRun) -> bool:
     """Whether the compiled loop can run ``run`` (else the layer falls back to the reference loop)."""
     x = run.x
@@ -109,12 +121,11 @@ class _LNLSTM(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
         h0, c0, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
+        keep = _keep_gates(xw, gates)  # the gates, returned or kept for the backward (else it recomputes them)
         Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
-                                                                      lengths, reverse, True, gates)
-        # returned gates also serve the backward (else it recomputes them from the normalised halves; keeping
-        # them always, for small runs, was measured: no gain at S4 in benchmarks/ab_layernorm.py)
+                                                                      lengths, reverse, True, keep)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y, GS if gates else None)
+                              Y, GS if keep else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
@@ -146,8 +157,9 @@ class _LNGRU(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
         h0 = h0.contiguous()
         params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
-        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
-        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if gates else None)
+        keep = _keep_gates(xw, gates)
+        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, keep)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.set_materialize_grads(False)

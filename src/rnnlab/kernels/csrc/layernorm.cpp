@@ -66,10 +66,14 @@ inline V8d load8<double>(const double* p) {
   return v;
 }
 
+// The sum of the 8 lanes as a tree (halves added, three levels): the sequential lane-by-lane sum was a chain of
+// 8 dependent adds, on the critical path of every row (it showed as the hottest line of the row statistics).
 inline double hsum(V8d v) {
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += v[k];
-  return s;
+  typedef double V4d __attribute__((vector_size(32)));
+  typedef double V2d __attribute__((vector_size(16)));
+  const V4d a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  const V2d b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+  return b[0] + b[1];
 }
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean.
@@ -139,6 +143,39 @@ inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
   rstd = T(1.0 / std::sqrt(v / n + kEps));
 }
 
+// row_stats of two rows of the same length at once (the forward's n_x and n_hw halves): for float rows one loop
+// with four independent double chains, whose tree sums, square roots and divisions overlap, instead of two calls
+// each waiting on its own; double rows as row_stats (two passes each).
+template <typename T>
+inline void row_stats2(const T* __restrict x, const T* __restrict y, int n, T& mx, T& rx, T& my, T& ry) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    V8d ax = {}, qx = {}, ay = {}, qy = {};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const V8d u = load8<T>(x + j), v = load8<T>(y + j);
+      ax += u;
+      qx += u * u;
+      ay += v;
+      qy += v * v;
+    }
+    double sx = hsum(ax), sqx = hsum(qx), sy = hsum(ay), sqy = hsum(qy);
+    for (; j < n; ++j) {
+      sx += x[j];
+      sqx += double(x[j]) * x[j];
+      sy += y[j];
+      sqy += double(y[j]) * y[j];
+    }
+    const double mxd = sx / n, myd = sy / n;
+    mx = T(mxd);
+    my = T(myd);
+    rx = T(1.0 / std::sqrt(std::max(sqx / n - mxd * mxd, 0.0) + kEps));
+    ry = T(1.0 / std::sqrt(std::max(sqy / n - myd * myd, 0.0) + kEps));
+    return;
+  }
+  row_stats<T>(x, n, mx, rx);
+  row_stats<T>(y, n, my, ry);
+}
+
 // Layer-normalise one row in place (x <- (x - mean) rstd) and return its rstd.
 template <typename T>
 inline T normalise_row(T* __restrict x, int n) {
@@ -179,16 +216,94 @@ struct Vec8 {
   static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 };
 
+// 16 floats (one AVX-512 register; two AVX2 ones on narrower ISAs).
+typedef float V16f __attribute__((vector_size(64)));
+inline V16f load16(const float* p) {
+  V16f v;
+  std::memcpy(&v, p, sizeof(V16f));
+  return v;
+}
+inline void store16(float* p, V16f v) { std::memcpy(p, &v, sizeof(V16f)); }
+// The two 8-lane halves of v widened to double and added (exact: a double holds the sum of two floats' products
+// of magnitude... no, any two floats of like exponent range; the add rounds once, in double).
+inline V8d widen_sum(V16f v) {
+  return widen(V8f(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7))) +
+         widen(V8f(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
+}
+
+// Float rows: how many 16-wide vectors of terms are summed in float before the block sum is added, in double, to
+// the row's total. See both_halves_backward_float.
+constexpr int kFloatBlock = 4;
+
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
 // layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
 // in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
 // two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)). BH: also sum
 // dbh += du (the GRU's b_hh; the LSTM's one bias is summed once, in dbx).
+template <bool BH>
+inline void both_halves_backward_float(const float* __restrict da, const float* __restrict du,
+                                       const float* __restrict nx, float rx, const float* __restrict nhw, float rh,
+                                       const float* __restrict gx, const float* __restrict gh,
+                                       float* __restrict dbx, float* __restrict dbh, float* __restrict dgx,
+                                       float* __restrict dgh, float* __restrict dxw, float* __restrict dhw, int G) {
+  V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
+  V16f f1x = {}, f2x = {}, f1h = {}, f2h = {};
+  int j = 0, k = 0;
+  for (; j + 16 <= G; j += 16) {
+    const V16f a = load16(da + j), u = load16(du + j), n1 = load16(nx + j), n2 = load16(nhw + j);
+    store16(dbx + j, load16(dbx + j) + a);
+    store16(dgx + j, load16(dgx + j) + a * n1);
+    if constexpr (BH) store16(dbh + j, load16(dbh + j) + u);
+    store16(dgh + j, load16(dgh + j) + u * n2);
+    const V16f d1 = a * load16(gx + j), d2 = u * load16(gh + j);
+    store16(dxw + j, d1);
+    store16(dhw + j, d2);
+    f1x += d1;
+    f2x += d1 * n1;
+    f1h += d2;
+    f2h += d2 * n2;
+    if (++k == kFloatBlock) {
+      s1x += widen_sum(f1x);
+      s2x += widen_sum(f2x);
+      s1h += widen_sum(f1h);
+      s2h += widen_sum(f2h);
+      f1x = f2x = f1h = f2h = V16f{};
+      k = 0;
+    }
+  }
+  s1x += widen_sum(f1x);
+  s2x += widen_sum(f2x);
+  s1h += widen_sum(f1h);
+  s2h += widen_sum(f2h);
+  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
+  for (; j < G; ++j) {
+    dbx[j] += da[j];
+    dgx[j] += da[j] * nx[j];
+    if constexpr (BH) dbh[j] += du[j];
+    dgh[j] += du[j] * nhw[j];
+    dxw[j] = da[j] * gx[j];
+    dhw[j] = du[j] * gh[j];
+    t1x += dxw[j];
+    t2x += double(dxw[j]) * nx[j];
+    t1h += dhw[j];
+    t2h += double(dhw[j]) * nhw[j];
+  }
+  const float m1x = float(t1x / G), m2x = float(t2x / G), m1h = float(t1h / G), m2h = float(t2h / G);
+  for (j = 0; j < G; ++j) {
+    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
+    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
+  }
+}
+
 template <typename T, bool BH>
 inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
                                  const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
                                  T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
                                  T* __restrict dxw, T* __restrict dhw, int G) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    both_halves_backward_float<BH>(da, du, nx, rx, nhw, rh, gx, gh, dbx, dbh, dgx, dgh, dxw, dhw, G);
+    return;
+  }
   using L = Vec8<T>;
   typedef typename L::V V;
   V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
@@ -415,6 +530,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* y = Y + tb * H;
       if (!is_valid(len, t, b)) {
         std::memset(y, 0, sizeof(T) * H);
+        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
         continue;
       }
       T* hb = h + static_cast<int64_t>(b) * H;
@@ -423,8 +539,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* nb = nhw + static_cast<int64_t>(b) * G;
       T* ncb = train ? NC + tb * H : nc_step.data();
       T mx, rx, mh, rh;
-      row_stats<T>(nx, G, mx, rx);
-      row_stats<T>(nb, G, mh, rh);
+      row_stats2<T>(nx, nb, G, mx, rx, mh, rh);
       ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
       if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
       ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
@@ -458,7 +573,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
                                     const std::optional<Tensor>& lengths, bool reverse, bool train,
                                     bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
-  Tensor GS = at::zeros({gates ? Tn : 0, B, 4 * H}, xw.options());
+  Tensor GS = at::empty({gates ? Tn : 0, B, 4 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
@@ -670,6 +785,7 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
       T* y = Y + tb * H;
       if (!is_valid(len, t, b)) {
         std::memset(y, 0, sizeof(T) * H);
+        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
         continue;
       }
       T* nx = xw + tb * G;
@@ -696,7 +812,7 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
                                    const std::optional<Tensor>& lengths, bool reverse, bool train, bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
-  Tensor GS = at::zeros({gates ? Tn : 0, B, 3 * H}, xw.options());
+  Tensor GS = at::empty({gates ? Tn : 0, B, 3 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
