@@ -122,10 +122,10 @@ class _LNLSTM(torch.autograd.Function):
         h0, c0, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
         keep = _keep_gates(xw, gates)  # the gates, returned or kept for the backward (else it recomputes them)
-        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
-                                                                      lengths, reverse, True, keep)
+        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h,
+                                                                          keep_c, lengths, reverse, True, keep)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y, GS if keep else None)
+                              Y, GS if keep else None, TY if keep else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
@@ -134,12 +134,11 @@ class _LNLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A) = rest[:5], rest[5:]
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
-            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), _zeros_if_none(dcn, c0), NX, RX, NHW, RH, NC, RC, C, Y,
-            h0, c0, w_hh, *params, mask, keep_h, keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC),
-            _contiguous_or_none(dGS), A)
+            _zeros_if_none(dY, Y), dhn, dcn, NX, RX, NHW, RH, NC, RC, C, Y, h0, c0, w_hh, *params, mask, keep_h,
+            keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC), _contiguous_or_none(dGS), A, TY)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 3)
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
@@ -201,7 +200,7 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
         w_ih, w_hh, bias, *gains = weights
         keep = run.record or run.gates
-        Y, hn, cn, *_, C, GS = ops().ln_lstm_forward(
+        Y, hn, cn, *_, C, GS, _ = ops().ln_lstm_forward(
             projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, bias),
             *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, keep, run.gates)
     return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)

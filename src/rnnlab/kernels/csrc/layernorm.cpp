@@ -373,6 +373,13 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// A final state's incoming gradient as a fresh contiguous (B, H) buffer (the backward accumulates into it), zeros
+// when that output was unused (None: autograd does not materialise it, and this saves a zeros tensor in Python).
+Tensor grad_or_zeros(const std::optional<Tensor>& g, int B, int H, const Tensor& like) {
+  if (!g.has_value() || !g->defined()) return at::zeros({B, H}, like.options());
+  return at::empty({B, H}, like.options()).copy_(*g);
+}
+
 // Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
 // error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
 // which amplifies it: measured on one of the tests' cases, the float32 results were 5-10x further from float64
@@ -492,15 +499,19 @@ inline void ln_lstm_cell(const T* __restrict gates, const T* __restrict c, T* __
   for (int j = 0; j < H; ++j) cn[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];  // f c + i g
 }
 
-// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c), then zoneout s = k s + (1-k) s'.
+// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c) (the tanh saved in ty), then
+// zoneout s = k s + (1-k) s'.
 template <typename T, bool Z>
 inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __restrict o, const T* __restrict gc,
                            const T* __restrict bc, const T* __restrict kh, const T* __restrict kc,
-                           T* __restrict nc, T* __restrict h, T* __restrict c, T* __restrict y, int H) {
+                           T* __restrict nc, T* __restrict ty, T* __restrict h, T* __restrict c, T* __restrict y,
+                           int H) {
   for (int j = 0; j < H; ++j) {
     const T n = (cn[j] - cmean) * crstd;
     nc[j] = n;
-    const T hn = o[j] * LnAct<T>::tanh(n * gc[j] + bc[j]);
+    const T t = LnAct<T>::tanh(n * gc[j] + bc[j]);
+    ty[j] = t;
+    const T hn = o[j] * t;
     const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
     c[j] = Z ? kc[j] * c[j] + (T(1) - kc[j]) * cn[j] : cn[j];
     h[j] = hv;
@@ -512,10 +523,10 @@ template <typename T>
 void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
                           const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
                           int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs,
-                          T* GS) {
+                          T* GS, T* TY) {
   const int G = 4 * H;
-  // One step's n_hw when nothing is kept (inference).
-  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
+  // One step's n_hw when nothing is kept (inference); a row's n_c and tanh(y_c) when they are not kept.
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H), ty_step(TY ? 0 : H);
   std::vector<T> gates(G), cn(H), hm(mask ? static_cast<size_t>(B) * H : 0);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
@@ -538,6 +549,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* nx = xw + tb * G;
       T* nb = nhw + static_cast<int64_t>(b) * G;
       T* ncb = train ? NC + tb * H : nc_step.data();
+      T* tyb = TY ? TY + tb * H : ty_step.data();
       T mx, rx, mh, rh;
       row_stats2<T>(nx, nb, G, mx, rx, mh, rh);
       ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
@@ -553,9 +565,9 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       const T* o = gates.data() + 3 * H;
       if (zone)
         ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
-                                keep_row(kc, tb, H, zeros), ncb, hb, cb, y, H);
+                                keep_row(kc, tb, H, zeros), ncb, tyb, hb, cb, y, H);
       else
-        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, hb, cb, y, H);
+        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, tyb, hb, cb, y, H);
     }
     if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
   }
@@ -565,7 +577,8 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
 // dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
 // normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
 // its 1/std, C (T,B,H) the cell states (padding steps hold the carried state), and, when gates, GS (T,B,4H) the
-// activated gates i, f, g, o (zeros at padding steps).
+// activated gates i, f, g, o (zeros at padding steps) and, when also train, TY (T,B,H) tanh(y_c) of each step's
+// output (both for the backward, which then reads them instead of recomputing them; TY's padding rows unset).
 std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                     const Tensor& b_c, const std::optional<Tensor>& mask,
@@ -581,6 +594,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
   Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
   Tensor NC = at::empty({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
   Tensor Cs = at::empty({Ts, B, H}, xw.options());
+  Tensor TY = at::empty({train && gates ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
     ln_lstm_forward_impl<scalar_t>(
         xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
@@ -588,26 +602,34 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
-        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr);
+        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr,
+        train && gates ? TY.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS};
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS, TY};
 }
 
-// Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
-// (dao), dg_c, db_c, dn = dL/dn_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
+// tanh(y_c), y_c = n_c g_c + b_c, of one row (H) as the forward computed it (when the forward did not keep it).
+template <typename T>
+inline void ln_lstm_output_tanh(const T* __restrict nc, const T* __restrict gc, const T* __restrict bc,
+                                T* __restrict ty, int H) {
+  for (int j = 0; j < H; ++j) ty[j] = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
+}
+
+// Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c (ty = tanh(y_c)), from dL/dh_t = dh + dy: the o
+// pre-activation gradient dao = dL/dh' tanh(y_c) o (1 - o), dyc = dL/dy_c = dL/dh' o (1 - tanh^2), dg_c += dyc n_c,
+// db_c += dyc, dn = dL/dn_c = dyc g_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
 // the rest).
 template <typename T, bool Z>
-inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict gc,
-                                    const T* __restrict bc, const T* __restrict dy, const T* __restrict kh,
+inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict ty,
+                                    const T* __restrict gc, const T* __restrict dy, const T* __restrict kh,
                                     T* __restrict dh, T* __restrict dao, T* __restrict dgc, T* __restrict dbc,
                                     T* __restrict dn, int H) {
   for (int j = 0; j < H; ++j) {
     const T d = dh[j] + dy[j];                              // dL/dh_t
     const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
     dh[j] = Z ? kh[j] * d : T(0);
-    const T ty = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
-    const T dyc = dhn * o[j] * (T(1) - ty * ty);
-    dao[j] = dhn * ty * o[j] * (T(1) - o[j]);
+    const T dyc = dhn * o[j] * (T(1) - ty[j] * ty[j]);
+    dao[j] = dhn * ty[j] * o[j] * (T(1) - o[j]);
     dgc[j] += dyc * nc[j];
     dbc[j] += dyc;
     dn[j] = dyc * gc[j];
@@ -645,11 +667,11 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
                            const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
                            const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
                            T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
-                           const T* dGS, const T* AS) {
+                           const T* dGS, const T* AS, const T* TY) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
-  std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> gates(G), da(G), dn(H), ty_row(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
   for (int s = 0; s < Tn; ++s) {
@@ -679,11 +701,13 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
       if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
         for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
+      const T* ty = TY ? TY + tb * H : ty_row.data();      // tanh(y_c): kept by the forward or recomputed
+      if (!TY) ln_lstm_output_tanh<T>(nc, gc, bc, ty_row.data(), H);
       if (zone)
-        ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
+        ln_lstm_output_backward<T, true>(a + 3 * H, nc, ty, gc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
                                          da.data() + 3 * H, dgc, dbc, dn.data(), H);
       else
-        ln_lstm_output_backward<T, false>(a + 3 * H, nc, gc, bc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
+        ln_lstm_output_backward<T, false>(a + 3 * H, nc, ty, gc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
                                           dgc, dbc, dn.data(), H);
       ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
       if (zone)
@@ -701,9 +725,11 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
 }
 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
-// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dC (T,B,H) and dgates
-// (T,B,4H) the recorded cell states' and gates' own gradients, when they were returned.
-std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dhn, dcn the final states'
+// gradients (None: zeros); dC (T,B,H) and dgates (T,B,4H) the recorded cell states' and gates' own gradients,
+// when they were returned; A (T,B,4H) and TY (T,B,H) the forward's kept gates and tanh(y_c), when it kept them.
+std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tensor>& dhn,
+                                     const std::optional<Tensor>& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
                                      const Tensor& RC, const Tensor& Cs, const Tensor& Y, const Tensor& h0,
                                      const Tensor& c0, const Tensor& w_hh,
@@ -712,9 +738,9 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
                                      const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
                                      const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates,
-                                     const std::optional<Tensor>& A) {
+                                     const std::optional<Tensor>& A, const std::optional<Tensor>& TY) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
-  Tensor dh = dhn.clone(), dc = dcn.clone();
+  Tensor dh = grad_or_zeros(dhn, B, H, NX), dc = grad_or_zeros(dcn, B, H, NX);
   Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
   Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
   Tensor dgh = at::zeros({4 * H}, NX.options());
@@ -731,7 +757,7 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
         need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
         dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates),
-        ptr_or_null<scalar_t>(A));
+        ptr_or_null<scalar_t>(A), ptr_or_null<scalar_t>(TY));
   });
   return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
@@ -956,10 +982,10 @@ TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
         "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
         "bool train, bool gates) -> Tensor[]");
-  m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
+  m.def("ln_lstm_backward(Tensor dY, Tensor? dhn, Tensor? dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
         "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
         "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
-        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A) -> Tensor[]");
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A, Tensor? TY) -> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
         "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
         "-> Tensor[]");
