@@ -110,6 +110,18 @@ def _contiguous_or_none(g: Tensor | None) -> Tensor | None:
     return None if g is None else g.contiguous()
 
 
+def _gates_for_backward(ctx: Any, A: Tensor | None) -> tuple[Tensor | None, bool]:
+    """The kept gates for this backward and whether its ``dXW`` may overwrite them (saving a fresh ``(T, B, G)``
+    buffer). Gates kept for the backward alone are overwritten by the first backward; a second one through the
+    same graph (``retain_graph``) gets ``None`` and recomputes them from the normalised halves."""
+    if not ctx.gates_free:
+        return A, False
+    if ctx.gates_used:
+        return None, False
+    ctx.gates_used = True
+    return A, True
+
+
 class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
     keep_h, keep_c, lengths, reverse, gates``; outputs ``Y (T, B, H), h_n, c_n``, the cell states ``C (T, B, H)``
@@ -127,6 +139,8 @@ class _LNLSTM(torch.autograd.Function):
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
                               Y, GS if keep else None, TY if keep else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
+        # gates kept for the backward alone: its dXW may overwrite them (once, see _gates_for_backward)
+        ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
 
@@ -136,9 +150,11 @@ class _LNLSTM(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
         params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
             _zeros_if_none(dY, Y), dhn, dcn, NX, RX, NHW, RH, NC, RC, C, Y, h0, c0, w_hh, *params, mask, keep_h,
-            keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC), _contiguous_or_none(dGS), A, TY)
+            keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC), _contiguous_or_none(dGS), A, TY,
+            into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 3)
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
@@ -161,6 +177,7 @@ class _LNGRU(torch.autograd.Function):
         ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)
         return Y, hn, GS
 
@@ -170,9 +187,10 @@ class _LNGRU(torch.autograd.Function):
         x, h0, w_ih, *rest = ctx.saved_tensors
         params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = ops().ln_gru_backward(
-            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths,
-            ctx.reverse, need[3], _contiguous_or_none(dGS), A)
+            _zeros_if_none(dY, Y), dhn, NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse,
+            need[3], _contiguous_or_none(dGS), A, into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 2)
         return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
                 db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,

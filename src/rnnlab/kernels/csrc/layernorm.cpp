@@ -373,6 +373,16 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// The backward's dXW (T, B, G): written over the kept gates A when into_gates (each row of A is read before the
+// same row of dXW is written), which saves a fresh (T, B, G) buffer: at small sizes the cost of these loops is
+// mostly first writes to memory that is not in cache, not arithmetic. Only for gates the forward kept for the
+// backward alone (never ones returned to the caller), and only once: layernorm.py passes A = None, recomputing
+// the gates, if the same graph runs backward again (retain_graph).
+Tensor dxw_buffer(const Tensor& NX, const std::optional<Tensor>& A, bool into_gates) {
+  if (into_gates && A.has_value() && A->defined()) return *A;
+  return at::empty_like(NX);
+}
+
 // A final state's incoming gradient as a fresh contiguous (B, H) buffer (the backward accumulates into it), zeros
 // when that output was unused (None: autograd does not materialise it, and this saves a zeros tensor in Python).
 Tensor grad_or_zeros(const std::optional<Tensor>& g, int B, int H, const Tensor& like) {
@@ -727,7 +737,8 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
 // dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dhn, dcn the final states'
 // gradients (None: zeros); dC (T,B,H) and dgates (T,B,4H) the recorded cell states' and gates' own gradients,
-// when they were returned; A (T,B,4H) and TY (T,B,H) the forward's kept gates and tanh(y_c), when it kept them.
+// when they were returned; A (T,B,4H) and TY (T,B,H) the forward's kept gates and tanh(y_c), when it kept them;
+// into_gates: dXW is written over A (see dxw_buffer).
 std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tensor>& dhn,
                                      const std::optional<Tensor>& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
@@ -738,10 +749,11 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tenso
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
                                      const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
                                      const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates,
-                                     const std::optional<Tensor>& A, const std::optional<Tensor>& TY) {
+                                     const std::optional<Tensor>& A, const std::optional<Tensor>& TY,
+                                     bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = grad_or_zeros(dhn, B, H, NX), dc = grad_or_zeros(dcn, B, H, NX);
-  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
   Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
   Tensor dgh = at::zeros({4 * H}, NX.options());
   Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
@@ -950,17 +962,19 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
 }
 
 // Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
-// dg_ih, dg_hh (3H each). dgates (T,B,3H): the recorded gates' own gradients, when they were returned.
-std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
+// dg_ih, dg_hh (3H each). dhn: h_n's gradient (None: zeros); dgates (T,B,3H): the recorded gates' own gradients,
+// when they were returned; A (T,B,3H) the forward's kept gates; into_gates: dXW is written over A (dxw_buffer).
+std::vector<Tensor> ln_gru_backward(const Tensor& dY, const std::optional<Tensor>& dhn, const Tensor& NX,
+                                    const Tensor& RX,
                                     const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
                                     bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates,
-                                    const std::optional<Tensor>& A) {
+                                    const std::optional<Tensor>& A, bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
-  Tensor dh = dhn.clone();
-  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
+  Tensor dh = grad_or_zeros(dhn, B, H, NX);
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
   Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
   Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
@@ -985,14 +999,15 @@ TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_backward(Tensor dY, Tensor? dhn, Tensor? dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
         "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
         "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
-        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A, Tensor? TY) -> Tensor[]");
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor(a!)? A, Tensor? TY, bool into_gates) "
+        "-> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
         "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
         "-> Tensor[]");
-  m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
+  m.def("ln_gru_backward(Tensor dY, Tensor? dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor? A) "
-        "-> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor(a!)? A, "
+        "bool into_gates) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
