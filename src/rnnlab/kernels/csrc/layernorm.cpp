@@ -446,10 +446,18 @@ class RecurrentWeightGrad {
     if (++n_ == K_) flush();
   }
 
-  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms.
+  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms. The first flush overwrites
+  // (beta 0), so dW_hh needs no zero fill; finish() zeroes it if no step was ever flushed (T = 0).
   void flush() {
-    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_, P_, d_, G_, dw_, P_);
+    if (n_ > 0 && dw_ != nullptr) {
+      blas('N', 'T', P_, G_, n_ * B_, written_ ? T(1) : T(0), hp_, P_, d_, G_, dw_, P_);
+      written_ = true;
+    }
     n_ = 0;
+  }
+  void finish() {
+    flush();
+    if (!written_ && dw_ != nullptr) std::memset(dw_, 0, sizeof(T) * G_ * P_);
   }
 
  private:
@@ -464,6 +472,7 @@ class RecurrentWeightGrad {
   int B_, G_, P_, K_;
   T* dw_;
   int n_ = 0;
+  bool written_ = false;
   T* d_;
   T* hp_;
 };
@@ -731,7 +740,7 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
     wgrad.end_step();
   }
-  wgrad.flush();
+  wgrad.finish();
 }
 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
@@ -753,10 +762,11 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tenso
                                      bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
   Tensor dh = grad_or_zeros(dhn, B, H, NX), dc = grad_or_zeros(dcn, B, H, NX);
-  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
-  Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
-  Tensor dgh = at::zeros({4 * H}, NX.options());
-  Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::empty({need_w_hh ? 4 * H : 0, H}, NX.options());
+  // the five summed gradients as views of one zeroed buffer (one allocation instead of five)
+  Tensor sums = at::zeros({14 * H}, NX.options());
+  Tensor db = sums.narrow(0, 0, 4 * H), dgx = sums.narrow(0, 4 * H, 4 * H), dgh = sums.narrow(0, 8 * H, 4 * H);
+  Tensor dgc = sums.narrow(0, 12 * H, H), dbc = sums.narrow(0, 13 * H, H);
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_lstm_backward", [&] {
     ln_lstm_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
@@ -958,7 +968,7 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
     wgrad.end_step();
   }
-  wgrad.flush();
+  wgrad.finish();
 }
 
 // Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
@@ -974,9 +984,10 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const std::optional<Tensor
                                     const std::optional<Tensor>& A, bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
   Tensor dh = grad_or_zeros(dhn, B, H, NX);
-  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
-  Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
-  Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::empty({need_w_hh ? 3 * H : 0, H}, NX.options());
+  Tensor sums = at::zeros({12 * H}, NX.options());  // the four summed gradients, views of one buffer
+  Tensor dbx = sums.narrow(0, 0, 3 * H), dbh = sums.narrow(0, 3 * H, 3 * H);
+  Tensor dgx = sums.narrow(0, 6 * H, 3 * H), dgh = sums.narrow(0, 9 * H, 3 * H);
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
     ln_gru_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
