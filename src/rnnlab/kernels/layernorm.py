@@ -33,17 +33,24 @@ that ``∂X = ∂xw W_{ih}`` and ``∂W_{ih} = ∂xw^T X`` are GEMMs over all ro
 reused buffer instead of a ``(T, B, G)`` one). The input half's layer norm runs in the loop too, rather than as
 one ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
 (the normalised input and its gradient) and their passes (1.55x the plain fused LSTM at S1 in one run of
-``benchmarks/variants.py``). The activated gates are not stored: the backward recomputes them from the two saved
-normalised halves (storing them for small runs measured no gain).
+``benchmarks/variants.py``). The activated gates (and the LSTM's ``tanh(LN(c')γ_c + β_c)``) are kept by the
+forward for the backward in small runs (a gate buffer of at most :data:`KEEP_GATES_BYTES`), and the backward then
+writes ``∂xw`` over them; larger runs recompute them in the backward from the two saved normalised halves.
 
-Cost (``benchmarks/variants.py --sizes S1 S4 --rounds 7``, forward + backward, 1 thread, CPU-time medians, ratio
-to the plain fused layer in the same run; three runs on the shared 2-core machine): LayerNormLSTM 1.12-1.26x at
-S1 (B=64, T=100, H=256) and 1.27-1.36x at S4 (B=8, T=50, H=64); LayerNormGRU 0.95-1.05x at S1 and 1.08-1.24x at
-S4. Interleaved warm repeats (``benchmarks/ab_layernorm.py``) put LayerNormLSTM at 1.1-1.3x at S4.
+Cost at small sizes is mostly memory, not arithmetic: the forward writes three ``(T, B, G)`` buffers where the
+plain LSTM writes one, and a first write to memory that is not in cache costs more than the maths of a row
+(removing a 400 KB copy saved as much as removing the row statistics of both halves). Measured 2026-11-27
+(``benchmarks/variants.py --sizes S4 S1 --rounds 9``, forward + backward, 1 thread, CPU-time medians, ratio to
+the plain fused layer in the same run; six runs at S4, three at S1, load average 0.8-1.0 on the shared 2-core
+machine): LayerNormLSTM 1.20-1.28x at S4 (B=8, T=50, H=64; the previous kernels 1.23-1.35x alternately with
+them) and 1.04-1.28x at S1 (B=64, T=100, H=256; S1's medians of 9 single calls vary that much between runs);
+LayerNormGRU 1.09-1.18x at S4. The same-process A/B against the previous kernels
+(``benchmarks/ab_layernorm.py --rev <older> --rounds 11``): new/old 0.90 (LSTM) and 0.94 (GRU) at S4, 1.01 and
+0.99 at S1.
 
 The recorded cell states (``record``, ``return_all_states``: the LSTM's ``c_t``, which the backward keeps anyway)
 and gates (``gates``, ``return_gates``: the activated ``i, f, g, o`` / ``r, z, n``, a ``(T, B, G)`` buffer
-written only then) are outputs of the same autograd function; their own gradients join in the backward loop:
+written then, or kept for the backward in small runs) are outputs of the same autograd function; their own gradients join in the backward loop:
 ``∂c_t`` is added to the carried ``∂L/∂c_t``, and a gate's ``∂`` times its activation's derivative to the
 pre-activation gradient (for the GRU's ``n`` also on through ``r u_n`` to ``r``). A run on another device or in
 another dtype is declined (``None``): the layer then runs the reference loop.
@@ -72,9 +79,10 @@ def ops() -> Any:
 
 # A run whose (T, B, G) gate buffer is at most this large keeps its activated gates for the backward (the forward
 # writes them, as the plain fused LSTM does) instead of the backward recomputing them from the two normalised
-# halves (an exp and a division per gate and row, about a third of the backward loop at H=64). Larger buffers are
-# freshly mapped and page-faulted on every call, which cost the forward more than the recompute saves
-# (benchmarks/ab_layernorm.py: at S4, 400 KB, ... ; at S1, 26 MB, the forward 1.29x slower for a 6% faster backward).
+# halves (an exp and a division per gate and row, about a third of the backward loop at H=64). Measured on the
+# compiled ops alone, 1 thread: at S4 (400 KB) the backward 0.82x for a forward 1.03x, and LayerNormLSTM in
+# variants.py-like interleaved rounds 1.21-1.24x the plain LSTM kept vs 1.27-1.29x recomputed; at S1 (26 MB, a
+# fresh mapping page-faulted on every call) the forward 1.29x for a backward 0.94x, so large runs recompute.
 KEEP_GATES_BYTES = 1 << 20
 
 
@@ -125,7 +133,8 @@ def _gates_for_backward(ctx: Any, A: Tensor | None) -> tuple[Tensor | None, bool
 class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
     keep_h, keep_c, lengths, reverse, gates``; outputs ``Y (T, B, H), h_n, c_n``, the cell states ``C (T, B, H)``
-    and, when ``gates``, the activated gates ``(T, B, 4H)`` (else an empty tensor)."""
+    and the activated gates ``(T, B, 4H)`` when ``gates`` or when the forward keeps them for the backward
+    (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
@@ -163,8 +172,8 @@ class _LNLSTM(torch.autograd.Function):
 
 class _LNGRU(torch.autograd.Function):
     """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
-    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and, when ``gates``, the activated gates
-    ``(T, B, 3H)`` (else an empty tensor)."""
+    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and the activated gates ``(T, B, 3H)`` when ``gates``
+    or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]

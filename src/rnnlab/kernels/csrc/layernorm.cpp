@@ -5,13 +5,16 @@
 // G = 4H LSTM, 3H GRU), and gets back d(xw) for the big input GEMMs, exactly like fused.cpp. Per step here:
 // hw = (h_{t-1} * mask) W_hh^T (one GEMM into the step's rows of NHW), then per batch row the layer norms of xw
 // and hw over their G features (normalised in place: xw becomes n_x, NHW holds n_hw; their 1/std go to RX, RH),
-// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates are
-// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per row instead of one more (T, B, G)
-// buffer written, page-faulted and read; measured only together with the input layer norm moving into this
-// loop, see layernorm.py).
+// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates (GS)
+// and the LSTM's tanh(y_c) (TY) are stored only when asked to (`gates`: layernorm.py asks for small runs and
+// for return_gates); otherwise the backward recomputes them from n_x and n_hw (an exp and a division per gate
+// instead of one more (T, B, G) buffer; for large runs the fresh buffer costs the forward more than the
+// recompute costs the backward, see KEEP_GATES_BYTES in layernorm.py). At small sizes most of these loops' cost
+// is first writes to memory that is not in cache, so the backward writes d(xw) over the kept gates (dxw_buffer).
 //
-// Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
-// layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in Python) and d(hw),
+// Backward per step: the gates (kept or recomputed), the pointwise derivative through the cell (and the cell's
+// layer norm), the layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in
+// Python) and d(hw),
 // then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM); dW_hh += d(hw)^T (h_{t-1} * mask) is summed here, one GEMM
 // per chunk of steps (RecurrentWeightGrad). Gains, shifts and biases are summed per step while
 // the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
