@@ -38,6 +38,7 @@ constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 // The row reductions (means over G = 4H or 3H features, several per row and step) accumulate in double, also
 // for float rows: the layer-norm derivative subtracts means of terms of both signs, and float partial sums there
 // left the float32 gradients 2-4x further from float64 than the reference loop's (measured on the tests' cases).
+// The backward of both 4H-wide halves adds short float blocks (4 vectors) into the double totals: kFloatBlock.
 // Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
 // reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
 typedef double V8d __attribute__((vector_size(64)));
@@ -227,15 +228,17 @@ inline V16f load16(const float* p) {
   return v;
 }
 inline void store16(float* p, V16f v) { std::memcpy(p, &v, sizeof(V16f)); }
-// The two 8-lane halves of v widened to double and added (exact: a double holds the sum of two floats' products
-// of magnitude... no, any two floats of like exponent range; the add rounds once, in double).
+// The two 8-lane halves of v widened to double and added (the add rounds in double, far below float's rounding).
 inline V8d widen_sum(V16f v) {
   return widen(V8f(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7))) +
          widen(V8f(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
 }
 
 // Float rows: how many 16-wide vectors of terms are summed in float before the block sum is added, in double, to
-// the row's total. See both_halves_backward_float.
+// the row's total (used by both_halves_backward_float). Each lane then adds at most 4 terms in float, so a mean
+// gains a few float roundings of its terms; the widening per vector (two converts and adds per sum) was the
+// hottest part of that loop. On the float32 cases of the tests and rows up to H=256, the worst gradient's error
+// against float64 stayed within 0.8-1.2x of the all-double sums' (both measured against the reference loop's).
 constexpr int kFloatBlock = 4;
 
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
