@@ -59,7 +59,11 @@ def build_base(rev: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    mod._ops = lambda: torch.ops.rnnlab_ln_base  # type: ignore[attr-defined]
+    # point the older glue at the renamed ops: its op accessor is `ops` (since the building blocks went public)
+    # or `_ops` (before); patching only one name would silently run this checkout's kernel as "old"
+    for accessor in ("ops", "_ops"):
+        if hasattr(mod, accessor):
+            setattr(mod, accessor, lambda: torch.ops.rnnlab_ln_base)
     return mod
 
 

@@ -33,17 +33,24 @@ that ``∂X = ∂xw W_{ih}`` and ``∂W_{ih} = ∂xw^T X`` are GEMMs over all ro
 reused buffer instead of a ``(T, B, G)`` one). The input half's layer norm runs in the loop too, rather than as
 one ``F.layer_norm`` over all rows with autograd doing its backward: that needed two more ``(T, B, G)`` buffers
 (the normalised input and its gradient) and their passes (1.55x the plain fused LSTM at S1 in one run of
-``benchmarks/variants.py``). The activated gates are not stored: the backward recomputes them from the two saved
-normalised halves (storing them for small runs measured no gain).
+``benchmarks/variants.py``). The activated gates (and the LSTM's ``tanh(LN(c')γ_c + β_c)``) are kept by the
+forward for the backward in small runs (a gate buffer of at most :data:`KEEP_GATES_BYTES`), and the backward then
+writes ``∂xw`` over them; larger runs recompute them in the backward from the two saved normalised halves.
 
-Cost (``benchmarks/variants.py --sizes S1 S4 --rounds 7``, forward + backward, 1 thread, CPU-time medians, ratio
-to the plain fused layer in the same run; three runs on the shared 2-core machine): LayerNormLSTM 1.12-1.26x at
-S1 (B=64, T=100, H=256) and 1.27-1.36x at S4 (B=8, T=50, H=64); LayerNormGRU 0.95-1.05x at S1 and 1.08-1.24x at
-S4. Interleaved warm repeats (``benchmarks/ab_layernorm.py``) put LayerNormLSTM at 1.1-1.3x at S4.
+Cost at small sizes is mostly memory, not arithmetic: the forward writes three ``(T, B, G)`` buffers where the
+plain LSTM writes one, and a first write to memory that is not in cache costs more than the maths of a row
+(removing a 400 KB copy saved as much as removing the row statistics of both halves). Measured 2026-11-27
+(``benchmarks/variants.py --sizes S4 S1 --rounds 9``, forward + backward, 1 thread, CPU-time medians, ratio to
+the plain fused layer in the same run; six runs at S4, three at S1, load average 0.8-1.0 on the shared 2-core
+machine): LayerNormLSTM 1.20-1.28x at S4 (B=8, T=50, H=64; the previous kernels 1.23-1.35x alternately with
+them) and 1.04-1.28x at S1 (B=64, T=100, H=256; S1's medians of 9 single calls vary that much between runs);
+LayerNormGRU 1.09-1.18x at S4. The same-process A/B against the previous kernels
+(``benchmarks/ab_layernorm.py --rev <older> --rounds 11``): new/old 0.90 (LSTM) and 0.94 (GRU) at S4, 1.01 and
+0.99 at S1.
 
 The recorded cell states (``record``, ``return_all_states``: the LSTM's ``c_t``, which the backward keeps anyway)
 and gates (``gates``, ``return_gates``: the activated ``i, f, g, o`` / ``r, z, n``, a ``(T, B, G)`` buffer
-written only then) are outputs of the same autograd function; their own gradients join in the backward loop:
+written then, or kept for the backward in small runs) are outputs of the same autograd function; their own gradients join in the backward loop:
 ``∂c_t`` is added to the carried ``∂L/∂c_t``, and a gate's ``∂`` times its activation's derivative to the
 pre-activation gradient (for the GRU's ``n`` also on through ``r u_n`` to ``r``). A run on another device or in
 another dtype is declined (``None``): the layer then runs the reference loop.
@@ -68,6 +75,19 @@ _DTYPES = (torch.float32, torch.float64)
 
 def ops() -> Any:
     return torch.ops.rnnlab_fused
+
+
+# A run whose (T, B, G) gate buffer is at most this large keeps its activated gates for the backward (the forward
+# writes them, as the plain fused LSTM does) instead of the backward recomputing them from the two normalised
+# halves (an exp and a division per gate and row, about a third of the backward loop at H=64). Measured on the
+# compiled ops alone, 1 thread: at S4 (400 KB) the backward 0.82x for a forward 1.03x, and LayerNormLSTM in
+# variants.py-like interleaved rounds 1.21-1.24x the plain LSTM kept vs 1.27-1.29x recomputed; at S1 (26 MB, a
+# fresh mapping page-faulted on every call) the forward 1.29x for a backward 0.94x, so large runs recompute.
+KEEP_GATES_BYTES = 1 << 20
+
+
+def _keep_gates(xw: Tensor, gates: bool) -> bool:
+    return gates or xw.numel() * xw.element_size() <= KEEP_GATES_BYTES
 
 
 def _covers(run: SequenceRun) -> bool:
@@ -98,10 +118,23 @@ def _contiguous_or_none(g: Tensor | None) -> Tensor | None:
     return None if g is None else g.contiguous()
 
 
+def _gates_for_backward(ctx: Any, A: Tensor | None) -> tuple[Tensor | None, bool]:
+    """The kept gates for this backward and whether its ``dXW`` may overwrite them (saving a fresh ``(T, B, G)``
+    buffer). Gates kept for the backward alone are overwritten by the first backward; a second one through the
+    same graph (``retain_graph``) gets ``None`` and recomputes them from the normalised halves."""
+    if not ctx.gates_free:
+        return A, False
+    if ctx.gates_used:
+        return None, False
+    ctx.gates_used = True
+    return A, True
+
+
 class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
     keep_h, keep_c, lengths, reverse, gates``; outputs ``Y (T, B, H), h_n, c_n``, the cell states ``C (T, B, H)``
-    and, when ``gates``, the activated gates ``(T, B, 4H)`` (else an empty tensor)."""
+    and the activated gates ``(T, B, 4H)`` when ``gates`` or when the forward keeps them for the backward
+    (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
@@ -109,13 +142,14 @@ class _LNLSTM(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
         h0, c0, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
-        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h, keep_c,
-                                                                      lengths, reverse, True, gates)
-        # returned gates also serve the backward (else it recomputes them from the normalised halves; keeping
-        # them always, for small runs, was measured: no gain at S4 in benchmarks/ab_layernorm.py)
+        keep = _keep_gates(xw, gates)  # the gates, returned or kept for the backward (else it recomputes them)
+        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h,
+                                                                          keep_c, lengths, reverse, True, keep)
         ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y, GS if gates else None)
+                              Y, GS if keep else None, TY if keep else None)
         ctx.reverse, ctx.has_bias = reverse, bias is not None
+        # gates kept for the backward alone: its dXW may overwrite them (once, see _gates_for_backward)
+        ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
 
@@ -123,12 +157,13 @@ class _LNLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A) = rest[:5], rest[5:]
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
-            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), _zeros_if_none(dcn, c0), NX, RX, NHW, RH, NC, RC, C, Y,
-            h0, c0, w_hh, *params, mask, keep_h, keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC),
-            _contiguous_or_none(dGS), A)
+            _zeros_if_none(dY, Y), dhn, dcn, NX, RX, NHW, RH, NC, RC, C, Y, h0, c0, w_hh, *params, mask, keep_h,
+            keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC), _contiguous_or_none(dGS), A, TY,
+            into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 3)
         return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
                 db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
@@ -137,8 +172,8 @@ class _LNLSTM(torch.autograd.Function):
 
 class _LNGRU(torch.autograd.Function):
     """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
-    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and, when ``gates``, the activated gates
-    ``(T, B, 3H)`` (else an empty tensor)."""
+    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and the activated gates ``(T, B, 3H)`` when ``gates``
+    or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]
@@ -146,10 +181,12 @@ class _LNGRU(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
         h0 = h0.contiguous()
         params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
-        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, gates)
-        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if gates else None)
+        keep = _keep_gates(xw, gates)
+        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, keep)
+        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)
         return Y, hn, GS
 
@@ -159,9 +196,10 @@ class _LNGRU(torch.autograd.Function):
         x, h0, w_ih, *rest = ctx.saved_tensors
         params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
         need = ctx.needs_input_grad
+        A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = ops().ln_gru_backward(
-            _zeros_if_none(dY, Y), _zeros_if_none(dhn, h0), NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths,
-            ctx.reverse, need[3], _contiguous_or_none(dGS), A)
+            _zeros_if_none(dY, Y), dhn, NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse,
+            need[3], _contiguous_or_none(dGS), A, into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 2)
         return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
                 db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,
@@ -189,7 +227,7 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
         w_ih, w_hh, bias, *gains = weights
         keep = run.record or run.gates
-        Y, hn, cn, *_, C, GS = ops().ln_lstm_forward(
+        Y, hn, cn, *_, C, GS, _ = ops().ln_lstm_forward(
             projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, bias),
             *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, keep, run.gates)
     return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)

@@ -5,13 +5,16 @@
 // G = 4H LSTM, 3H GRU), and gets back d(xw) for the big input GEMMs, exactly like fused.cpp. Per step here:
 // hw = (h_{t-1} * mask) W_hh^T (one GEMM into the step's rows of NHW), then per batch row the layer norms of xw
 // and hw over their G features (normalised in place: xw becomes n_x, NHW holds n_hw; their 1/std go to RX, RH),
-// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates are
-// not stored: the backward recomputes them from n_x and n_hw (a pass of exp per row instead of one more (T, B, G)
-// buffer written, page-faulted and read; measured only together with the input layer norm moving into this
-// loop, see layernorm.py).
+// the gates, the cell update and, for the LSTM, the layer norm of the new cell (NC, RC). The activated gates (GS)
+// and the LSTM's tanh(y_c) (TY) are stored only when asked to (`gates`: layernorm.py asks for small runs and
+// for return_gates); otherwise the backward recomputes them from n_x and n_hw (an exp and a division per gate
+// instead of one more (T, B, G) buffer; for large runs the fresh buffer costs the forward more than the
+// recompute costs the backward, see KEEP_GATES_BYTES in layernorm.py). At small sizes most of these loops' cost
+// is first writes to memory that is not in cache, so the backward writes d(xw) over the kept gates (dxw_buffer).
 //
-// Backward per step: the gates again, the pointwise derivative through the cell (and the cell's layer norm), the
-// layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in Python) and d(hw),
+// Backward per step: the gates (kept or recomputed), the pointwise derivative through the cell (and the cell's
+// layer norm), the layer-norm derivatives of both halves to d(xw) (kept for all steps: dX and dW_ih are GEMMs in
+// Python) and d(hw),
 // then dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM); dW_hh += d(hw)^T (h_{t-1} * mask) is summed here, one GEMM
 // per chunk of steps (RecurrentWeightGrad). Gains, shifts and biases are summed per step while
 // the rows are in cache. The row-wise layer-norm derivative, with y = n g + shift, n = (x - mean) rstd:
@@ -35,6 +38,7 @@ constexpr double kEps = 1e-5;  // torch.nn.LayerNorm's default, as cellspec._ln
 // The row reductions (means over G = 4H or 3H features, several per row and step) accumulate in double, also
 // for float rows: the layer-norm derivative subtracts means of terms of both signs, and float partial sums there
 // left the float32 gradients 2-4x further from float64 than the reference loop's (measured on the tests' cases).
+// The backward of both 4H-wide halves adds short float blocks (4 vectors) into the double totals: kFloatBlock.
 // Written with gcc/clang vector extensions, because without -ffast-math gcc does not vectorize a sum (it may not
 // reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs, handled by the compiler).
 typedef double V8d __attribute__((vector_size(64)));
@@ -66,10 +70,14 @@ inline V8d load8<double>(const double* p) {
   return v;
 }
 
+// The sum of the 8 lanes as a tree (halves added, three levels): the sequential lane-by-lane sum was a chain of
+// 8 dependent adds, on the critical path of every row (it showed as the hottest line of the row statistics).
 inline double hsum(V8d v) {
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += v[k];
-  return s;
+  typedef double V4d __attribute__((vector_size(32)));
+  typedef double V2d __attribute__((vector_size(16)));
+  const V4d a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  const V2d b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+  return b[0] + b[1];
 }
 
 // mean and 1/sqrt(var + eps) of one row x (n), var the biased variance about the mean.
@@ -139,6 +147,39 @@ inline void row_stats(const T* __restrict x, int n, T& mean, T& rstd) {
   rstd = T(1.0 / std::sqrt(v / n + kEps));
 }
 
+// row_stats of two rows of the same length at once (the forward's n_x and n_hw halves): for float rows one loop
+// with four independent double chains, whose tree sums, square roots and divisions overlap, instead of two calls
+// each waiting on its own; double rows as row_stats (two passes each).
+template <typename T>
+inline void row_stats2(const T* __restrict x, const T* __restrict y, int n, T& mx, T& rx, T& my, T& ry) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    V8d ax = {}, qx = {}, ay = {}, qy = {};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const V8d u = load8<T>(x + j), v = load8<T>(y + j);
+      ax += u;
+      qx += u * u;
+      ay += v;
+      qy += v * v;
+    }
+    double sx = hsum(ax), sqx = hsum(qx), sy = hsum(ay), sqy = hsum(qy);
+    for (; j < n; ++j) {
+      sx += x[j];
+      sqx += double(x[j]) * x[j];
+      sy += y[j];
+      sqy += double(y[j]) * y[j];
+    }
+    const double mxd = sx / n, myd = sy / n;
+    mx = T(mxd);
+    my = T(myd);
+    rx = T(1.0 / std::sqrt(std::max(sqx / n - mxd * mxd, 0.0) + kEps));
+    ry = T(1.0 / std::sqrt(std::max(sqy / n - myd * myd, 0.0) + kEps));
+    return;
+  }
+  row_stats<T>(x, n, mx, rx);
+  row_stats<T>(y, n, my, ry);
+}
+
 // Layer-normalise one row in place (x <- (x - mean) rstd) and return its rstd.
 template <typename T>
 inline T normalise_row(T* __restrict x, int n) {
@@ -179,16 +220,96 @@ struct Vec8 {
   static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 };
 
+// 16 floats (one AVX-512 register; two AVX2 ones on narrower ISAs).
+typedef float V16f __attribute__((vector_size(64)));
+inline V16f load16(const float* p) {
+  V16f v;
+  std::memcpy(&v, p, sizeof(V16f));
+  return v;
+}
+inline void store16(float* p, V16f v) { std::memcpy(p, &v, sizeof(V16f)); }
+// The two 8-lane halves of v widened to double and added (the add rounds in double, far below float's rounding).
+inline V8d widen_sum(V16f v) {
+  return widen(V8f(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7))) +
+         widen(V8f(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
+}
+
+// Float rows: how many 16-wide vectors of terms are summed in float before the block sum is added, in double, to
+// the row's total (used by both_halves_backward_float). Each lane then adds at most 4 terms in float, so a mean
+// gains a few float roundings of its terms; the widening per vector (two converts and adds per sum) was the
+// hottest part of that loop. On the float32 cases of the tests and rows up to H=256, the worst gradient's error
+// against float64 stayed within 0.8-1.2x of the all-double sums' (both measured against the reference loop's).
+constexpr int kFloatBlock = 4;
+
 // From a row's pre-activation gradient da (G): the sums db += da, dg_x += da n_x, dg_h += du n_hw, and the
 // layer-norm derivatives of both halves, dxw = LN'(da g_x), dhw = LN'(du g_h). (LSTM: du = da; GRU: du differs
 // in the n block, where the reset gate scales the recurrent half.) One pass forms dn = da g and, in double, the
 // two means each derivative needs; a second applies dx = rstd (dn - mean(dn) - n mean(dn n)). BH: also sum
 // dbh += du (the GRU's b_hh; the LSTM's one bias is summed once, in dbx).
+template <bool BH>
+inline void both_halves_backward_float(const float* __restrict da, const float* __restrict du,
+                                       const float* __restrict nx, float rx, const float* __restrict nhw, float rh,
+                                       const float* __restrict gx, const float* __restrict gh,
+                                       float* __restrict dbx, float* __restrict dbh, float* __restrict dgx,
+                                       float* __restrict dgh, float* __restrict dxw, float* __restrict dhw, int G) {
+  V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
+  V16f f1x = {}, f2x = {}, f1h = {}, f2h = {};
+  int j = 0, k = 0;
+  for (; j + 16 <= G; j += 16) {
+    const V16f a = load16(da + j), u = load16(du + j), n1 = load16(nx + j), n2 = load16(nhw + j);
+    store16(dbx + j, load16(dbx + j) + a);
+    store16(dgx + j, load16(dgx + j) + a * n1);
+    if constexpr (BH) store16(dbh + j, load16(dbh + j) + u);
+    store16(dgh + j, load16(dgh + j) + u * n2);
+    const V16f d1 = a * load16(gx + j), d2 = u * load16(gh + j);
+    store16(dxw + j, d1);
+    store16(dhw + j, d2);
+    f1x += d1;
+    f2x += d1 * n1;
+    f1h += d2;
+    f2h += d2 * n2;
+    if (++k == kFloatBlock) {
+      s1x += widen_sum(f1x);
+      s2x += widen_sum(f2x);
+      s1h += widen_sum(f1h);
+      s2h += widen_sum(f2h);
+      f1x = f2x = f1h = f2h = V16f{};
+      k = 0;
+    }
+  }
+  s1x += widen_sum(f1x);
+  s2x += widen_sum(f2x);
+  s1h += widen_sum(f1h);
+  s2h += widen_sum(f2h);
+  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
+  for (; j < G; ++j) {
+    dbx[j] += da[j];
+    dgx[j] += da[j] * nx[j];
+    if constexpr (BH) dbh[j] += du[j];
+    dgh[j] += du[j] * nhw[j];
+    dxw[j] = da[j] * gx[j];
+    dhw[j] = du[j] * gh[j];
+    t1x += dxw[j];
+    t2x += double(dxw[j]) * nx[j];
+    t1h += dhw[j];
+    t2h += double(dhw[j]) * nhw[j];
+  }
+  const float m1x = float(t1x / G), m2x = float(t2x / G), m1h = float(t1h / G), m2h = float(t2h / G);
+  for (j = 0; j < G; ++j) {
+    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
+    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
+  }
+}
+
 template <typename T, bool BH>
 inline void both_halves_backward(const T* __restrict da, const T* __restrict du, const T* __restrict nx, T rx,
                                  const T* __restrict nhw, T rh, const T* __restrict gx, const T* __restrict gh,
                                  T* __restrict dbx, T* __restrict dbh, T* __restrict dgx, T* __restrict dgh,
                                  T* __restrict dxw, T* __restrict dhw, int G) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    both_halves_backward_float<BH>(da, du, nx, rx, nhw, rh, gx, gh, dbx, dbh, dgx, dgh, dxw, dhw, G);
+    return;
+  }
   using L = Vec8<T>;
   typedef typename L::V V;
   V8d s1x = {}, s2x = {}, s1h = {}, s2h = {};
@@ -258,6 +379,23 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// The backward's dXW (T, B, G): written over the kept gates A when into_gates (each row of A is read before the
+// same row of dXW is written), which saves a fresh (T, B, G) buffer: at small sizes the cost of these loops is
+// mostly first writes to memory that is not in cache, not arithmetic. Only for gates the forward kept for the
+// backward alone (never ones returned to the caller), and only once: layernorm.py passes A = None, recomputing
+// the gates, if the same graph runs backward again (retain_graph).
+Tensor dxw_buffer(const Tensor& NX, const std::optional<Tensor>& A, bool into_gates) {
+  if (into_gates && A.has_value() && A->defined()) return *A;
+  return at::empty_like(NX);
+}
+
+// A final state's incoming gradient as a fresh contiguous (B, H) buffer (the backward accumulates into it), zeros
+// when that output was unused (None: autograd does not materialise it, and this saves a zeros tensor in Python).
+Tensor grad_or_zeros(const std::optional<Tensor>& g, int B, int H, const Tensor& like) {
+  if (!g.has_value() || !g->defined()) return at::zeros({B, H}, like.options());
+  return at::empty({B, H}, like.options()).copy_(*g);
+}
+
 // Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
 // error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
 // which amplifies it: measured on one of the tests' cases, the float32 results were 5-10x further from float64
@@ -286,19 +424,25 @@ struct LnAct<float> {
 // and every few steps one GEMM dW_hh (G, P) += D^T Hp over the chunk's rows. This replaces a (T, B, G) d(hw)
 // buffer written here, page-faulted on first touch and read back by one big GEMM in Python (measured in
 // benchmarks/ab_layernorm.py). Rows of padding steps hold zeros in both, so they add nothing.
+//
+// The two chunk buffers are per-thread scratch kept between calls (grown, never shrunk; about 256 rows of G + P
+// values, 320 KB at B=8, H=64): fresh std::vectors were zero-filled and, being over malloc's mmap threshold,
+// page-faulted on every call (__memset and page faults in the profile of a small layer). Every row is written
+// before it is read (padding rows get explicit zeros), so stale contents never matter. One backward runs at a
+// time per thread, and the buffers are only touched inside it.
 template <typename T>
 class RecurrentWeightGrad {
  public:
   RecurrentWeightGrad(int Tn, int B, int G, int P, T* dw)
       : B_(B), G_(G), P_(P), K_(std::max(1, std::min(Tn, (256 + B - 1) / B))), dw_(dw),
-        d_(static_cast<size_t>(K_) * B * G), hp_(dw ? static_cast<size_t>(K_) * B * P : 0) {}
+        d_(scratch(0, static_cast<size_t>(K_) * B * G)), hp_(scratch(1, dw ? static_cast<size_t>(K_) * B * P : 0)) {}
 
-  T* step_rows() { return d_.data() + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
+  T* step_rows() { return d_ + static_cast<int64_t>(n_) * B_ * G_; }  // (B, G) of the current step
 
   // Row b of the current step's h_{t-1} * mask (hp = nullptr: a padding row, zeros).
   void set_prev(int b, const T* hp, const T* mask) {
     if (dw_ == nullptr) return;
-    T* dst = hp_.data() + (static_cast<int64_t>(n_) * B_ + b) * P_;
+    T* dst = hp_ + (static_cast<int64_t>(n_) * B_ + b) * P_;
     if (hp == nullptr) std::memset(dst, 0, sizeof(T) * P_);
     else if (mask == nullptr) std::memcpy(dst, hp, sizeof(T) * P_);
     else for (int j = 0; j < P_; ++j) dst[j] = hp[j] * mask[static_cast<int64_t>(b) * P_ + j];
@@ -308,17 +452,35 @@ class RecurrentWeightGrad {
     if (++n_ == K_) flush();
   }
 
-  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms.
+  // dW_hh (G, P) += D^T Hp: row-major C^T = Hp^T D in column-major BLAS terms. The first flush overwrites
+  // (beta 0), so dW_hh needs no zero fill; finish() zeroes it if no step was ever flushed (T = 0).
   void flush() {
-    if (n_ > 0 && dw_ != nullptr) blas('N', 'T', P_, G_, n_ * B_, T(1), hp_.data(), P_, d_.data(), G_, dw_, P_);
+    if (n_ > 0 && dw_ != nullptr) {
+      blas('N', 'T', P_, G_, n_ * B_, written_ ? T(1) : T(0), hp_, P_, d_, G_, dw_, P_);
+      written_ = true;
+    }
     n_ = 0;
+  }
+  void finish() {
+    flush();
+    if (!written_ && dw_ != nullptr) std::memset(dw_, 0, sizeof(T) * G_ * P_);
   }
 
  private:
+  // This thread's scratch buffer `slot` with room for n values (contents unspecified).
+  static T* scratch(int slot, size_t n) {
+    thread_local std::vector<T> buffers[2];
+    std::vector<T>& v = buffers[slot];
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+
   int B_, G_, P_, K_;
   T* dw_;
   int n_ = 0;
-  std::vector<T> d_, hp_;
+  bool written_ = false;
+  T* d_;
+  T* hp_;
 };
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
@@ -362,15 +524,19 @@ inline void ln_lstm_cell(const T* __restrict gates, const T* __restrict c, T* __
   for (int j = 0; j < H; ++j) cn[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];  // f c + i g
 }
 
-// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c), then zoneout s = k s + (1-k) s'.
+// The end of a row: n_c = (c' - mean) rstd (saved), h' = o tanh(n_c g_c + b_c) (the tanh saved in ty), then
+// zoneout s = k s + (1-k) s'.
 template <typename T, bool Z>
 inline void ln_lstm_output(const T* __restrict cn, T cmean, T crstd, const T* __restrict o, const T* __restrict gc,
                            const T* __restrict bc, const T* __restrict kh, const T* __restrict kc,
-                           T* __restrict nc, T* __restrict h, T* __restrict c, T* __restrict y, int H) {
+                           T* __restrict nc, T* __restrict ty, T* __restrict h, T* __restrict c, T* __restrict y,
+                           int H) {
   for (int j = 0; j < H; ++j) {
     const T n = (cn[j] - cmean) * crstd;
     nc[j] = n;
-    const T hn = o[j] * LnAct<T>::tanh(n * gc[j] + bc[j]);
+    const T t = LnAct<T>::tanh(n * gc[j] + bc[j]);
+    ty[j] = t;
+    const T hn = o[j] * t;
     const T hv = Z ? kh[j] * h[j] + (T(1) - kh[j]) * hn : hn;
     c[j] = Z ? kc[j] * c[j] + (T(1) - kc[j]) * cn[j] : cn[j];
     h[j] = hv;
@@ -382,10 +548,10 @@ template <typename T>
 void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const T* gh, const T* gc, const T* bc,
                           const T* mask, const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B,
                           int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs,
-                          T* GS) {
+                          T* GS, T* TY) {
   const int G = 4 * H;
-  // One step's n_hw when nothing is kept (inference).
-  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H);
+  // One step's n_hw when nothing is kept (inference); a row's n_c and tanh(y_c) when they are not kept.
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H), ty_step(TY ? 0 : H);
   std::vector<T> gates(G), cn(H), hm(mask ? static_cast<size_t>(B) * H : 0);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
@@ -400,6 +566,7 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* y = Y + tb * H;
       if (!is_valid(len, t, b)) {
         std::memset(y, 0, sizeof(T) * H);
+        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
         continue;
       }
       T* hb = h + static_cast<int64_t>(b) * H;
@@ -407,9 +574,9 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       T* nx = xw + tb * G;
       T* nb = nhw + static_cast<int64_t>(b) * G;
       T* ncb = train ? NC + tb * H : nc_step.data();
+      T* tyb = TY ? TY + tb * H : ty_step.data();
       T mx, rx, mh, rh;
-      row_stats<T>(nx, G, mx, rx);
-      row_stats<T>(nb, G, mh, rh);
+      row_stats2<T>(nx, nb, G, mx, rx, mh, rh);
       ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
       if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
       ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
@@ -423,9 +590,9 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
       const T* o = gates.data() + 3 * H;
       if (zone)
         ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
-                                keep_row(kc, tb, H, zeros), ncb, hb, cb, y, H);
+                                keep_row(kc, tb, H, zeros), ncb, tyb, hb, cb, y, H);
       else
-        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, hb, cb, y, H);
+        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, tyb, hb, cb, y, H);
     }
     if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
   }
@@ -435,7 +602,8 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
 // dropout; keep_h, keep_c (T,B,H) zoneout. Returns Y (T,B,H), h_n, c_n and, when train, NHW (T,B,4H) the
 // normalised (h_{t-1} * mask) W_hh^T, RX, RH (T,B) the two 1/std, NC (T,B,H) the normalised new cell, RC (T,B)
 // its 1/std, C (T,B,H) the cell states (padding steps hold the carried state), and, when gates, GS (T,B,4H) the
-// activated gates i, f, g, o (zeros at padding steps).
+// activated gates i, f, g, o (zeros at padding steps) and, when also train, TY (T,B,H) tanh(y_c) of each step's
+// output (both for the backward, which then reads them instead of recomputing them; TY's padding rows unset).
 std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                     const Tensor& bias, const Tensor& g_ih, const Tensor& g_hh, const Tensor& g_c,
                                     const Tensor& b_c, const std::optional<Tensor>& mask,
@@ -443,7 +611,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
                                     const std::optional<Tensor>& lengths, bool reverse, bool train,
                                     bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
-  Tensor GS = at::zeros({gates ? Tn : 0, B, 4 * H}, xw.options());
+  Tensor GS = at::empty({gates ? Tn : 0, B, 4 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
@@ -451,6 +619,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
   Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
   Tensor NC = at::empty({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
   Tensor Cs = at::empty({Ts, B, H}, xw.options());
+  Tensor TY = at::empty({train && gates ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
     ln_lstm_forward_impl<scalar_t>(
         xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
@@ -458,26 +627,34 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
         ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
-        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr);
+        Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr,
+        train && gates ? TY.data_ptr<scalar_t>() : nullptr);
   });
-  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS};
+  return {Y, h, c, NHW, RX, RH, NC, RC, Cs, GS, TY};
 }
 
-// Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c, from dL/dh_t = dh + dy: the o pre-activation gradient
-// (dao), dg_c, db_c, dn = dL/dn_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
+// tanh(y_c), y_c = n_c g_c + b_c, of one row (H) as the forward computed it (when the forward did not keep it).
+template <typename T>
+inline void ln_lstm_output_tanh(const T* __restrict nc, const T* __restrict gc, const T* __restrict bc,
+                                T* __restrict ty, int H) {
+  for (int j = 0; j < H; ++j) ty[j] = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
+}
+
+// Backward through h' = o tanh(y_c), y_c = n_c g_c + b_c (ty = tanh(y_c)), from dL/dh_t = dh + dy: the o
+// pre-activation gradient dao = dL/dh' tanh(y_c) o (1 - o), dyc = dL/dy_c = dL/dh' o (1 - tanh^2), dg_c += dyc n_c,
+// db_c += dyc, dn = dL/dn_c = dyc g_c, and dh <- zoneout's direct part of dL/dh_{t-1} (k dL/dh_t; the GEMM adds
 // the rest).
 template <typename T, bool Z>
-inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict gc,
-                                    const T* __restrict bc, const T* __restrict dy, const T* __restrict kh,
+inline void ln_lstm_output_backward(const T* __restrict o, const T* __restrict nc, const T* __restrict ty,
+                                    const T* __restrict gc, const T* __restrict dy, const T* __restrict kh,
                                     T* __restrict dh, T* __restrict dao, T* __restrict dgc, T* __restrict dbc,
                                     T* __restrict dn, int H) {
   for (int j = 0; j < H; ++j) {
     const T d = dh[j] + dy[j];                              // dL/dh_t
     const T dhn = Z ? (T(1) - kh[j]) * d : d;               // dL/dh'_t
     dh[j] = Z ? kh[j] * d : T(0);
-    const T ty = LnAct<T>::tanh(nc[j] * gc[j] + bc[j]);
-    const T dyc = dhn * o[j] * (T(1) - ty * ty);
-    dao[j] = dhn * ty * o[j] * (T(1) - o[j]);
+    const T dyc = dhn * o[j] * (T(1) - ty[j] * ty[j]);
+    dao[j] = dhn * ty[j] * o[j] * (T(1) - o[j]);
     dgc[j] += dyc * nc[j];
     dbc[j] += dyc;
     dn[j] = dyc * gc[j];
@@ -515,11 +692,11 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
                            const T* bias, const T* gx, const T* gh, const T* gc, const T* bc, const T* mask,
                            const T* kh, const T* kc, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh,
                            T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
-                           const T* dGS, const T* AS) {
+                           const T* dGS, const T* AS, const T* TY) {
   const int G = 4 * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
-  std::vector<T> gates(G), da(G), dn(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> gates(G), da(G), dn(H), ty_row(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
   for (int s = 0; s < Tn; ++s) {
@@ -549,11 +726,13 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
       if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
         for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
+      const T* ty = TY ? TY + tb * H : ty_row.data();      // tanh(y_c): kept by the forward or recomputed
+      if (!TY) ln_lstm_output_tanh<T>(nc, gc, bc, ty_row.data(), H);
       if (zone)
-        ln_lstm_output_backward<T, true>(a + 3 * H, nc, gc, bc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
+        ln_lstm_output_backward<T, true>(a + 3 * H, nc, ty, gc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
                                          da.data() + 3 * H, dgc, dbc, dn.data(), H);
       else
-        ln_lstm_output_backward<T, false>(a + 3 * H, nc, gc, bc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
+        ln_lstm_output_backward<T, false>(a + 3 * H, nc, ty, gc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
                                           dgc, dbc, dn.data(), H);
       ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
       if (zone)
@@ -567,13 +746,16 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
     wgrad.end_step();
   }
-  wgrad.flush();
+  wgrad.finish();
 }
 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
-// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dC (T,B,H) and dgates
-// (T,B,4H) the recorded cell states' and gates' own gradients, when they were returned.
-std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& NX,
+// dg_ih, dg_hh (4H), dg_c, db_c (H). NX is the forward's normalised xw, Y its outputs; dhn, dcn the final states'
+// gradients (None: zeros); dC (T,B,H) and dgates (T,B,4H) the recorded cell states' and gates' own gradients,
+// when they were returned; A (T,B,4H) and TY (T,B,H) the forward's kept gates and tanh(y_c), when it kept them;
+// into_gates: dXW is written over A (see dxw_buffer).
+std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tensor>& dhn,
+                                     const std::optional<Tensor>& dcn, const Tensor& NX,
                                      const Tensor& RX, const Tensor& NHW, const Tensor& RH, const Tensor& NC,
                                      const Tensor& RC, const Tensor& Cs, const Tensor& Y, const Tensor& h0,
                                      const Tensor& c0, const Tensor& w_hh,
@@ -582,13 +764,15 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
                                      const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
                                      const std::optional<Tensor>& lengths, bool reverse, bool need_w_hh,
                                      const std::optional<Tensor>& dC, const std::optional<Tensor>& dgates,
-                                     const std::optional<Tensor>& A) {
+                                     const std::optional<Tensor>& A, const std::optional<Tensor>& TY,
+                                     bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 4;
-  Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 4 * H : 0, H}, NX.options());
-  Tensor db = at::zeros({4 * H}, NX.options()), dgx = at::zeros({4 * H}, NX.options());
-  Tensor dgh = at::zeros({4 * H}, NX.options());
-  Tensor dgc = at::zeros({H}, NX.options()), dbc = at::zeros({H}, NX.options());
+  Tensor dh = grad_or_zeros(dhn, B, H, NX), dc = grad_or_zeros(dcn, B, H, NX);
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::empty({need_w_hh ? 4 * H : 0, H}, NX.options());
+  // the five summed gradients as views of one zeroed buffer (one allocation instead of five)
+  Tensor sums = at::zeros({14 * H}, NX.options());
+  Tensor db = sums.narrow(0, 0, 4 * H), dgx = sums.narrow(0, 4 * H, 4 * H), dgh = sums.narrow(0, 8 * H, 4 * H);
+  Tensor dgc = sums.narrow(0, 12 * H, H), dbc = sums.narrow(0, 13 * H, H);
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_lstm_backward", [&] {
     ln_lstm_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
@@ -601,7 +785,7 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const Tensor& dhn, const 
         need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
         dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates),
-        ptr_or_null<scalar_t>(A));
+        ptr_or_null<scalar_t>(A), ptr_or_null<scalar_t>(TY));
   });
   return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
@@ -655,6 +839,7 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
       T* y = Y + tb * H;
       if (!is_valid(len, t, b)) {
         std::memset(y, 0, sizeof(T) * H);
+        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
         continue;
       }
       T* nx = xw + tb * G;
@@ -681,7 +866,7 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
                                    const std::optional<Tensor>& lengths, bool reverse, bool train, bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
-  Tensor GS = at::zeros({gates ? Tn : 0, B, 3 * H}, xw.options());
+  Tensor GS = at::empty({gates ? Tn : 0, B, 3 * H}, xw.options());
   const int Ts = train ? Tn : 0;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
@@ -789,23 +974,26 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
     add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
     wgrad.end_step();
   }
-  wgrad.flush();
+  wgrad.finish();
 }
 
 // Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,
-// dg_ih, dg_hh (3H each). dgates (T,B,3H): the recorded gates' own gradients, when they were returned.
-std::vector<Tensor> ln_gru_backward(const Tensor& dY, const Tensor& dhn, const Tensor& NX, const Tensor& RX,
+// dg_ih, dg_hh (3H each). dhn: h_n's gradient (None: zeros); dgates (T,B,3H): the recorded gates' own gradients,
+// when they were returned; A (T,B,3H) the forward's kept gates; into_gates: dXW is written over A (dxw_buffer).
+std::vector<Tensor> ln_gru_backward(const Tensor& dY, const std::optional<Tensor>& dhn, const Tensor& NX,
+                                    const Tensor& RX,
                                     const Tensor& NHW, const Tensor& RH, const Tensor& Y, const Tensor& h0,
                                     const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, const Tensor& g_ih,
                                     const Tensor& g_hh, const std::optional<Tensor>& mask,
                                     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& lengths,
                                     bool reverse, bool need_w_hh, const std::optional<Tensor>& dgates,
-                                    const std::optional<Tensor>& A) {
+                                    const std::optional<Tensor>& A, bool into_gates) {
   const int Tn = NX.size(0), B = NX.size(1), H = NX.size(2) / 3;
-  Tensor dh = dhn.clone();
-  Tensor dXW = at::empty_like(NX), dW = at::zeros({need_w_hh ? 3 * H : 0, H}, NX.options());
-  Tensor dbx = at::zeros({3 * H}, NX.options()), dbh = at::zeros({3 * H}, NX.options());
-  Tensor dgx = at::zeros({3 * H}, NX.options()), dgh = at::zeros({3 * H}, NX.options());
+  Tensor dh = grad_or_zeros(dhn, B, H, NX);
+  Tensor dXW = dxw_buffer(NX, A, into_gates), dW = at::empty({need_w_hh ? 3 * H : 0, H}, NX.options());
+  Tensor sums = at::zeros({12 * H}, NX.options());  // the four summed gradients, views of one buffer
+  Tensor dbx = sums.narrow(0, 0, 3 * H), dbh = sums.narrow(0, 3 * H, 3 * H);
+  Tensor dgx = sums.narrow(0, 6 * H, 3 * H), dgh = sums.narrow(0, 9 * H, 3 * H);
   AT_DISPATCH_FLOATING_TYPES(NX.scalar_type(), "rnnlab ln_gru_backward", [&] {
     ln_gru_backward_impl<scalar_t>(
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
@@ -825,17 +1013,18 @@ TORCH_LIBRARY_FRAGMENT(rnnlab_fused, m) {
   m.def("ln_lstm_forward(Tensor(a!) xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, Tensor g_hh, "
         "Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, bool reverse, "
         "bool train, bool gates) -> Tensor[]");
-  m.def("ln_lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
+  m.def("ln_lstm_backward(Tensor dY, Tensor? dhn, Tensor? dcn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, "
         "Tensor NC, Tensor RC, Tensor C, Tensor Y, Tensor h0, Tensor c0, Tensor w_hh, Tensor bias, Tensor g_ih, "
         "Tensor g_hh, Tensor g_c, Tensor b_c, Tensor? mask, Tensor? keep_h, Tensor? keep_c, Tensor? lengths, "
-        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor? A) -> Tensor[]");
+        "bool reverse, bool need_w_hh, Tensor? dC, Tensor? dgates, Tensor(a!)? A, Tensor? TY, bool into_gates) "
+        "-> Tensor[]");
   m.def("ln_gru_forward(Tensor(a!) xw, Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, "
         "Tensor g_hh, Tensor? mask, Tensor? keep_h, Tensor? lengths, bool reverse, bool train, bool gates) "
         "-> Tensor[]");
-  m.def("ln_gru_backward(Tensor dY, Tensor dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
+  m.def("ln_gru_backward(Tensor dY, Tensor? dhn, Tensor NX, Tensor RX, Tensor NHW, Tensor RH, Tensor Y, "
         "Tensor h0, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor g_ih, Tensor g_hh, Tensor? mask, "
-        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor? A) "
-        "-> Tensor[]");
+        "Tensor? keep_h, Tensor? lengths, bool reverse, bool need_w_hh, Tensor? dgates, Tensor(a!)? A, "
+        "bool into_gates) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
