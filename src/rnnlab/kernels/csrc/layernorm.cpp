@@ -234,6 +234,33 @@ inline V8d widen_sum(V16f v) {
          widen(V8f(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
 }
 
+// The end of both_halves_backward (both versions): the elements j.. G-1 that the vector loop left, added to the
+// double sums t (of dn and dn * n per half), then dx = rstd (dn - mean(dn) - n mean(dn n)) over the whole row.
+template <typename T, bool BH>
+inline void halves_backward_finish(int j, double t1x, double t2x, double t1h, double t2h, const T* __restrict da,
+                                   const T* __restrict du, const T* __restrict nx, T rx, const T* __restrict nhw,
+                                   T rh, const T* __restrict gx, const T* __restrict gh, T* __restrict dbx,
+                                   T* __restrict dbh, T* __restrict dgx, T* __restrict dgh, T* __restrict dxw,
+                                   T* __restrict dhw, int G) {
+  for (; j < G; ++j) {
+    dbx[j] += da[j];
+    dgx[j] += da[j] * nx[j];
+    if constexpr (BH) dbh[j] += du[j];
+    dgh[j] += du[j] * nhw[j];
+    dxw[j] = da[j] * gx[j];
+    dhw[j] = du[j] * gh[j];
+    t1x += dxw[j];
+    t2x += double(dxw[j]) * nx[j];
+    t1h += dhw[j];
+    t2h += double(dhw[j]) * nhw[j];
+  }
+  const T m1x = T(t1x / G), m2x = T(t2x / G), m1h = T(t1h / G), m2h = T(t2h / G);
+  for (j = 0; j < G; ++j) {
+    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
+    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
+  }
+}
+
 // Float rows: how many 16-wide vectors of terms are summed in float before the block sum is added, in double, to
 // the row's total (used by both_halves_backward_float). Each lane then adds at most 4 terms in float, so a mean
 // gains a few float roundings of its terms; the widening per vector (two converts and adds per sum) was the
@@ -281,24 +308,8 @@ inline void both_halves_backward_float(const float* __restrict da, const float* 
   s2x += widen_sum(f2x);
   s1h += widen_sum(f1h);
   s2h += widen_sum(f2h);
-  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
-  for (; j < G; ++j) {
-    dbx[j] += da[j];
-    dgx[j] += da[j] * nx[j];
-    if constexpr (BH) dbh[j] += du[j];
-    dgh[j] += du[j] * nhw[j];
-    dxw[j] = da[j] * gx[j];
-    dhw[j] = du[j] * gh[j];
-    t1x += dxw[j];
-    t2x += double(dxw[j]) * nx[j];
-    t1h += dhw[j];
-    t2h += double(dhw[j]) * nhw[j];
-  }
-  const float m1x = float(t1x / G), m2x = float(t2x / G), m1h = float(t1h / G), m2h = float(t2h / G);
-  for (j = 0; j < G; ++j) {
-    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
-    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
-  }
+  halves_backward_finish<float, BH>(j, hsum(s1x), hsum(s2x), hsum(s1h), hsum(s2h), da, du, nx, rx, nhw, rh, gx, gh,
+                                     dbx, dbh, dgx, dgh, dxw, dhw, G);
 }
 
 template <typename T, bool BH>
@@ -329,24 +340,8 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
     s1h += e2;
     s2h += e2 * widen(n2);
   }
-  double t1x = hsum(s1x), t2x = hsum(s2x), t1h = hsum(s1h), t2h = hsum(s2h);
-  for (; j < G; ++j) {
-    dbx[j] += da[j];
-    dgx[j] += da[j] * nx[j];
-    if constexpr (BH) dbh[j] += du[j];
-    dgh[j] += du[j] * nhw[j];
-    dxw[j] = da[j] * gx[j];
-    dhw[j] = du[j] * gh[j];
-    t1x += dxw[j];
-    t2x += double(dxw[j]) * nx[j];
-    t1h += dhw[j];
-    t2h += double(dhw[j]) * nhw[j];
-  }
-  const T m1x = T(t1x / G), m2x = T(t2x / G), m1h = T(t1h / G), m2h = T(t2h / G);
-  for (j = 0; j < G; ++j) {
-    dxw[j] = rx * (dxw[j] - m1x - nx[j] * m2x);
-    dhw[j] = rh * (dhw[j] - m1h - nhw[j] * m2h);
-  }
+  halves_backward_finish<T, BH>(j, hsum(s1x), hsum(s2x), hsum(s1h), hsum(s2h), da, du, nx, rx, nhw, rh, gx, gh,
+                                 dbx, dbh, dgx, dgh, dxw, dhw, G);
 }
 
 // The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
@@ -399,8 +394,9 @@ Tensor grad_or_zeros(const std::optional<Tensor>& g, int B, int H, const Tensor&
 // Activations. common.h's float tanh, 2 sigmoid(2x) - 1, has an absolute error of ~1e-7, i.e. a large relative
 // error near 0; fine for the plain cells, but here a layer norm follows (c' is normalised by its row's spread),
 // which amplifies it: measured on one of the tests' cases, the float32 results were 5-10x further from float64
-// than the reference loop's. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error ~1e-7), else
-// 1 - 2 / (e^{2|x|} + 1). Both are computed and one is selected, which keeps the loops branch-free (vectorized).
+// than the reference loop's. So float tanh uses Cephes' tanhf: an odd polynomial for |x| < 0.625 (relative error
+// ~1e-7), else 1 - 2 / (e^{2|x|} + 1). Both are computed and one is selected, which keeps the loops branch-free
+// (vectorized).
 template <typename T>
 struct LnAct {
   static inline T sigmoid(T x) { return Act<T>::sigmoid(x); }
