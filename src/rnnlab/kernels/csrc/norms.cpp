@@ -13,22 +13,6 @@ namespace {
 
 using namespace rnnlab_kernels;
 
-typedef double V8d __attribute__((vector_size(64)));  // 8 doubles (gcc/clang vector extension)
-typedef float V8f __attribute__((vector_size(32)));
-
-template <typename T>
-inline V8d load8(const T* p) {
-  if constexpr (sizeof(T) == sizeof(float)) {
-    V8f v;
-    std::memcpy(&v, p, sizeof(V8f));
-    return __builtin_convertvector(v, V8d);
-  } else {
-    V8d v;
-    std::memcpy(&v, p, sizeof(V8d));
-    return v;
-  }
-}
-
 // sqrt(sum_j x_j^2) of one row, in double, four independent partial sums (one would chain n/8 dependent adds).
 template <typename T>
 double row_norm(const T* __restrict x, int64_t n) {
@@ -45,9 +29,7 @@ double row_norm(const T* __restrict x, int64_t n) {
     const V8d v = load8<T>(x + j);
     a0 += v * v;
   }
-  const V8d a = (a0 + a1) + (a2 + a3);
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += a[k];
+  double s = hsum((a0 + a1) + (a2 + a3));
   for (; j < n; ++j) s += double(x[j]) * double(x[j]);
   return std::sqrt(s);
 }
