@@ -1,4 +1,10 @@
-"""Argument checks shared by the public modules. Every message names the component and says expected vs got."""
+"""Argument checks shared by the public modules.
+
+torch.nn is the specification: each check raises the exception class torch.nn raises for the same mistake, and its
+message starts with the component's name and torch's own phrase, so that code catching torch's error (class or
+message) catches ours; our detail (expected vs got, what to do) follows. ``tests/test_conformance.py`` runs every
+case on torch.nn and on rnnlab.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,26 @@ from torch import Tensor
 
 
 def check_type(owner: str, name: str, value: object, kind: type) -> None:
-    # bool is an int subclass: reject it where an int is wanted, so LSTM(10, True) is not a hidden size of 1.
+    # bool is an int subclass: reject it where an int is wanted, so LSTM(10, True) is not a hidden size of 1
+    # (torch.nn accepts that by accident: LSTM(10, True) builds, RNN(10, True) fails inside torch.empty).
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{owner}: {name} should be of type {kind.__name__}, got: {type(value).__name__}")
 
 
 def check_positive_int(owner: str, name: str, value: object) -> None:
+    """A layer's size (torch.nn's RNNBase: TypeError for a non-int, ValueError for ``<= 0``)."""
     check_type(owner, name, value, int)
     if value <= 0:  # type: ignore[operator]
         raise ValueError(f"{owner}: {name} must be greater than zero, got {value}")
+
+
+def check_cell_size(owner: str, name: str, value: object) -> None:
+    """A cell's size: torch.nn's cells accept 0 (an empty state or input) and fail in ``torch.empty`` (a
+    RuntimeError) on a negative size."""
+    check_type(owner, name, value, int)
+    if value < 0:  # type: ignore[operator]
+        raise RuntimeError(f"{owner}: Trying to create tensor with negative dimension {value}: {name} must be "
+                           f">= 0, got {value}")
 
 
 def check_probability(owner: str, name: str, value: object) -> None:
@@ -27,14 +44,29 @@ def check_probability(owner: str, name: str, value: object) -> None:
             f"being zeroed, got {value!r}")
 
 
-def check_dtype_device(owner: str, name: str, tensor: Tensor, like: Tensor) -> None:
-    """``tensor`` must be floating point with the dtype and device of the parameter ``like``."""
-    if not tensor.is_floating_point():
-        raise TypeError(f"{owner}: {name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if tensor.dtype != like.dtype:
-        raise TypeError(
-            f"{owner}: {name} dtype must match the parameters: expected {like.dtype}, got {tensor.dtype} "
-            f"(convert the module with .to({tensor.dtype}) or the tensor with .to({like.dtype}))")
-    if tensor.device != like.device:
+def check_input_dtype(owner: str, input: Tensor, weight: Tensor) -> None:
+    """A layer's input has the dtype of its weights (torch.nn's ``RNNBase.check_input``: ValueError)."""
+    if input.dtype != weight.dtype:
+        raise ValueError(
+            f"{owner}: RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})")
+    check_device(owner, "input", input, weight)
+
+
+def check_same_dtype(owner: str, name: str, tensor: Tensor, weight: Tensor) -> None:
+    """A cell's input or state, or a layer's state, has the dtype of the weights.
+
+    torch.nn has no check of its own here: its matrix product fails with a RuntimeError ("mat1 and mat2 must have
+    the same dtype"), so ours is a RuntimeError with that phrase.
+    """
+    if tensor.dtype != weight.dtype:
         raise RuntimeError(
-            f"{owner}: {name} must be on the parameters' device: expected {like.device}, got {tensor.device}")
+            f"{owner}: {name} and the weights must have the same dtype, but got {tensor.dtype} and {weight.dtype} "
+            f"(convert the tensor with .to({weight.dtype}) or the module with .to({tensor.dtype}))")
+    check_device(owner, name, tensor, weight)
+
+
+def check_device(owner: str, name: str, tensor: Tensor, weight: Tensor) -> None:
+    if tensor.device != weight.device:
+        raise RuntimeError(
+            f"{owner}: {name} must be on the parameters' device: expected {weight.device}, got {tensor.device}")

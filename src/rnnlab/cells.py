@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as RF
-from ._checks import check_dtype_device, check_positive_int, check_type
+from ._checks import check_cell_size, check_same_dtype
 from .cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC, CellSpec
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "SpecCell"]
@@ -32,14 +32,15 @@ class _CellBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         name = type(self).__name__
-        check_positive_int(name, "input_size", input_size)
-        check_positive_int(name, "hidden_size", hidden_size)
-        check_type(name, "bias", bias, bool)
+        # torch.nn's cells accept sizes of 0 (an empty input or state) and any truthy or falsy ``bias``
+        # (PyTorch's own module tests build GRUCell(10, 20, 'relu'), which has biases).
+        check_cell_size(name, "input_size", input_size)
+        check_cell_size(name, "hidden_size", hidden_size)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        for param_name, shape in self.spec.params(input_size, hidden_size, bias, 0).items():
+        for param_name, shape in self.spec.params(input_size, hidden_size, bool(bias), 0).items():
             setattr(self, param_name, nn.Parameter(torch.empty(shape, **factory)))
         if not bias and self.spec.mode is not None:  # torch.nn keeps the names, set to None
             self.register_parameter("bias_ih", None)
@@ -49,7 +50,7 @@ class _CellBase(nn.Module):
     def reset_parameters(self) -> None:
         """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order, exactly as torch.nn does
         (except the spec's ``constant_init`` parameters, such as layer-norm gains)."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         with torch.no_grad():
             for name, weight in self.named_parameters():
                 if name in self.spec.constant_init:
@@ -77,39 +78,60 @@ class _CellBase(nn.Module):
             s += f", nonlinearity={self.nonlinearity}"
         return s
 
-    def _prepare(self, input: Tensor, hx: Tensor | None, n_states: int) -> tuple[Tensor, list[Tensor], bool]:
-        """Check shapes at the boundary; return a batched input, batched states and whether input was batched."""
+    def _prepare(self, input: Tensor, hx, n_states: int) -> tuple[Tensor, list[Tensor], bool]:
+        """Check the call as torch.nn's cell does, in its order; return a batched input, batched states and
+        whether the input was batched."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        check_dtype_device(name, "input", input, self.weight_ih)
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(
-                f"{name}: input has inconsistent input_size: expected {self.input_size}, got {input.size(-1)}")
+        given = self._given_states(hx, n_states)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        if hx is None:
+        if given is None:
             zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
-            return x, [zeros] * n_states, batched
-        states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
-        if len(states) != n_states:
-            raise TypeError(f"{name}: expected hx to hold {n_states} tensor(s), got {len(states)}")
-        out = []
+            states = [zeros] * n_states
+        else:
+            states = [s if batched else s.unsqueeze(0) for s in given]
+        # torch.nn's messages (from its C++ cell ops), in their order: input size, then per state batch and size
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected "
+                               f"{self.input_size}")
         for k, s in enumerate(states):
-            label = "hx" if n_states == 1 else f"hx[{k}]"
+            if s.size(0) != x.size(0):
+                raise RuntimeError(f"{name}: Input batch size {x.size(0)} doesn't match hidden{k} batch size "
+                                   f"{s.size(0)}")
+            if s.size(1) != self.hidden_size:
+                raise RuntimeError(f"{name}: hidden{k} has inconsistent hidden_size: got {s.size(1)}, expected "
+                                   f"{self.hidden_size}")
+            if s.dim() != 2:  # torch's check reads two dims and would run an unbatched input with an (H, B) state
+                raise RuntimeError(f"{name}: for unbatched input, the state must have shape ({self.hidden_size},), "
+                                   f"got {tuple(s.shape[1:])}")
+        check_same_dtype(name, "input", x, self.weight_ih)
+        for k, s in enumerate(states):
+            check_same_dtype(name, "hx" if n_states == 1 else f"hx[{k}]", s, self.weight_ih)
+        return x, states, batched
+
+    def _given_states(self, hx, n_states: int) -> list[Tensor] | None:
+        """The states passed as ``hx``, checked for type, count and dimensions (``None`` when omitted)."""
+        if hx is None:
+            return None
+        name = type(self).__name__
+        if n_states == 1 and not isinstance(hx, Tensor):
+            raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+        if n_states == 2 and not isinstance(hx, (tuple, list)):
+            raise TypeError(f"{name}: hx must be tuple of Tensors (h_0, c_0), got {type(hx).__name__}")
+        given = [hx] if n_states == 1 else list(hx)
+        for k, s in enumerate(given):
+            label = "hidden" if n_states == 1 else f"hx[{k}]"
             if not isinstance(s, Tensor):
                 raise TypeError(f"{name}: {label} must be a Tensor, got {type(s).__name__}")
-            check_dtype_device(name, label, s, self.weight_ih)
-            expected = (x.size(0), self.hidden_size) if batched else (self.hidden_size,)
-            if tuple(s.shape) != expected:
-                kind = "batched" if batched else "unbatched"
-                raise RuntimeError(
-                    f"{name}: for {kind} input of shape {tuple(input.shape)}, {label} must have shape "
-                    f"{expected}, got {tuple(s.shape)}")
-            out.append(s if batched else s.unsqueeze(0))
-        return x, out, batched
+            if s.dim() not in (1, 2):
+                raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
+        if len(given) != n_states:
+            raise RuntimeError(f"{name}: expects two hidden states (h_0, c_0), got {len(given)}")
+        return given
 
 
 class RNNCell(_CellBase):
@@ -122,9 +144,11 @@ class RNNCell(_CellBase):
     Shape:
         input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or ``(H,)``, zeros if omitted; output like hx.
 
-    Raises:
-        ValueError: unknown nonlinearity, non-positive sizes, input not 1-D or 2-D.
-        RuntimeError: input or hx size does not match the cell.
+    Raises (as torch.nn.RNNCell; see tests/test_conformance.py):
+        ValueError: input or hx not 1-D or 2-D.
+        RuntimeError: input or hx size does not match the cell, a dtype other than the weights', a negative size,
+            an unknown nonlinearity.
+        TypeError: a size that is not an int.
 
     Example:
         >>> cell = RNNCell(3, 5)
@@ -134,7 +158,8 @@ class RNNCell(_CellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:
         if nonlinearity not in RF.NONLINEARITIES:
-            raise ValueError(f"RNNCell: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+            # torch.nn raises this RuntimeError at the first forward; a cell that can never run fails here
+            raise RuntimeError(f"RNNCell: Unknown nonlinearity: {nonlinearity}; select from 'tanh' or 'relu'")
         self.nonlinearity = nonlinearity
         self.spec = RNN_TANH_SPEC if nonlinearity == "tanh" else RNN_RELU_SPEC
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
-from ._checks import check_dtype_device, check_positive_int, check_probability, check_type
+from ._checks import check_input_dtype, check_positive_int, check_probability, check_same_dtype, check_type
 from .cellspec import SPECS, CellSpec, SequenceRun
 from .kernels import fused, get_backend, resolve_backend
 from .kernels.reference import State, hidden_of, recurrence
@@ -159,17 +159,20 @@ class RNNBase(nn.Module):
         name = type(self).__name__
         if isinstance(mode, str):
             if mode not in SPECS:
-                raise ValueError(f"{name}: unrecognized RNN mode {mode!r}; expected one of {sorted(SPECS)}")
+                raise ValueError(f"{name}: Unrecognized RNN mode: {mode}; expected one of {sorted(SPECS)}")
             mode = SPECS[mode]
         spec = mode
+        # torch.nn's checks in its order (the first mistake found is the one reported), then our options'
+        check_probability(name, "dropout", dropout)
+        check_type(name, "bias", bias, bool)
+        check_type(name, "batch_first", batch_first, bool)
         check_positive_int(name, "input_size", input_size)
         check_positive_int(name, "hidden_size", hidden_size)
         check_positive_int(name, "num_layers", num_layers)
-        for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional),
-                            ("learn_init", learn_init), ("return_all_states", return_all_states),
-                            ("return_gates", return_gates)):
+        # torch.nn takes any truthy bidirectional here and fails in its forward (a TypeError); we fail now
+        for flag, value in (("bidirectional", bidirectional), ("learn_init", learn_init),
+                            ("return_all_states", return_all_states), ("return_gates", return_gates)):
             check_type(name, flag, value, bool)
-        check_probability(name, "dropout", dropout)
         check_probability(name, "recurrent_dropout", recurrent_dropout)
         check_probability(name, "weight_dropout", weight_dropout)
         zoneout_rates = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout,) * spec.n_states
@@ -325,41 +328,56 @@ class RNNBase(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
 
-    def _initial_states(self, hx, batch: int, batched: bool, x: Tensor) -> list[State]:
+    def _given_states(self, hx, input_dim: int | None) -> list[Tensor] | None:
+        """The states passed as ``hx`` (``None`` when omitted), checked for type, count and, for a tensor input
+        of ``input_dim`` dimensions, dimensions (torch.nn's checks and messages; a packed input has no such check
+        there, its shape check below covers it)."""
+        if hx is None:
+            return None
+        name = type(self).__name__
+        if self.spec.n_states == 1 and not isinstance(hx, Tensor):
+            raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+        if self.spec.n_states == 2 and not isinstance(hx, (tuple, list)):
+            raise TypeError(f"{name}: hx must be tuple of Tensors (h_0, c_0), got {type(hx).__name__}")
+        given = [hx] if self.spec.n_states == 1 else list(hx)
+        for k, s in enumerate(given):
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{name}: hx[{k}] must be a Tensor, got {type(s).__name__}")
+        if len(given) != self.spec.n_states:
+            raise RuntimeError(f"{name}: expects two hidden states (h_0, c_0), got {len(given)}")
+        if input_dim is not None and any(s.dim() != input_dim for s in given):
+            kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
+            if len(given) == 2:
+                raise RuntimeError(f"{name}: For {kind} input, hx and cx should also be {input_dim}-D but got "
+                                   f"({given[0].dim()}-D, {given[1].dim()}-D) tensors")
+            raise RuntimeError(f"{name}: For {kind} input, hx should also be {input_dim}-D but got "
+                               f"{given[0].dim()}-D tensor")
+        return given
+
+    def _initial_states(self, given: list[Tensor] | None, batch: int, batched: bool, x: Tensor) -> list[State]:
         """Per (layer, direction) initial states, checked against the expected shapes (never broadcast)."""
         name = type(self).__name__
         n = self.num_layers * self.num_directions
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         sizes = [h_size, self.hidden_size][: self.spec.n_states]
-        if hx is None and self.learn_init:
-            zeros = [torch.stack([getattr(self, f"{s}0_l{k // self.num_directions}"
-                                              f"{'_reverse' if k % self.num_directions else ''}")
-                                  for k in range(n)]).unsqueeze(1).expand(n, batch, -1)
-                     for s in self.spec.state_names]
-        elif hx is None:
-            zeros = [torch.zeros(n, batch, s, dtype=x.dtype, device=x.device) for s in sizes]
+        if given is None and self.learn_init:
+            states = [torch.stack([getattr(self, f"{s}0_l{k // self.num_directions}"
+                                               f"{'_reverse' if k % self.num_directions else ''}")
+                                   for k in range(n)]).unsqueeze(1).expand(n, batch, -1)
+                      for s in self.spec.state_names]
+        elif given is None:
+            states = [torch.zeros(n, batch, s, dtype=x.dtype, device=x.device) for s in sizes]
         else:
-            if self.spec.n_states == 2:
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-                given = list(hx)
-            else:
-                if not isinstance(hx, Tensor):
-                    raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-                given = [hx]
-            zeros = []
+            states = []
             for k, (s, size) in enumerate(zip(given, sizes)):
-                label = f"hx[{k}]" if self.spec.n_states == 2 else "hx"
-                if not isinstance(s, Tensor):
-                    raise TypeError(f"{name}: {label} must be a Tensor, got {type(s).__name__}")
-                check_dtype_device(name, label, s, x)
-                expected = (n, batch, size) if batched else (n, size)
-                if tuple(s.shape) != expected:
-                    kind = "batched 3-D" if batched else "unbatched 2-D"
-                    raise RuntimeError(f"{name}: for {kind} input, expected {label} of size {expected}, "
-                                       f"got {tuple(s.shape)}")
-                zeros.append(s if batched else s.unsqueeze(1))
-        per_state = [z.unbind(0) for z in zeros]
+                s = s if batched else s.unsqueeze(1)
+                if tuple(s.shape) != (n, batch, size):  # torch.nn's message, on the batched shapes as torch's
+                    label = f"hidden[{k}] size" if self.spec.n_states == 2 else "hidden size"
+                    raise RuntimeError(f"{name}: Expected {label} {(n, batch, size)}, got {list(s.shape)}")
+                check_same_dtype(name, f"hx[{k}]" if self.spec.n_states == 2 else "hx", s,
+                                 cast(Tensor, self.weight_ih_l0))
+                states.append(s)
+        per_state = [s.unbind(0) for s in states]
         if self.spec.n_states == 2:
             return list(zip(*per_state))
         return list(per_state[0])
@@ -373,15 +391,20 @@ class RNNBase(nn.Module):
             ``(L*D, B, H)``; zeros if omitted.
             output: ``(T, B, D*H_out)`` (same layout conventions as input); h_n like hx.
 
-        Raises:
-            ValueError: input is not 2-D or 3-D. TypeError: wrong dtype or hx type.
-            RuntimeError: input.size(-1) != input_size, or hx of the wrong shape or device.
+        An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn.
+
+        Raises (as torch.nn, in its order; see tests/test_conformance.py):
+            ValueError: input not 2-D or 3-D; input dtype other than the weights'.
+            RuntimeError: hx of the wrong dimensions, shape, dtype or device; input.size(-1) != input_size;
+                an empty sequence (T = 0).
+            TypeError: input or hx of the wrong type.
         """
         name = type(self).__name__
         first_weight = cast(Tensor, self.weight_ih_l0)
         lengths = None
         if isinstance(input, PackedSequence):
-            check_dtype_device(name, "input", input.data, first_weight)
+            given = self._given_states(hx, None)
+            check_input_dtype(name, input.data, first_weight)
             x, lengths = pad_packed_sequence(input)  # (T, B, I), batch in the caller's (unsorted) order
             batched = True
         else:
@@ -389,22 +412,27 @@ class RNNBase(nn.Module):
                 raise TypeError(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            given = self._given_states(hx, input.dim())
+            check_input_dtype(name, input, first_weight)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-        check_dtype_device(name, "input", x, first_weight)
         if x.size(-1) != self.input_size:
             raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. "
                                f"Expected {self.input_size}, got {x.size(-1)}")
-        if x.size(0) == 0 or x.size(1) == 0:
-            raise ValueError(f"{name}: expected a non-empty sequence and batch, got input of shape "
-                             f"{tuple(input.shape) if isinstance(input, Tensor) else tuple(x.shape)}")
-        states = self._initial_states(hx, x.size(1), batched, x)
+        states = self._initial_states(given, x.size(1), batched, x)
+        if x.size(0) == 0:
+            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of shape "
+                               f"{tuple(input.shape) if isinstance(input, Tensor) else tuple(x.shape)}")
 
         # An unpinned layer is captured by torch.compile / torch.export / torch.jit.trace through the reference
         # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
         backend = "reference" if self.backend is None and _capturing() else self.backend
+        if x.size(1) == 0:
+            # An empty batch has no work to fuse, and the compiled loops assume B >= 1: the reference loop's plain
+            # torch ops give torch.nn's empty outputs and zero parameter gradients, for every cell and option.
+            backend = "reference"
         run_layer = resolve_backend(backend)
         # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
         # no per-step Python to observe.
@@ -655,6 +683,13 @@ def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequ
     return PackedSequence(packed.data, packed.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
+def _refuse_proj_size(name: str, options: dict) -> None:
+    """torch.nn's RNN and GRU refuse any ``proj_size`` argument, even 0."""
+    if "proj_size" in options:
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU; got "
+                         f"proj_size={options['proj_size']!r}")
+
+
 class RNN(RNNBase):
     r"""Multi-layer Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or relu).
 
@@ -668,12 +703,13 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, proj_size: int = 0, **options) -> None:
+                 device=None, dtype=None, **options) -> None:
+        _refuse_proj_size(type(self).__name__, options)
         if nonlinearity not in RF.NONLINEARITIES:
             raise ValueError(f"RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, **options)
+                         0, device, dtype, **options)
         self.nonlinearity = nonlinearity
 
 
@@ -706,6 +742,7 @@ class GRU(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, proj_size: int = 0, **options) -> None:
+                 device=None, dtype=None, **options) -> None:
+        _refuse_proj_size(type(self).__name__, options)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, **options)
+                         0, device, dtype, **options)

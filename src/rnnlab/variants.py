@@ -55,8 +55,10 @@ def _layer(spec: CellSpec, doc: str) -> type[RNNBase]:
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, **options) -> None:
+        # no projections in these cells: a proj_size other than 0 is refused by RNNBase (ValueError, as torch's GRU)
+        proj_size = options.pop("proj_size", 0)
         RNNBase.__init__(self, spec, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, **options)
+                         bidirectional, proj_size, device, dtype, **options)
 
     return type(spec.name, (RNNBase,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
