@@ -50,7 +50,8 @@ def test_proj_size_errors():
 def test_bad_nonlinearity():
     with pytest.raises(ValueError, match=r"RNN: Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'"):
         rnnlab.RNN(3, 4, nonlinearity="sigmoid")
-    with pytest.raises(ValueError, match=r"RNNCell: Unknown nonlinearity 'gelu'"):
+    # torch.nn's cell raises this RuntimeError at its first forward; ours at construction
+    with pytest.raises(RuntimeError, match=r"RNNCell: Unknown nonlinearity: gelu; select from 'tanh' or 'relu'"):
         rnnlab.RNNCell(3, 4, nonlinearity="gelu")
 
 
@@ -65,9 +66,11 @@ def test_dropout_with_one_layer_warns_like_torch():
 
 @pytest.mark.parametrize("cls", [rnnlab.RNNCell, rnnlab.LSTMCell, rnnlab.GRUCell])
 def test_cell_constructor_errors(cls):
-    with pytest.raises(ValueError, match=rf"{cls.__name__}: hidden_size must be greater than zero"):
-        cls(3, 0)
-    with pytest.raises(TypeError, match=rf"{cls.__name__}: input_size should be of type int, got: str"):
+    # torch.nn's cells take a size of 0 (see test_conformance.py); a negative one fails in torch.empty
+    with pytest.raises(RuntimeError, match=rf"^{cls.__name__}: Trying to create tensor with negative dimension -2: "
+                                           r"hidden_size must be >= 0, got -2"):
+        cls(3, -2)
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: input_size should be of type int, got: str"):
         cls("3", 4)
 
 
@@ -86,15 +89,16 @@ def test_layer_input_errors(cls):
         m(torch.randn(6, 2, 5))
     with pytest.raises(RuntimeError, match=r"input.size\(-1\) must be equal to input_size. Expected 3, got 2"):
         m(pack_sequence([torch.randn(4, 2), torch.randn(2, 2)]))
-    with pytest.raises(TypeError, match=rf"{name}: input dtype must match the parameters: expected torch.float32, "
-                                        r"got torch.float64"):
+    with pytest.raises(ValueError, match=rf"^{name}: RNN input dtype \(torch.float64\) does not match weight dtype "
+                                         r"\(torch.float32\). Convert input: input.to\(torch.float32\), or convert "
+                                         r"model: model.to\(torch.float64\)"):
         m(torch.randn(6, 2, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match=rf"{name}: input must be a floating-point tensor, got dtype torch.int64"):
+    with pytest.raises(ValueError, match=rf"^{name}: RNN input dtype \(torch.int64\) does not match"):
         m(torch.ones(6, 2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match=rf"{name}: input must be a Tensor or PackedSequence, got list"):
         m([[1.0, 2.0, 3.0]])
-    with pytest.raises(ValueError, match=rf"{name}: expected a non-empty sequence and batch, got input of shape "
-                                         r"\(0, 2, 3\)"):
+    with pytest.raises(RuntimeError, match=rf"^{name}: Expected sequence length to be larger than 0 in RNN, got input "
+                                           r"of shape \(0, 2, 3\)"):
         m(torch.randn(0, 2, 3))
 
 
@@ -103,13 +107,18 @@ def test_hx_shape_never_broadcasts(cls):
     name = cls.__name__
     m = cls(3, 4, num_layers=2)
     x = torch.randn(6, 5, 3)
-    for bad in [(1, 5, 4), (2, 1, 4), (2, 5, 3), (4, 5, 4), (2, 4)]:
-        expected = f"{name}: for batched 3-D input, expected hx of size (2, 5, 4), got {tuple(bad)}"
+    for bad in [(1, 5, 4), (2, 1, 4), (2, 5, 3), (4, 5, 4)]:
+        expected = f"{name}: Expected hidden size (2, 5, 4), got {list(bad)}"
         with pytest.raises(RuntimeError, match=re.escape(expected)):
             m(x, torch.zeros(bad))
-    with pytest.raises(RuntimeError, match=rf"{name}: for unbatched 2-D input, expected hx of size \(2, 4\), "
-                                           r"got \(2, 1, 4\)"):
+    with pytest.raises(RuntimeError, match=rf"^{name}: For batched 3-D input, hx should also be 3-D but got 2-D "
+                                           r"tensor"):
+        m(x, torch.zeros(2, 4))
+    with pytest.raises(RuntimeError, match=rf"^{name}: For unbatched 2-D input, hx should also be 2-D but got 3-D "
+                                           r"tensor"):
         m(torch.randn(6, 3), torch.zeros(2, 1, 4))
+    with pytest.raises(RuntimeError, match=re.escape(f"{name}: Expected hidden size (2, 1, 4), got [2, 1, 5]")):
+        m(torch.randn(6, 3), torch.zeros(2, 5))
     with pytest.raises(TypeError, match=rf"{name}: hx must be a Tensor, got tuple"):
         m(x, (torch.zeros(2, 5, 4),))
 
@@ -117,16 +126,20 @@ def test_hx_shape_never_broadcasts(cls):
 def test_lstm_hx_errors():
     m = rnnlab.LSTM(3, 4, num_layers=2, proj_size=2)
     x = torch.randn(6, 5, 3)
-    with pytest.raises(TypeError, match=r"LSTM: hx must be a tuple \(h_0, c_0\), got Tensor"):
+    with pytest.raises(TypeError, match=r"^LSTM: hx must be tuple of Tensors \(h_0, c_0\), got Tensor"):
         m(x, torch.zeros(2, 5, 2))
-    with pytest.raises(RuntimeError, match=r"LSTM: for batched 3-D input, expected hx\[0\] of size \(2, 5, 2\), "
-                                           r"got \(2, 5, 4\)"):
+    with pytest.raises(RuntimeError, match=r"^LSTM: Expected hidden\[0\] size \(2, 5, 2\), got \[2, 5, 4\]"):
         m(x, (torch.zeros(2, 5, 4), torch.zeros(2, 5, 4)))
-    with pytest.raises(RuntimeError, match=r"LSTM: for batched 3-D input, expected hx\[1\] of size \(2, 5, 4\), "
-                                           r"got \(2, 5, 2\)"):
+    with pytest.raises(RuntimeError, match=r"^LSTM: Expected hidden\[1\] size \(2, 5, 4\), got \[2, 5, 2\]"):
         m(x, (torch.zeros(2, 5, 2), torch.zeros(2, 5, 2)))
-    with pytest.raises(TypeError, match=r"LSTM: hx\[1\] dtype must match"):
+    with pytest.raises(RuntimeError, match=r"^LSTM: For batched 3-D input, hx and cx should also be 3-D but got "
+                                           r"\(3-D, 2-D\) tensors"):
+        m(x, (torch.zeros(2, 5, 2), torch.zeros(2, 4)))
+    with pytest.raises(RuntimeError, match=r"^LSTM: hx\[1\] and the weights must have the same dtype, but got "
+                                           r"torch.float64 and torch.float32"):
         m(x, (torch.zeros(2, 5, 2), torch.zeros(2, 5, 4, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match=r"^LSTM: expects two hidden states \(h_0, c_0\), got 3"):
+        m(x, (torch.zeros(2, 5, 2), torch.zeros(2, 5, 4), torch.zeros(2, 5, 4)))
 
 
 @pytest.mark.parametrize("cls,n_states", [(rnnlab.RNNCell, 1), (rnnlab.LSTMCell, 2), (rnnlab.GRUCell, 1)])
@@ -138,16 +151,20 @@ def test_cell_forward_errors(cls, n_states):
         states = tuple(torch.zeros(shape) for _ in range(n_states))
         return states if n_states == 2 else states[0]
 
-    with pytest.raises(ValueError, match=rf"{name}: Expected input to be 1D or 2D, got 3D instead"):
+    with pytest.raises(ValueError, match=rf"^{name}: Expected input to be 1D or 2D, got 3D instead"):
         cell(torch.randn(1, 2, 3))
-    with pytest.raises(RuntimeError, match=rf"{name}: input has inconsistent input_size: expected 3, got 5"):
+    label = r"hx\[0\]" if n_states == 2 else "hidden"
+    with pytest.raises(ValueError, match=rf"^{name}: Expected {label} to be 1D or 2D, got 3D instead"):
+        cell(torch.randn(2, 3), hx(1, 2, 4))
+    with pytest.raises(RuntimeError, match=rf"^{name}: input has inconsistent input_size: got 5 expected 3"):
         cell(torch.randn(2, 5))
-    label = r"hx\[0\]" if n_states == 2 else "hx"
-    with pytest.raises(RuntimeError, match=rf"{name}: for batched input of shape \(2, 3\), {label} must have shape "
-                                           r"\(2, 4\), got \(1, 4\)"):
+    with pytest.raises(RuntimeError, match=rf"^{name}: Input batch size 2 doesn't match hidden0 batch size 1"):
         cell(torch.randn(2, 3), hx(1, 4))
-    with pytest.raises(RuntimeError, match=rf"{name}: for unbatched input of shape \(3,\), {label} must have shape "
-                                           r"\(4,\), got \(1, 4\)"):
+    with pytest.raises(RuntimeError, match=rf"^{name}: hidden0 has inconsistent hidden_size: got 5, expected 4"):
+        cell(torch.randn(2, 3), hx(2, 5))
+    # an unbatched input with a 2-D state: torch unsqueezes both and compares (1, 1, 4) with (1, 3)
+    with pytest.raises(RuntimeError, match=rf"^{name}: hidden0 has inconsistent hidden_size: got 1, expected 4"):
         cell(torch.randn(3), hx(1, 4))
-    with pytest.raises(TypeError, match=rf"{name}: input dtype must match the parameters"):
+    with pytest.raises(RuntimeError, match=rf"^{name}: input and the weights must have the same dtype, but got "
+                                           r"torch.float64 and torch.float32"):
         cell(torch.randn(2, 3, dtype=torch.float64))

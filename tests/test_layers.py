@@ -246,7 +246,7 @@ def test_double_and_to_follow_torch(mode):
     x = torch.randn(T, B, I, dtype=torch.float64)
     assert (ours(x)[0] - theirs(x)[0]).abs().max() <= 1e-12
     ours.to(dtype=torch.float32)
-    with pytest.raises(TypeError, match="dtype must match"):
+    with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float64\) does not match weight dtype"):
         ours(x)
 
 
