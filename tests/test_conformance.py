@@ -637,3 +637,32 @@ def test_deliberate_deviations(dev: Deviation):
     stage, cls, phrase = dev.ours
     assert ours.stage == stage and type(ours.error) is cls, (ours.stage, ours.error)
     assert re.search(phrase, str(ours.error)), ours.error
+
+
+# -- the empty batch with rnnlab's own options (no torch counterpart) --------------------------------------------
+
+@pytest.mark.parametrize("cls", [rnnlab.LSTM, rnnlab.GRU, rnnlab.RNN, rnnlab.LayerNormLSTM, rnnlab.PeepholeLSTM],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_with_every_option(cls: type[rnnlab.RNNBase], backend: str):
+    """With options that run on the cells' own kernels (zoneout, recurrent and weight dropout, learnt initial
+    states, all-step outputs), an empty batch gives the shapes a batch of one gives, with its batch axis empty, zero
+    gradients everywhere, and no warning (it runs on the reference loop, which is no fallback worth a warning)."""
+    options = dict(zoneout=0.2, recurrent_dropout=0.3, weight_dropout=0.1, learn_init=True, return_gates=True)
+    layer = cls(3, 4, num_layers=2, bidirectional=True, backend=backend, dtype=F64, **options)
+
+    def run(batch: int) -> list[tuple[Tensor, int]]:
+        """Every output tensor with its batch axis (AllStates has a leading layer axis)."""
+        out, state, extra = layer(x(5, batch, 3))
+        return ([(t, 1) for t in tensors((out, state))]
+                + [(t, 2) for t in tensors((extra.h, extra.c, list(extra.gates.values())))])
+
+    one = run(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = [t for t, _ in run(0)]
+    assert [list(t.shape) for t in empty] == [[0 if d == axis else n for d, n in enumerate(t.shape)]
+                                              for t, axis in one]
+    sum(t.sum() for t in empty).backward()  # type: ignore[union-attr]
+    for name, p in layer.named_parameters():
+        assert torch.equal(grad_or_zeros(p), torch.zeros_like(p)), name
