@@ -9,6 +9,8 @@ case on torch.nn and on rnnlab.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor
 
@@ -70,3 +72,23 @@ def check_device(owner: str, name: str, tensor: Tensor, weight: Tensor) -> None:
     if tensor.device != weight.device:
         raise RuntimeError(
             f"{owner}: {name} must be on the parameters' device: expected {weight.device}, got {tensor.device}")
+
+
+def given_states(owner: str, hx: object, n_states: int) -> list[Tensor] | None:
+    """The states passed as ``hx`` to a cell or layer, as a list (``None`` when omitted): one Tensor, or for cells
+    with a cell state a tuple or list ``(h, c)`` of Tensors. torch.nn's LSTM raises a RuntimeError for another number
+    of states; for the wrong types it trips over an AttributeError or IndexError, where we raise a TypeError."""
+    if hx is None:
+        return None
+    if n_states == 1 and not isinstance(hx, Tensor):
+        raise TypeError(f"{owner}: hx must be a Tensor, got {type(hx).__name__}")
+    if n_states == 2 and not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{owner}: hx must be tuple of Tensors (h_0, c_0), got {type(hx).__name__}")
+    given: list[Tensor] = []
+    for k, s in enumerate([hx] if n_states == 1 else cast(Sequence[object], hx)):
+        if not isinstance(s, Tensor):
+            raise TypeError(f"{owner}: hx[{k}] must be a Tensor, got {type(s).__name__}")
+        given.append(s)
+    if len(given) != n_states:
+        raise RuntimeError(f"{owner}: expects two hidden states (h_0, c_0), got {len(given)}")
+    return given

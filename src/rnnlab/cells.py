@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as RF
-from ._checks import check_cell_size, check_same_dtype
+from ._checks import check_cell_size, check_same_dtype, given_states
 from .cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC, CellSpec
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "SpecCell"]
@@ -86,7 +86,11 @@ class _CellBase(nn.Module):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        given = self._given_states(hx, n_states)
+        given = given_states(name, hx, n_states)
+        for k, s in enumerate(given or ()):
+            if s.dim() not in (1, 2):
+                label = "hidden" if n_states == 1 else f"hx[{k}]"
+                raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if given is None:
@@ -112,26 +116,6 @@ class _CellBase(nn.Module):
         for k, s in enumerate(states):
             check_same_dtype(name, "hx" if n_states == 1 else f"hx[{k}]", s, self.weight_ih)
         return x, states, batched
-
-    def _given_states(self, hx, n_states: int) -> list[Tensor] | None:
-        """The states passed as ``hx``, checked for type, count and dimensions (``None`` when omitted)."""
-        if hx is None:
-            return None
-        name = type(self).__name__
-        if n_states == 1 and not isinstance(hx, Tensor):
-            raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-        if n_states == 2 and not isinstance(hx, (tuple, list)):
-            raise TypeError(f"{name}: hx must be tuple of Tensors (h_0, c_0), got {type(hx).__name__}")
-        given = [hx] if n_states == 1 else list(hx)
-        for k, s in enumerate(given):
-            label = "hidden" if n_states == 1 else f"hx[{k}]"
-            if not isinstance(s, Tensor):
-                raise TypeError(f"{name}: {label} must be a Tensor, got {type(s).__name__}")
-            if s.dim() not in (1, 2):
-                raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
-        if len(given) != n_states:
-            raise RuntimeError(f"{name}: expects two hidden states (h_0, c_0), got {len(given)}")
-        return given
 
 
 class RNNCell(_CellBase):

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
-from ._checks import check_input_dtype, check_positive_int, check_probability, check_same_dtype, check_type
+from ._checks import (check_input_dtype, check_positive_int, check_probability, check_same_dtype, check_type,
+                      given_states)
 from .cellspec import SPECS, CellSpec, SequenceRun
 from .kernels import fused, get_backend, resolve_backend
 from .kernels.reference import State, hidden_of, recurrence
@@ -332,20 +333,9 @@ class RNNBase(nn.Module):
         """The states passed as ``hx`` (``None`` when omitted), checked for type, count and, for a tensor input
         of ``input_dim`` dimensions, dimensions (torch.nn's checks and messages; a packed input has no such check
         there, its shape check below covers it)."""
-        if hx is None:
-            return None
         name = type(self).__name__
-        if self.spec.n_states == 1 and not isinstance(hx, Tensor):
-            raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-        if self.spec.n_states == 2 and not isinstance(hx, (tuple, list)):
-            raise TypeError(f"{name}: hx must be tuple of Tensors (h_0, c_0), got {type(hx).__name__}")
-        given = [hx] if self.spec.n_states == 1 else list(hx)
-        for k, s in enumerate(given):
-            if not isinstance(s, Tensor):
-                raise TypeError(f"{name}: hx[{k}] must be a Tensor, got {type(s).__name__}")
-        if len(given) != self.spec.n_states:
-            raise RuntimeError(f"{name}: expects two hidden states (h_0, c_0), got {len(given)}")
-        if input_dim is not None and any(s.dim() != input_dim for s in given):
+        given = given_states(name, hx, self.spec.n_states)
+        if given is not None and input_dim is not None and any(s.dim() != input_dim for s in given):
             kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
             if len(given) == 2:
                 raise RuntimeError(f"{name}: For {kind} input, hx and cx should also be {input_dim}-D but got "
