@@ -775,6 +775,113 @@ def fig_results_forget_bias(path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------------------------ numbers the pages quote
+
+
+SAMPLES_JSON = ROOT / "docs" / "data" / "samples.json"
+
+
+def _sci(v: float, digits: int = 1) -> str:
+    """``1.4e-20``, ``1.6e13``: scientific notation as the pages write it (no '+', no padded exponent)."""
+    mantissa, exp = f"{v:.{digits}e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def _thousands(v: float) -> str:
+    return f"{int(round(v)):,}"
+
+
+def _figure_numbers(name: str, figures_dir: Path) -> dict[str, Any]:
+    path = figures_dir / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8"))["numbers"] if path.is_file() else {}
+
+
+def quoted_numbers(figures_dir: Path = FIGURES_DIR, samples: Path = SAMPLES_JSON) -> dict[str, str]:
+    """Every number the guide, README, training.md and results.md quote, formatted as the pages write it, computed
+    from the committed JSON only (the figures' data files, the convergence benchmarks' results, the samples run).
+    ``tests/test_docs.py`` checks that each page in :data:`QUOTES` contains the numbers listed for it, so a rerun
+    that moves a number shows up as a failing test until the text follows. ``--numbers`` prints them."""
+    out: dict[str, str] = {}
+    van = _figure_numbers("vanishing", figures_dir)
+    if van:
+        for h in ("64", "256"):
+            out[f"whh.rho{h}"] = f"{van['default_whh'][h]['rho']:.2f}"
+            out[f"whh.sigma{h}"] = f"{van['default_whh'][h]['sigma_max']:.2f}"
+        for cell, rate in van["rate_k10_60"].items():
+            out[f"vanishing.rate.{cell}"] = f"{rate:.2f}"
+    spec = _figure_numbers("spectral_radius", figures_dir)
+    if spec:
+        out["spectral.rate0.5"] = f"{spec['tanh_rate_0.5']:.3f}"
+        out["spectral.rate0.9"] = f"{spec['tanh_rate_0.9']:.3f}"
+        out["spectral.growth1.5"] = _sci(spec["tanh_growth_at_T"]["1.5"])
+    fg = _figure_numbers("forget_gate", figures_dir)
+    if fg:
+        m = fg["measured"]
+        out["forget.rate.b0"] = f"{m['b0']['rate_k20_100']:.2f}"
+        out["forget.rate.b1"] = f"{m['b1']['rate_k20_100']:.2f}"
+        out["forget.k100.b0"] = _sci(m["b0"]["at_k100"])
+        out["forget.k100.b1"] = _sci(m["b1"]["at_k100"])
+        out["forget.chrono.k200"] = f"{m['chrono']['at_k200']:.2f}"
+        out["forget.maxf.b0"] = f"{m['b0']['max_unit_f']:.2f}"
+        out["forget.maxf.b1"] = f"{m['b1']['max_unit_f']:.3f}"
+        out["forget.ratio.measured"] = _sci(fg["ratio_at_k100_measured"])
+        out["forget.ratio.guides"] = _sci(fg["ratio_at_k100_guides"], 0)
+    clip = _figure_numbers("clipping", figures_dir)
+    if clip:
+        out["clip.nonfinite_step"] = str(clip["no_clip"]["steps_run"] - 1)
+        out["clip.last50"] = f"{clip['clip']['last_50_mean_loss']:.3f}"
+    shakes = _load("shakespeare")
+    if shakes:
+        out["shakespeare.bigram"] = f"{shakes['bigram_measured']:.3f}"
+        out["shakespeare.bigram2"] = f"{shakes['bigram_measured']:.2f}"
+        for r in shakes["runs"]:
+            out[f"shakespeare.{r['cell']}"] = f"{r['curve']['values'][-1]:.3f}"
+    fb = _load("forget_bias")
+    adding = {r["seed"]: r for r in _runs("adding_quick", "adding_seeds_1_2") if r["cell"] == "lstm"}
+    if fb and adding:
+        first = lambda r: next(s for s, v in zip(r["curve"]["steps"], r["curve"]["values"]) if v < 0.05)  # noqa: E731
+        b0 = {r["seed"]: first(r) for r in fb["runs"] if r["forget_bias"] == 0.0}
+        b1 = {seed: first(r) for seed, r in adding.items() if seed in b0}
+        gains = sorted((b0[s] - b1[s] for s in b0), reverse=True)  # steps saved by b_f = 1, per seed
+        out["forget_bias.gain1"], out["forget_bias.gain2"] = _thousands(gains[0]), _thousands(gains[1])
+        out["forget_bias.loss3"] = _thousands(-gains[2])
+        out["forget_bias.median0"] = _thousands(sorted(b0.values())[len(b0) // 2])
+        out["forget_bias.median1"] = _thousands(sorted(b1.values())[len(b1) // 2])
+    if samples.is_file():
+        sm = json.loads(samples.read_text(encoding="utf-8"))
+        out["samples.steps"] = str(sm["config"]["steps"])
+        out["samples.val"] = f"{sm['val_loss'][str(sm['config']['steps'])]:.3f}"
+        for u in sm["units"]:
+            key = u["feature"].replace(" ", "_")
+            out[f"samples.unit.{key}"] = str(u["unit"])
+            out[f"samples.r.{key}"] = f"{u['r']:.2f}"
+            out[f"samples.r_init.{key}"] = f"{u['best_abs_r_at_init']:.2f}"
+    return out
+
+
+_GUIDE = ["whh.rho64", "whh.sigma64", "whh.rho256", "whh.sigma256", "vanishing.rate.rnn_tanh", "vanishing.rate.gru",
+          "vanishing.rate.lstm", "vanishing.rate.lstm_cell", "spectral.rate0.5", "spectral.rate0.9",
+          "spectral.growth1.5", "forget.rate.b0", "forget.rate.b1", "forget.k100.b0", "forget.k100.b1",
+          "forget.chrono.k200", "forget.maxf.b0", "forget.maxf.b1", "forget.ratio.measured", "forget.ratio.guides",
+          "clip.nonfinite_step", "clip.last50", "forget_bias.gain1", "forget_bias.gain2", "forget_bias.loss3",
+          "forget_bias.median0", "forget_bias.median1"]
+_SAMPLES = ["samples.steps", "samples.val", "samples.unit.line_position", "samples.r.line_position",
+            "samples.r_init.line_position"]
+# Which page quotes which number (the keys of quoted_numbers); tests/test_docs.py holds every page to its list.
+QUOTES: dict[str, list[str]] = {
+    "docs/guide.md": _GUIDE + _SAMPLES,
+    "docs/zh/guide.md": _GUIDE + _SAMPLES,
+    "docs/results.md": ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
+                        "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1", "forget.ratio.measured",
+                        "forget.ratio.guides"],
+    "docs/zh/results.md": ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
+                           "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1",
+                           "forget.ratio.measured", "forget.ratio.guides"],
+    "docs/training.md": ["shakespeare.bigram2"],
+    "README.md": ["shakespeare.bigram2"],
+}
+
+
 FIGURES: dict[str, Callable[[Path], Path | None]] = {
     "diagram_unrolled": fig_diagram_unrolled,
     "diagram_lstm": fig_diagram_lstm,
@@ -798,12 +905,20 @@ FIGURES: dict[str, Callable[[Path], Path | None]] = {
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--list", action="store_true", help="print the figure names and exit")
+    p.add_argument("--numbers", action="store_true",
+                   help="print the numbers the pages quote (from the committed JSON) and which pages quote them")
     p.add_argument("--only", nargs="+", default=None, choices=list(FIGURES), metavar="NAME",
                    help="make only these figures")
     p.add_argument("--out", type=Path, default=FIGURES_DIR, help="output folder (default docs/figures)")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(f"{name}.png" for name in FIGURES))
+        return 0
+    if args.numbers:
+        numbers = quoted_numbers()
+        for key, text in numbers.items():
+            pages = [page for page, keys in QUOTES.items() if key in keys]
+            print(f"{key:32s} {text:>10s}   {', '.join(pages)}")
         return 0
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
