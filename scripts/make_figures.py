@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -36,6 +37,7 @@ from rnnlab.init import apply_init
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_DIR = ROOT / "docs" / "figures"
 RESULTS_DIR = ROOT / "benchmarks" / "convergence" / "results"
+SAMPLES_JSON = ROOT / "docs" / "data" / "samples.json"  # written by scripts/make_samples.py (a short training run)
 
 COLORS = {"rnn_tanh": "tab:red", "rnn_relu": "tab:purple", "lstm": "tab:blue", "gru": "tab:green"}
 LABELS = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
@@ -597,6 +599,42 @@ def fig_diagram_tbptt(path: Path) -> Path:
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------------------------ a trained LSTM's units
+
+
+def fig_lstm_units(path: Path) -> Path | None:
+    """Cell activations tanh(c_t) of the units that scripts/make_samples.py found most correlated with simple text
+    features, drawn as colour behind each character of a held-out passage (after Karpathy, Johnson & Fei-Fei
+    2015). Drawn from docs/data/samples.json; nothing is trained here."""
+    if not SAMPLES_JSON.is_file():
+        return None
+    data = json.loads(SAMPLES_JSON.read_text(encoding="utf-8"))
+    lines = data["passage"].split("\n")
+    cols = max(len(line) for line in lines) + 1
+    # The two features with a clear unit after 300 steps; the stage-direction unit is quoted in the text only.
+    units = [u for u in data["units"] if u["feature"] in ("speaker name", "line position")]
+    fig = Figure(figsize=(0.105 * cols + 0.6, 0.24 * len(lines) * len(units) + 0.9 * len(units)))
+    cmap = matplotlib.colormaps["coolwarm"]
+    for k, u in enumerate(units):
+        ax = fig.add_subplot(len(units), 1, k + 1)
+        acts = u["activation"]
+        i = 0
+        for row, line in enumerate(lines):
+            for col, ch in enumerate(line + "\n"):
+                if i >= len(acts):
+                    break
+                ax.add_patch(Rectangle((col, row), 1, 1, facecolor=cmap((acts[i] + 1) / 2), edgecolor="none"))
+                if ch != "\n":
+                    ax.text(col + 0.5, row + 0.55, ch, ha="center", va="center", fontsize=7.5, family="monospace")
+                i += 1
+        ax.set_xlim(0, cols)
+        ax.set_ylim(len(lines), 0)
+        ax.axis("off")
+        ax.set_title(f"unit {u['unit']}, tanh(c_t): '{u['feature']}', r = {u['r']:+.2f} (init: {u['best_abs_r_at_init']:.2f})"
+                     f"; blue -1, red +1", fontsize=9, loc="left")
+    return _save(fig, path, {"units": [{k: v for k, v in u.items() if k != "activation"} for u in units]})
+
+
 # ---------------------------------------------------------------------------------------------- results figures
 
 
@@ -778,8 +816,6 @@ def fig_results_forget_bias(path: Path) -> Path | None:
 # ------------------------------------------------------------------------------------ numbers the pages quote
 
 
-SAMPLES_JSON = ROOT / "docs" / "data" / "samples.json"
-
 
 def _sci(v: float, digits: int = 1) -> str:
     """``1.4e-20``, ``1.6e13``: scientific notation as the pages write it (no '+', no padded exponent)."""
@@ -851,6 +887,9 @@ def quoted_numbers(figures_dir: Path = FIGURES_DIR, samples: Path = SAMPLES_JSON
         sm = json.loads(samples.read_text(encoding="utf-8"))
         out["samples.steps"] = str(sm["config"]["steps"])
         out["samples.val"] = f"{sm['val_loss'][str(sm['config']['steps'])]:.3f}"
+        out["samples.analysis_chars"] = _thousands(sm["analysis_chars"])
+        for x in sm["samples"]:  # the first line of each sample the pages show
+            out[f"samples.text.{x['step']}.{x['temperature']:g}"] = x["text"].split("\n")[0][:80]
         for u in sm["units"]:
             key = u["feature"].replace(" ", "_")
             out[f"samples.unit.{key}"] = str(u["unit"])
@@ -865,8 +904,10 @@ _GUIDE = ["whh.rho64", "whh.sigma64", "whh.rho256", "whh.sigma256", "vanishing.r
           "forget.chrono.k200", "forget.maxf.b0", "forget.maxf.b1", "forget.ratio.measured", "forget.ratio.guides",
           "clip.nonfinite_step", "clip.last50", "forget_bias.gain1", "forget_bias.gain2", "forget_bias.loss3",
           "forget_bias.median0", "forget_bias.median1"]
-_SAMPLES = ["samples.steps", "samples.val", "samples.unit.line_position", "samples.r.line_position",
-            "samples.r_init.line_position"]
+_SAMPLES = ["samples.steps", "samples.val", "samples.analysis_chars", "samples.text.25.0.8", "samples.text.100.0.8",
+            "samples.text.300.0.8", "samples.text.300.0.5", "samples.text.300.1.5"] + [
+    f"samples.{what}.{feature}" for what in ("unit", "r", "r_init")
+    for feature in ("line_position", "speaker_name", "stage_direction")]
 # Which page quotes which number (the keys of quoted_numbers); tests/test_docs.py holds every page to its list.
 QUOTES: dict[str, list[str]] = {
     "docs/guide.md": _GUIDE + _SAMPLES,
@@ -878,7 +919,7 @@ QUOTES: dict[str, list[str]] = {
                            "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1",
                            "forget.ratio.measured", "forget.ratio.guides"],
     "docs/training.md": ["shakespeare.bigram2"],
-    "README.md": ["shakespeare.bigram2"],
+    "README.md": ["shakespeare.bigram2", "samples.val", "samples.text.300.0.8"],
 }
 
 
@@ -893,6 +934,7 @@ FIGURES: dict[str, Callable[[Path], Path | None]] = {
     "init_presets": fig_init_presets,
     "tbptt": fig_tbptt,
     "clipping": fig_clipping,
+    "lstm_units": fig_lstm_units,
     "results_adding": fig_results_adding,
     "results_lags": fig_results_lags,
     "results_mnist1d": fig_results_mnist1d,

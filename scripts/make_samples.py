@@ -98,13 +98,59 @@ def cell_activations(model: torch.nn.Module, ids: Tensor) -> Tensor:
     return torch.tanh(states.c[-1, :, 0])  # last layer, batch row 0: (T, H)
 
 
+def pick_passage(text: str) -> int:
+    """Start of the PASSAGE_CHARS-long window, beginning after a blank line, with the most speakers' names (so
+    the figure shows several speeches); the first such window on ties."""
+    starts = [i + 2 for i in range(len(text) - PASSAGE_CHARS) if text.startswith("\n\n", i)]
+    speakers = text_features(text)["speaker name"]
+    return max(starts, key=lambda s: int((speakers[s:s + PASSAGE_CHARS].diff() > 0).sum()))
+
+
+def analyse(model: torch.nn.Module, task: Any, val_text: str, val_ids: Tensor, features: dict[str, Tensor],
+            at_init: dict[str, float]) -> tuple[str, list[dict[str, Any]]]:
+    """The passage and, per feature, the most correlated unit with its activations over the passage."""
+    acts = cell_activations(model, val_ids)  # (N, H)
+    start = pick_passage(val_text)
+    units = []
+    for name, feature in features.items():
+        r = correlations(acts, feature)
+        best = int(r.abs().argmax())
+        units.append({"feature": name, "unit": best, "r": round(float(r[best]), 3),
+                      "best_abs_r_at_init": at_init[name],
+                      "activation": [round(float(v), 3) for v in acts[start:start + PASSAGE_CHARS, best]]})
+    return val_text[start:start + PASSAGE_CHARS], units
+
+
+def reanalyse(weights: Path, out: Path) -> int:
+    """Redo the unit analysis of an existing result file from saved weights (``--save-model``), keeping its
+    samples: for a change of features or passage without retraining."""
+    result = json.loads(out.read_text(encoding="utf-8"))
+    cfg = load_config(ROOT / "configs" / "shakespeare.toml", {"train.max_steps": result["config"]["steps"],
+                                                              "run.progress": False})
+    trainer = setup_run(cfg, run_dir=None, progress=False)
+    task = trainer.task
+    val_text = task.char_vocab.decode(task.val_x[:, 0])[:ANALYSIS_CHARS]
+    val_ids, features = task.char_vocab.encode(val_text), text_features(val_text)
+    init_acts = cell_activations(trainer.model, val_ids)  # the seed's initial weights, as in a full run
+    at_init = {name: round(float(correlations(init_acts, f).abs().max()), 3) for name, f in features.items()}
+    trainer.model.load_state_dict(torch.load(weights))
+    result["passage"], result["units"] = analyse(trainer.model.eval(), task, val_text, val_ids, features, at_init)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{out}: units {[(u['feature'], u['unit'], u['r']) for u in result['units']]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300, help="training steps (the main job runs 800)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=Path, default=OUT, help="result JSON (default docs/data/samples.json)")
     p.add_argument("--save-model", type=Path, default=None, help="also save the trained weights here (torch.save)")
+    p.add_argument("--reanalyse", type=Path, default=None, metavar="WEIGHTS",
+                   help="only redo the unit analysis of --out from weights saved by --save-model (no training)")
     args = p.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(args.reanalyse, args.out)
     cfg = load_config(ROOT / "configs" / "shakespeare.toml",
                       {"train.max_steps": args.steps, "train.threads": args.threads, "run.progress": False})
     steps = {s for s in SAMPLE_STEPS if s < args.steps} | {args.steps}
@@ -125,17 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         model, task.vocab, prime="\n", length=SAMPLE_CHARS, temperature=t, generator=torch.Generator().manual_seed(0))}
         for t in TEMPERATURES]
 
-    acts = cell_activations(model, val_ids)  # (N, H)
-    units = []
-    for name, feature in features.items():
-        r = correlations(acts, feature)
-        best = int(r.abs().argmax())
-        units.append({"feature": name, "unit": best, "r": round(float(r[best]), 3), "best_abs_r_at_init": at_init[name]})
-    start = val_text.find("\n\n", 1000) + 2  # the passage starts at a speech boundary
-    passage = val_text[start:start + PASSAGE_CHARS]
-    pacts = acts[start:start + PASSAGE_CHARS]
-    for u in units:
-        u["activation"] = [round(float(v), 3) for v in pacts[:, u["unit"]]]
+    passage, units = analyse(model, task, val_text, val_ids, features, at_init)
     result = {
         "what": "rnnlab train's main job (configs/shakespeare.toml) with max_steps reduced; written by "
                 "scripts/make_samples.py",
