@@ -140,7 +140,7 @@ def reanalyse(weights: Path, out: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300, help="training steps (the main job runs 800)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-model", type=Path, default=None, help="also save the trained weights here (torch.save)")
     p.add_argument("--reanalyse", type=Path, default=None, metavar="WEIGHTS",
                    help="only redo the unit analysis of --out from weights saved by --save-model (no training)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.reanalyse:
         return reanalyse(args.reanalyse, args.out)
     cfg = load_config(ROOT / "configs" / "shakespeare.toml",

@@ -8,6 +8,7 @@ How each quoted command is checked, within this file's budget (one shared CPU):
   run here (docs/results.md).
 * ``rnnlab gradflow|compare ...``: the real CLI parses the quoted flags and builds and validates the command's
   config; the report-writing function is replaced by that validation (the commands' own tests run them).
+* ``python scripts/make_samples.py ...``: its flags are parsed (the run trains for minutes; its result is committed).
 * ``python scripts/make_figures.py ...``: ``--list`` runs as is; other flags are parsed with a figure drawn from a
   committed benchmark JSON. One measured guide figure is computed at a tiny size in a separate test.
 * ``make figures``: the Makefile target must call the script.
@@ -166,7 +167,7 @@ def test_pages_quote_the_committed_json():
 # Numbers and messages that were wrong or not comparable, and must not come back: (page, text, why).
 STALE = [
     ("README.md", "2.47", "the bigram on tiny-shakespeare; ours on this split is in results.md"),
-    ("README.md", "1.88", "nanoGPT on another split"),
+    ("README.md", "published at 1.88", "nanoGPT on another split"),
     ("docs/training.md", "bigram 2.47", "the bigram on tiny-shakespeare"),
     ("docs/guide.md", "1e-20` times smaller", "1e20 times smaller"),
     ("docs/guide.md", "halves at every step.", "the measured rate is about 0.64"),
@@ -227,6 +228,9 @@ def test_quoted_command_runs(doc, cmd, tmp_path, monkeypatch, capsys):
         else:  # the quoted flags, then draw one figure from a committed JSON into tmp_path
             assert figures.main([*argv[2:], "--only", "results_adding", "--out", str(tmp_path)]) == 0
             assert (tmp_path / "results_adding.png").is_file()
+        return
+    if argv[0] == "python" and argv[1] == "scripts/make_samples.py":  # minutes of training: the flags must parse
+        _load(ROOT / argv[1]).build_parser().parse_args(argv[2:])
         return
     if argv[0] == "python" and argv[1].startswith("examples/"):
         assert (ROOT / argv[1]).is_file(), f"{doc}: {argv[1]} does not exist"
