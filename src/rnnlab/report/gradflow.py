@@ -121,7 +121,7 @@ def lesson(half_lives: dict[tuple[str, str], float], hidden_size: int) -> str:
         return ""
     at_init = ", ".join(f"{CELLS[c]} {hl[(c, 'torch')]}" for c in ("rnn_tanh", "lstm", "gru") if (c, "torch") in hl)
     bound = 1 / math.sqrt(hidden_size)
-    text = (f"Read this first. At torch's default init the gradient half-lives (steps, first layer) are {at_init}: the gates "
+    text = (f"At torch's default init the gradient half-lives (steps, first layer) are {at_init}: the gates "
             f"change little at step 0, because torch draws every weight and bias, the forget gate's included, from "
             f"U(-{bound:.3g}, {bound:.3g}), so every forget gate starts near sigmoid(0) = 0.5: the cell path "
             f"dc_t/dc_(t-1) = diag(f_t) scales the gradient by about 0.5 per step, and with the paths through h "
@@ -133,7 +133,7 @@ def lesson(half_lives: dict[tuple[str, str], float], hidden_size: int) -> str:
     opened = [o for o in opened if o]
     text += ("the LSTM with " + " and with ".join(opened) + ". " if opened else
              "rerun with --inits torch,forget_bias,chrono to see it. ")
-    return text + "(docs/guide.md, section 3.) "
+    return text + "(docs/guide.md, section 3.)"
 
 
 def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
@@ -188,9 +188,11 @@ def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
              f"Loss = MSE of the last step's read-out; every gradient is the total one through the recurrence, "
              f"computed on the reference loop with the model's own weights. Measured in "
              f"{time.perf_counter() - started:.1f} s.")
-    head = Section("Summary", text=lesson(half_lives, cfg.hidden_size) + "half-life: steps for ||dL/dh|| to halve "
-                   "(log-linear fit over the whole sequence, see rnnlab.diagnostics.half_life); sat.: fraction of "
-                   "saturated units (sigmoid < 0.1 or > 0.9, |tanh| > 0.9).", table=table,
+    head = Section("Summary", text="half-life: steps for ||dL/dh|| to halve (log-linear fit over the whole "
+                   "sequence, see rnnlab.diagnostics.half_life); sat.: fraction of saturated units "
+                   "(sigmoid < 0.1 or > 0.9, |tanh| > 0.9).", table=table,
                    images=[(profile_png.name, "all cells and inits: gradient norm vs steps back from the loss, "
                                               "normalised at the loss (solid h, dashed c)")])
-    return write_html(out / "report.html", "rnnlab gradflow", [head, *sections], intro)
+    first = lesson(half_lives, cfg.hidden_size)
+    opening = [Section("What this shows", text=first)] if first else []
+    return write_html(out / "report.html", "rnnlab gradflow", [*opening, head, *sections], intro)
