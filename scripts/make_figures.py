@@ -390,7 +390,7 @@ def fig_clipping(path: Path) -> Path:
     ax_g.set_title("global gradient norm before clipping")
     ax_g.set_ylabel("||g|| (all parameters)")
     ax_l.axhline(1 / 6, color="k", lw=0.8, ls=":", label="predict 1: MSE 1/6 (learned nothing)")
-    ax_l.set_title(f"training loss (tanh RNN, W_hh = 1.5 Q, SGD 0.1, T={T})")
+    ax_l.set_title(f"training loss (tanh RNN, W_hh = 1.5 Q, SGD 0.1, T={T})", fontsize=10)
     ax_l.set_ylabel("training MSE")
     for ax in (ax_g, ax_l):
         ax.set_xlabel("optimiser step")

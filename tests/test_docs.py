@@ -109,7 +109,7 @@ def test_figure_script_measures_what_the_guide_says(tmp_path):
 
 def _close(made, committed, where: str) -> None:
     """Recursively compare two figures' data: same structure and strings, numbers within 2% (relative; 1e-30
-    absolute for values that underflow). 2% is about one pixel on the figures' log axes: the data must agree to
+    absolute, and a gap against a value below 1e-25, for gradients at the edge of float32's range). 2% is about one pixel on the figures' log axes: the data must agree to
     what a reader can see, not to the last bit, because float32 sums differ across CPUs and MKL code paths."""
     import math
 
@@ -122,7 +122,9 @@ def _close(made, committed, where: str) -> None:
         for i, (a, b) in enumerate(zip(made, committed)):
             _close(a, b, f"{where}[{i}]")
     elif isinstance(committed, float) or isinstance(made, float):
-        assert made is not None and committed is not None, f"{where}: {made} vs {committed}"
+        if made is None or committed is None:  # a gradient that underflowed float32 on one machine (drawn as a gap)
+            assert abs(made if made is not None else committed) < 1e-25, f"{where}: {made} vs {committed}"
+            return
         assert math.isclose(made, committed, rel_tol=2e-2, abs_tol=1e-30), f"{where}: {made} vs {committed}"
     else:
         assert made == committed, f"{where}: {made!r} vs {committed!r}"
