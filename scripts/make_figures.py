@@ -866,6 +866,17 @@ def quoted_numbers(figures_dir: Path = FIGURES_DIR, samples: Path = SAMPLES_JSON
     if clip:
         out["clip.nonfinite_step"] = str(clip["no_clip"]["steps_run"] - 1)
         out["clip.last50"] = f"{clip['clip']['last_50_mean_loss']:.3f}"
+    for r in _adding_runs():  # docs/results.md, section 1 and the lag sweep
+        digits = 4 if r["seq_len"] == 100 else 3  # the lag-sweep table writes three
+        out[f"adding.{r['cell']}.T{r['seq_len']}.s{r['seed']}.mse"] = f"{r['final_mse']:.{digits}f}"
+    for r in _runs("mnist1d", "mnist1d_rnn_lr1e-3"):
+        out[f"mnist1d.{r['model']}.final"] = f"{r['final_acc']:.3f}"
+        out[f"mnist1d.{r['model']}.best"] = f"{r['best_acc']:.3f}"
+    for name in ("copy_memory", "copy_memory_T30_10k"):
+        for r in _runs(name):
+            tag = "10k" if name.endswith("10k") else "3k"
+            out[f"copy.{r['cell']}.T{r['delay']}.{tag}.ce"] = f"{r['final_ce']:.3f}"
+            out[f"copy.{r['cell']}.T{r['delay']}.{tag}.ratio"] = f"{r['final_ce'] / r['baseline']:.2f}"
     shakes = _load("shakespeare")
     if shakes:
         out["shakespeare.bigram"] = f"{shakes['bigram_measured']:.3f}"
@@ -908,14 +919,21 @@ _SAMPLES = ["samples.steps", "samples.val", "samples.analysis_chars", "samples.t
             "samples.text.300.0.8", "samples.text.300.0.5", "samples.text.300.1.5"] + [
     f"samples.{what}.{feature}" for what in ("unit", "r", "r_init")
     for feature in ("line_position", "speaker_name", "stage_direction")]
+_RESULTS = [f"adding.{cell}.T100.s{seed}.mse" for cell in ("lstm", "gru", "rnn_tanh") for seed in (0, 1, 2)] + [
+    f"adding.{cell}.T{t}.s0.mse" for cell, t in (("lstm", 50), ("gru", 50), ("rnn_tanh", 50), ("lstm", 200),
+                                                  ("gru", 200), ("rnn_tanh", 200), ("gru", 400))] + [
+    f"mnist1d.{model}.{which}" for model in ("gru6_bi_flat", "lstm64_last", "rnn64_last", "rnn64_last_lr1e-3")
+    for which in ("final", "best")] + [
+    f"copy.{cell}.T{t}.3k.{what}" for cell in ("lstm", "gru", "rnn_tanh") for t in (30, 100) for what in ("ce", "ratio")
+] + [f"copy.{cell}.T30.10k.{what}" for cell in ("lstm", "gru") for what in ("ce", "ratio")]
 # Which page quotes which number (the keys of quoted_numbers); tests/test_docs.py holds every page to its list.
 QUOTES: dict[str, list[str]] = {
     "docs/guide.md": _GUIDE + _SAMPLES,
     "docs/zh/guide.md": _GUIDE + _SAMPLES,
-    "docs/results.md": ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
+    "docs/results.md": _RESULTS + ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
                         "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1", "forget.ratio.measured",
                         "forget.ratio.guides"],
-    "docs/zh/results.md": ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
+    "docs/zh/results.md": _RESULTS + ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
                            "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1",
                            "forget.ratio.measured", "forget.ratio.guides"],
     "docs/training.md": ["shakespeare.bigram2"],
