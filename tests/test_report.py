@@ -168,3 +168,27 @@ def test_compare_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert "compare: --init expects one of ['torch', 'orthogonal'" in capsys.readouterr().err
     assert main(["compare", "--task", "copy", "--out", str(tmp_path)]) == 2
     assert "--task supports 'adding'" in capsys.readouterr().err
+
+
+def test_default_gradflow_report_opens_with_the_forget_gate_contrast(tmp_path):
+    """With torch's init and an LSTM, the report also measures the LSTM with forget-gate bias 1 and with chrono init
+    and opens with what the half-lives say: at torch's init the gates change little, and both presets lengthen the
+    LSTM's memory. The half-lives quoted on the page are the ones in diagnostics.json."""
+    from rnnlab.diagnostics import half_life
+
+    out = tmp_path / "gf"
+    assert main(["gradflow", "--cells", "rnn,lstm", "--seq-len", "40", "--hidden-size", "16", "--num-layers", "1",
+                 "--batch-size", "8", "--rows", "1", "--out", str(out)]) == 0
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert set(diag) == {"rnn_tanh-torch", "lstm-torch", "lstm-forget_bias", "lstm-chrono"}
+    # by distance from the loss: the states T-1 .. 0, then the initial state (GradientProfile.by_distance)
+    hl = {k: half_life([*reversed(d["profile"]["hidden"][0]), d["profile"]["hidden_initial"][0]])
+          for k, d in diag.items()}
+    assert hl["lstm-torch"] < hl["lstm-forget_bias"] < hl["lstm-chrono"], hl  # each preset opens the cell path
+    text = (out / "report.html").read_text()
+    assert "What this shows" in text and "sigmoid(0) = 0.5" in text
+    assert f"forget-gate bias 1 ({hl['lstm-forget_bias']:.3g} steps)" in text
+    # explicit inits other than torch, or --contrast none, measure exactly cells x inits
+    assert main(["gradflow", "--cells", "lstm", "--seq-len", "5", "--hidden-size", "4", "--num-layers", "1",
+                 "--batch-size", "2", "--rows", "1", "--contrast", "none", "--out", str(tmp_path / "n")]) == 0
+    assert set(json.loads((tmp_path / "n" / "diagnostics.json").read_text())) == {"lstm-torch"}

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"batch rows for the Jacobian products (default {d.rows})")
     p.add_argument("--t-max", type=float, default=None, help="chrono init's T_max (default: --seq-len)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data (default 0)")
+    p.add_argument("--contrast", type=_names, default=None, metavar="CELL:INIT,...",
+                   help="extra cell:init pairs measured beside cells x inits (default: with --inits torch and an "
+                        "LSTM, lstm:forget_bias,lstm:chrono, the contrast that shows what the forget gate does; "
+                        "'none' for no extra pairs)")
     p.add_argument("--out", default="runs/gradflow", help="output folder (default runs/gradflow)")
     p.set_defaults(func=run)
 
@@ -40,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = GradflowConfig(cells=args.cells, inits=args.inits, task=args.task, seq_len=args.seq_len,
                          hidden_size=args.hidden_size, num_layers=args.num_layers, batch_size=args.batch_size,
-                         rows=args.rows, t_max=args.t_max, seed=args.seed)
+                         rows=args.rows, t_max=args.t_max, seed=args.seed,
+                         contrast=[] if args.contrast == ["none"] else args.contrast)
     path = run_gradflow(cfg, args.out)
     print(f"rnnlab gradflow: wrote {path}")
     return 0

@@ -40,6 +40,10 @@ class GradflowConfig:
     rows: int = 2  # batch rows used for the Jacobian products (their cost grows with rows * T * S^2)
     t_max: float | None = None  # chrono's T_max; None = seq_len
     seed: int = 0
+    # Extra "cell:init" pairs measured beside cells x inits. None = the lesson of the guide (section 3): when the
+    # report runs torch's init with an LSTM, also the LSTM with forget-gate bias 1 and with chrono init, because at
+    # torch's init the gated cells' gradients decay almost as fast as the tanh RNN's. [] = no extra pairs.
+    contrast: list[str] | None = None
 
     def validate(self) -> None:
         """Raises UserError naming the bad field, expected vs got."""
@@ -57,6 +61,31 @@ class GradflowConfig:
                 raise UserError(f"gradflow: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise UserError(f"gradflow: --seq-len must be >= 2 for the adding problem, got {self.seq_len}")
+        if self.contrast is None:
+            self.contrast = (["lstm:forget_bias", "lstm:chrono"] if self.inits == ["torch"] and "lstm" in self.cells
+                             else [])
+        for pair in self.contrast:
+            cell, _, init = pair.partition(":")
+            if cell_name_or_none(cell) is None or init not in INIT_PRESETS:
+                raise UserError(f"gradflow: --contrast expects comma-separated cell:init pairs with a cell of "
+                                f"{list(CELLS)} and an init of {list(INIT_PRESETS)}, got {pair!r}")
+        self.contrast = [f"{cell_name(p.partition(':')[0])}:{p.partition(':')[2]}" for p in self.contrast]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (cell, init) the report measures: cells x inits, then the contrast pairs not already there."""
+        out = [(cell, init) for cell in self.cells for init in self.inits]
+        for pair in self.contrast or []:
+            cell, _, init = pair.partition(":")
+            if (cell, init) not in out:
+                out.append((cell, init))
+        return out
+
+
+def cell_name_or_none(cell: str) -> str | None:
+    try:
+        return cell_name(cell)
+    except ValueError:
+        return None
 
 
 SUMMARY_HEADER = ["cell", "init", "layer", "loss", "half-life h (steps)", "||dL/dh_0|| / ||dL/dh_T||",
@@ -84,6 +113,29 @@ def _na(v: float | None) -> str:
     return "-" if v is None else _fmt(v)
 
 
+def lesson(half_lives: dict[tuple[str, str], float], hidden_size: int) -> str:
+    """The sentences that open the report: what the measured half-lives (last layer) say, and why at torch's init
+    the gated cells look like the tanh RNN. Empty when the report has no torch-init LSTM to talk about."""
+    hl = {k: _fmt(v) for k, v in half_lives.items()}
+    if ("lstm", "torch") not in hl:
+        return ""
+    at_init = ", ".join(f"{CELLS[c]} {hl[(c, 'torch')]}" for c in ("rnn_tanh", "lstm", "gru") if (c, "torch") in hl)
+    bound = 1 / math.sqrt(hidden_size)
+    text = (f"At torch's default init the gradient half-lives (steps, first layer) are {at_init}: the gates "
+            f"change little at step 0, because torch draws every weight and bias, the forget gate's included, from "
+            f"U(-{bound:.3g}, {bound:.3g}), so every forget gate starts near sigmoid(0) = 0.5: the cell path "
+            f"dc_t/dc_(t-1) = diag(f_t) scales the gradient by about 0.5 per step, and with the paths through h "
+            f"the LSTM's gradient decays about as fast as the tanh RNN's, whose W_hh has a spectral radius near "
+            f"0.6. What the LSTM adds is a path whose decay is a gate it can learn "
+            f"to open, or that an init can open from the start: ")
+    opened = [f"forget-gate bias 1 ({hl[('lstm', 'forget_bias')]} steps)" if ("lstm", "forget_bias") in hl else "",
+              f"chrono init ({hl[('lstm', 'chrono')]} steps)" if ("lstm", "chrono") in hl else ""]
+    opened = [o for o in opened if o]
+    text += ("the LSTM with " + " and with ".join(opened) + ". " if opened else
+             "rerun with --inits torch,forget_bias,chrono to see it. ")
+    return text + "(docs/guide.md, section 3.)"
+
+
 def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
     """Measure every (cell, init) pair of ``cfg`` and write ``report.html``, PNGs, ``config.json`` and
     ``diagnostics.json`` into ``out``. Returns the HTML path.
@@ -100,33 +152,34 @@ def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
     sections: list[Section] = []
     table = [SUMMARY_HEADER]
     started = time.perf_counter()
-    for cell in cfg.cells:
-        for init in cfg.inits:
-            torch.manual_seed(cfg.seed)  # same base weights for every init of a cell
-            model = LastStepRegressor(cell, 2, cfg.hidden_size, cfg.num_layers)
-            try:
-                apply_init(model, init, t_max=cfg.t_max or float(max(cfg.seq_len, 3)),
-                           generator=torch.Generator().manual_seed(cfg.seed))
-            except ValueError as err:
-                raise UserError(str(err)) from err
-            diag = analyse(model, lambda: ((model(x) - y) ** 2).mean(), rows=cfg.rows)
-            key = f"{cell}-{init}"
-            results[key] = diag
-            table.extend(summary_row(cell, init, diag, n) for n in range(len(diag.profile.names)))
-            images = [(plot_heatmap(diag.profile, out / f"{key}_heatmap_h.png",
-                                    f"{CELLS[cell]}, init {init}: log10 ||dL/dh_t||").name,
-                       "log10 of the total gradient reaching each hidden state, per layer and step")]
-            if cell == "lstm":
-                images.append((plot_heatmap(diag.profile, out / f"{key}_heatmap_c.png",
-                                            f"LSTM, init {init}: log10 ||dL/dc_t||", which="cell").name,
-                               "the same for the cell state c_t (the additive path)"))
-            images.append((plot_jacobian_spectra(dict(zip(diag.profile.names, diag.jacobians)),
-                                                 out / f"{key}_jacobian.png", f"{CELLS[cell]}, init {init}").name,
-                           "singular values of the Jacobian product ds_T/ds_{T-k} (state s = h, or (h, c))"))
-            images.append((plot_weight_spectra(diag.weights, out / f"{key}_whh.png").name,
-                           "eigenvalues of each gate block of W_hh, with the unit circle"))
-            images.append((plot_gates(diag.gates, out / f"{key}_gates.png").name, "gate statistics per step"))
-            sections.append(Section(f"{CELLS[cell]}, init {init}", images=images))
+    half_lives: dict[tuple[str, str], float] = {}
+    for cell, init in cfg.pairs():
+        torch.manual_seed(cfg.seed)  # same base weights for every init of a cell
+        model = LastStepRegressor(cell, 2, cfg.hidden_size, cfg.num_layers)
+        try:
+            apply_init(model, init, t_max=cfg.t_max or float(max(cfg.seq_len, 3)),
+                       generator=torch.Generator().manual_seed(cfg.seed))
+        except ValueError as err:
+            raise UserError(str(err)) from err
+        diag = analyse(model, lambda: ((model(x) - y) ** 2).mean(), rows=cfg.rows)
+        key = f"{cell}-{init}"
+        results[key] = diag
+        half_lives[(cell, init)] = diag.profile.half_lives()[0]  # the first layer, as the table's first row
+        table.extend(summary_row(cell, init, diag, n) for n in range(len(diag.profile.names)))
+        images = [(plot_heatmap(diag.profile, out / f"{key}_heatmap_h.png",
+                                f"{CELLS[cell]}, init {init}: log10 ||dL/dh_t||").name,
+                   "log10 of the total gradient reaching each hidden state, per layer and step")]
+        if cell == "lstm":
+            images.append((plot_heatmap(diag.profile, out / f"{key}_heatmap_c.png",
+                                        f"LSTM, init {init}: log10 ||dL/dc_t||", which="cell").name,
+                           "the same for the cell state c_t (the additive path)"))
+        images.append((plot_jacobian_spectra(dict(zip(diag.profile.names, diag.jacobians)),
+                                             out / f"{key}_jacobian.png", f"{CELLS[cell]}, init {init}").name,
+                       "singular values of the Jacobian product ds_T/ds_{T-k} (state s = h, or (h, c))"))
+        images.append((plot_weight_spectra(diag.weights, out / f"{key}_whh.png").name,
+                       "eigenvalues of each gate block of W_hh, with the unit circle"))
+        images.append((plot_gates(diag.gates, out / f"{key}_gates.png").name, "gate statistics per step"))
+        sections.append(Section(f"{CELLS[cell]}, init {init}", images=images))
     profile_png = plot_profiles({k: d.profile for k, d in results.items()}, out / "profiles.png",
                                 f"Gradient norm vs distance from the loss (adding problem, T={cfg.seq_len})")
     (out / "diagnostics.json").write_text(json.dumps({k: d.to_dict() for k, d in results.items()}) + "\n")
@@ -140,4 +193,6 @@ def run_gradflow(cfg: GradflowConfig, out: str | Path) -> Path:
                    "(sigmoid < 0.1 or > 0.9, |tanh| > 0.9).", table=table,
                    images=[(profile_png.name, "all cells and inits: gradient norm vs steps back from the loss, "
                                               "normalised at the loss (solid h, dashed c)")])
-    return write_html(out / "report.html", "rnnlab gradflow", [head, *sections], intro)
+    first = lesson(half_lives, cfg.hidden_size)
+    opening = [Section("What this shows", text=first)] if first else []
+    return write_html(out / "report.html", "rnnlab gradflow", [*opening, head, *sections], intro)
