@@ -35,6 +35,11 @@ diagnostics.
 Variable lengths follow the reference loop exactly: steps ``t >= lengths[b]`` output zeros and leave row ``b``'s
 state unchanged; their gate gradients are zero.
 
+Double backward: the compiled backward is not made of autograd ops, so under ``create_graph=True`` every
+Function here (and in the variants' kernels) differentiates the same layer-direction on the reference loop
+instead (:func:`rnnlab.kernels.reference.backward_through_loop`), and its gradients have a graph to the inputs,
+the weights and the incoming gradients. A first-order backward never takes that route.
+
 Example:
     >>> import rnnlab
     >>> lstm = rnnlab.LSTM(8, 16, backend="fused")
@@ -426,8 +431,7 @@ def _reference_run(mode: str, cell: Any, x: Tensor, state: reference.State, weig
     if cell is None:
         Y, final = reference.run_layer(mode, x, state, weights, reverse=reverse, lengths=lengths)
         return Y, final, None, None
-    p = {name: w for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), weights)
-         if w is not None}
+    p = dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), weights))
     Y, final, C, G = reference.run_cell(cell.step, cell.gates if gates else None, x, state, p, reverse=reverse,
                                         lengths=lengths, h_mask=h_mask, keep=keep, record=record or gates)
     return Y, final, C if record else None, None if G is None else torch.cat(list(G.values()), dim=2)
@@ -436,8 +440,8 @@ def _reference_run(mode: str, cell: Any, x: Tensor, state: reference.State, weig
 # Each takes its options Function's inputs and returns its outputs; the plain Function's are a prefix of both.
 def _lstm_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask=None, keep_h=None, keep_c=None,
                record=False, gates=False, sink=None, cell=None) -> tuple[Tensor | None, ...]:
-    Y, (hn, cn), C, G = _reference_run("LSTM", cell, x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), reverse,  # type: ignore[misc]
-                                       lengths, h_mask, (keep_h, keep_c), record, gates)
+    Y, (hn, cn), C, G = _reference_run("LSTM", cell, x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), reverse, lengths,
+                                       h_mask, (keep_h, keep_c), record, gates)
     return Y, hn, cn, C, G
 
 
@@ -445,14 +449,14 @@ def _gru_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask=None, keep
               cell=None) -> tuple[Tensor | None, ...]:
     Y, hn, _, G = _reference_run("GRU", cell, x, h0, (w_ih, w_hh, b_ih, b_hh), reverse, lengths, h_mask, (keep_h,),
                                  False, gates)
-    return Y, hn, G  # type: ignore[return-value]
+    return Y, hn, G
 
 
 def _rnn_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask=None, keep_h=None, gates=False,
               sink=None, cell=None) -> tuple[Tensor | None, ...]:
     Y, hn, _, G = _reference_run("RNN_RELU" if relu else "RNN_TANH", cell, x, h0, (w_ih, w_hh, b_ih, b_hh), reverse,
                                  lengths, h_mask, (keep_h,), False, gates)
-    return Y, hn, G  # type: ignore[return-value]
+    return Y, hn, G
 
 
 def _feed_sink(ctx: Any, first_order: Any, *grads: Tensor | None) -> None:

@@ -215,7 +215,7 @@ class _LNGRU(torch.autograd.Function):
                 dg_ih if need[6] else None, dg_hh if need[7] else None, None, None, None, None, None)
 
 
-# The parameters in the kernels' argument order (a missing bias is None).
+# The parameters' names in the order of the Functions' weight inputs (the order of ``weights`` in the kernels below).
 _LSTM_PARAMS = ("weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
 _GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")
 
@@ -252,7 +252,8 @@ def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     p = run.p
     h0, c0 = run.state  # type: ignore[misc]
     mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), cpu_lengths(run.lengths)
-    weights = tuple(p.get(name) for name in _LSTM_PARAMS)
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
+               p["ln_c_weight"], p["ln_c_bias"])
     if _needs_graph(run.x, h0, c0, *weights):
         Y, hn, cn, C, GS = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse,
                                          run.gates)
@@ -274,7 +275,8 @@ def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
     h0 = run.state
     assert isinstance(h0, Tensor)
     mask, keep_h, lengths = _mask(run), _keep(run, 0), cpu_lengths(run.lengths)
-    weights = tuple(p.get(name) for name in _GRU_PARAMS)
+    weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
+               p["ln_hh_weight"])
     if _needs_graph(run.x, h0, *weights):
         Y, hn, GS = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse, run.gates)
         return Y, hn, None, _gate_dict("rzn", GS, run.gates)

@@ -110,7 +110,7 @@ class _Peephole(torch.autograd.Function):
 def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                    b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor, h_mask: Tensor | None,
                    keep_h: Tensor | None, keep_c: Tensor | None, lengths: Tensor | None, reverse: bool,
-                   record: bool) -> tuple[Tensor, ...]:
+                   record: bool) -> tuple[Tensor | None, ...]:
     """:class:`_Peephole` on the reference loop of the cell's step (its double-backward route): its inputs, its
     outputs."""
     p = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh, "weight_ci": w_ci,

@@ -129,10 +129,11 @@ def zoneout(old: State, new: State, keep: Sequence[Tensor | None], t: int) -> St
     return tuple(out) if isinstance(new, tuple) else out[0]
 
 
-def option_step(cell_step: CellStep, p: Mapping[str, Tensor], h_mask: Tensor | None,
+def option_step(cell_step: CellStep, p: Mapping[str, Tensor | None], h_mask: Tensor | None,
                 keep: Sequence[Tensor | None], steps: int, reverse: bool, record: bool = False,
                 gates: CellGates | None = None) -> tuple[Step, Trace]:
-    """A cell's step bound to one layer-direction's parameters ``p``, with the layer options applied.
+    """A cell's step bound to one layer-direction's parameters ``p`` (a missing bias absent or ``None``), with the
+    layer options applied.
 
     The options are :class:`rnnlab.cellspec.SequenceRun`'s: the recurrent-dropout mask ``h_mask`` (passed to the
     cell's step, which knows where ``h`` enters ``W_hh``), the zoneout keep tensors ``keep`` (one per state,
@@ -162,12 +163,14 @@ def stack_trace(trace: Trace, reverse: bool) -> tuple[Tensor | None, dict[str, T
         trace = trace[::-1]
     first_state, first_gates = trace[0]
     c = torch.stack([s[1] for s, _ in trace]) if isinstance(first_state, tuple) and len(first_state) == 2 else None
-    gates = None if first_gates is None else {k: torch.stack([g[k] for _, g in trace]) for k in first_gates}  # type: ignore[index]
+    gates = None
+    if first_gates is not None:  # every step has them then
+        gates = {k: torch.stack([cast(dict, g)[k] for _, g in trace]) for k in first_gates}
     return c, gates
 
 
-def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: State, p: Mapping[str, Tensor], *,
-             reverse: bool = False, lengths: Tensor | None = None, h_mask: Tensor | None = None,
+def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: State, p: Mapping[str, Tensor | None],
+             *, reverse: bool = False, lengths: Tensor | None = None, h_mask: Tensor | None = None,
              keep: Sequence[Tensor | None] = (), record: bool = False
              ) -> tuple[Tensor, State, Tensor | None, dict[str, Tensor] | None]:
     """One layer-direction of any cell on the loop, with the options (:func:`option_step`): the reference of a
