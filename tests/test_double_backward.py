@@ -378,6 +378,26 @@ def test_gradient_sink_under_create_graph(mode: str) -> None:
         torch.testing.assert_close(sinks[0].dc, sinks[1].dc, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_RELU"])
+def test_pure_pytorch_fallback(mode: str) -> None:
+    """The fused backend without its compiled loops (no compiler, another dtype or device) is autograd ops: its
+    second derivatives equal the reference loop's too."""
+    layer = {"LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU, "RNN_RELU": rnnlab.RNN}[mode](2, 3, dtype=F64)
+    weights = [w.detach().requires_grad_() for w in layer.layer_weights(0)]
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.randn(T, B, I, generator=g, dtype=F64)
+    state = tuple(torch.randn(B, H + 1, generator=g, dtype=F64) for _ in range(1 + (mode == "LSTM")))
+    results = []
+    for run in (fused._run_fallback, reference.run_layer):
+        x = x0.clone().requires_grad_()
+        s = state if mode == "LSTM" else state[0]
+        Y, _ = run(mode, x, s, weights, reverse=True, lengths=LENGTHS)
+        dx, = torch.autograd.grad(Y.pow(2).sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(dx.pow(2).sum(), [x, *weights]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_an_output_the_loop_does_not_compute_raises() -> None:
     """The guard: an output with a gradient that the reference loop does not rerun raises, never a silent zero
     (the sink's Elman run returns the pre-activation for the sink's statistics, with no cell to rerun it)."""
