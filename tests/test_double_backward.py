@@ -269,7 +269,8 @@ def _penalty_step(layer: nn.Module, x: Tensor, target: Tensor, penalty: bool = T
 def test_float32_gradient_penalty_step_equals_the_reference(name: str) -> None:
     """Issue 14: the penalty's term was lost on the fused backend (relative error 1.00). The float64 reference
     loop is the truth; the fused float32 gradients may be off by at most 4x the float32 reference loop's own error
-    plus 16 float32 epsilons of the gradient's magnitude, a bound that the gradient without the penalty misses."""
+    plus 16 float32 epsilons of the gradient's magnitude, a bound that the gradient without the penalty misses
+    for every parameter (by 10^4x and more on the author's machine; the fused error is within 0.25x of it)."""
     cls, kw = PENALTY_LAYERS[name]
     ours, ref = _pair(cls, **kw)
     truth_layer = copy.deepcopy(ref).double()
@@ -288,7 +289,7 @@ def test_float32_gradient_penalty_step_equals_the_reference(name: str) -> None:
         err = float((a.double() - t).abs().max())
         assert err <= bound, f"{name} parameter {k}: {err:.3g} from float64 (bound {bound:.3g})"
         missed += float((l.double() - t).abs().max()) > bound
-    assert missed, "the penalty's term is within the bound: the test could not see it lost"
+    assert missed == len(truth), "the penalty's term is within the bound: the test could not see it lost"
 
 
 # -- the cells: autograd ops, against torch.nn --------------------------------------------------------------------
