@@ -109,7 +109,8 @@ class CellSpec:
             option changes the per-step maths (the variants; recurrent dropout, zoneout, all-step outputs on
             torch's cells). It must equal the reference loop of ``step`` (tested per kernel); returning ``None``
             declines a run it does not cover (a dtype, a device, an option), which then runs on the reference
-            loop.
+            loop. A kernel with a hand-written backward must also support ``create_graph=True``: the built-in
+            ones differentiate the reference loop then (:func:`rnnlab.kernels.reference.backward_through_loop`).
     """
 
     name: str

@@ -29,7 +29,7 @@ from ._checks import (check_input_dtype, check_positive_int, check_probability, 
                       given_states)
 from .cellspec import SPECS, CellSpec, SequenceRun
 from .kernels import fused, get_backend, resolve_backend
-from .kernels.reference import State, hidden_of, recurrence
+from .kernels.reference import State, Step, Trace, hidden_of, option_step, recurrence, stack_trace
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates", "StepObserver", "observe_steps"]
 
@@ -467,7 +467,7 @@ class RNNBase(nn.Module):
                             step, state = observer.wrap(self, layer, direction, step, state, T)
                         out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
                         if self.return_all_states:
-                            extras.append(self._stack_trace(trace[::-1] if direction == 1 else trace))
+                            extras.append(stack_trace(trace, direction == 1))
                     else:
                         out, final, c_seq, gate_seq = result
                         extras.append((c_seq, gate_seq))
@@ -551,31 +551,10 @@ class RNNBase(nn.Module):
         return h_mask, tuple(keep)
 
     def _step(self, p: dict[str, Tensor], h_mask: Tensor | None, keep: tuple[Tensor | None, ...], steps: int,
-              reverse: bool):
+              reverse: bool) -> tuple[Step, Trace]:
         """This layer-direction's step: the cell's step with recurrent dropout, zoneout and recording applied."""
-        spec = self.spec
-        trace: list[tuple[State, dict[str, Tensor] | None]] = []
-        gates = spec.gates if self._gates_on() else None
-        zoneout, record = any(k is not None for k in keep), self.return_all_states  # decided once, not per step
-        order = iter(range(steps - 1, -1, -1) if reverse else range(steps))  # the loop walks t in this order
-
-        def step(x_t: Tensor, s: State) -> State:
-            new = spec.step(x_t, s, p, h_mask)
-            if zoneout:
-                new = _zoneout(s, new, keep, next(order))
-            if record:
-                trace.append((new, gates(x_t, s, p, h_mask) if gates is not None else None))
-            return new
-
-        return step, trace
-
-    def _stack_trace(self, trace) -> tuple[Tensor | None, dict[str, Tensor] | None]:
-        """One direction's recorded cell states and gates, each ``(T, B, H)`` in time order."""
-        c = torch.stack([s[1] for s, _ in trace]) if self.spec.n_states == 2 else None
-        gates = None
-        if trace and trace[0][1] is not None:
-            gates = {k: torch.stack([g[k] for _, g in trace]) for k in trace[0][1]}
-        return c, gates
+        return option_step(self.spec.step, p, h_mask, keep, steps, reverse, self.return_all_states,
+                           self.spec.gates if self._gates_on() else None)
 
     def _join_extras(self, extras, lengths: Tensor | None) -> tuple[Tensor | None, dict[str, Tensor] | None]:
         """The directions' cell states and gates side by side, (T, B, D*H), zero past each sequence's length."""
@@ -639,14 +618,6 @@ def _drop_connect(w: Tensor, p: float) -> Tensor:
     if p >= 1:
         return w * 0
     return w * bernoulli_mask(tuple(w.shape), 1 - p, w.dtype, w.device).div_(1 - p)
-
-
-def _zoneout(old: State, new: State, keep: tuple[Tensor | None, ...], t: int) -> State:
-    """Zoneout (Krueger et al. 2017) at step ``t``: ``keep_t * old + (1 - keep_t) * new`` per state (exactly the
-    old or the new value for a 0/1 training mask; the expectation for the eval-mode rate)."""
-    olds, news = (old, new) if isinstance(new, tuple) else ((old,), (new,))
-    out = [n if k is None else k[t] * o + (1 - k[t]) * n for o, n, k in zip(olds, news, keep)]
-    return tuple(out) if isinstance(new, tuple) else out[0]
 
 
 def _kernel_weights(p: dict[str, Tensor], proj_size: int) -> tuple[Tensor | None, ...]:

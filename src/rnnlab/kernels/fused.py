@@ -35,6 +35,11 @@ diagnostics.
 Variable lengths follow the reference loop exactly: steps ``t >= lengths[b]`` output zeros and leave row ``b``'s
 state unchanged; their gate gradients are zero.
 
+Double backward: the compiled backward is not made of autograd ops, so under ``create_graph=True`` every
+Function here (and in the variants' kernels) differentiates the same layer-direction on the reference loop
+instead (:func:`rnnlab.kernels.reference.backward_through_loop`), and its gradients have a graph to the inputs,
+the weights and the incoming gradients. A first-order backward never takes that route.
+
 Example:
     >>> import rnnlab
     >>> lstm = rnnlab.LSTM(8, 16, backend="fused")
@@ -44,12 +49,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import reference
 from ._extension import load_extension
@@ -141,15 +145,17 @@ class _LSTM(torch.autograd.Function):
         Y, hn, cn, C, M = ops().lstm_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
                                              w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
                                              lengths, reverse, True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, Y, lengths)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, Y, lengths, b_ih, b_hh)
         ctx.reverse = reverse
         ctx.has_b = (b_ih is not None, b_hh is not None)
         return Y, hn, cn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dcn):  # type: ignore[override]
-        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, Y, lengths = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, Y, lengths, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            return reference.backward_through_loop(ctx, lambda *a: _lstm_loop(*a)[:3], (
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse), (dY, dhn, dcn))
         w_hh_c = w_hh.contiguous()
         w_hr_c = None if w_hr is None else w_hr.contiguous()
         dG, dh0, dc0, dH, db = ops().lstm_backward(dY.contiguous(), dhn.contiguous(), dcn.contiguous(), gates, C,
@@ -172,14 +178,16 @@ class _GRU(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
         Y, hn, HN = ops().gru_forward(xw, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
                                       bias_sum(w_hh, b_hh), lengths, reverse, True)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, b_ih, b_hh)
         ctx.reverse = reverse
         return Y, hn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn):  # type: ignore[override]
-        x, h0, w_ih, w_hh, gates, HN, Y, lengths = ctx.saved_tensors
+        x, h0, w_ih, w_hh, gates, HN, Y, lengths, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            return reference.backward_through_loop(ctx, lambda *a: _gru_loop(*a)[:2], (
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse), (dY, dhn))
         h0c = h0.contiguous()
         dGx, dHn, dh0, db_ih, db_hh = ops().gru_backward(dY.contiguous(), dhn.contiguous(), gates, HN, Y, h0c,
                                                          w_hh.contiguous(), lengths, ctx.reverse)
@@ -202,15 +210,17 @@ class _RNN(torch.autograd.Function):
         Y = projection(x, w_ih)  # (T, B, H), becomes the output in place
         hn = ops().rnn_forward(Y, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu, lengths,
                                reverse)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, lengths)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, lengths, b_ih, b_hh)
         ctx.reverse, ctx.relu = reverse, relu
         ctx.has_b = (b_ih is not None, b_hh is not None)
         return Y, hn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn):  # type: ignore[override]
-        x, h0, w_ih, w_hh, Y, lengths = ctx.saved_tensors
+        x, h0, w_ih, w_hh, Y, lengths, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            return reference.backward_through_loop(ctx, lambda *a: _rnn_loop(*a)[:2], (
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.relu), (dY, dhn))
         dG, dh0, db = ops().rnn_backward(dY.contiguous(), dhn.contiguous(), Y, w_hh.contiguous(), ctx.relu,
                                          lengths, ctx.reverse)
         dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)
@@ -267,20 +277,21 @@ def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, 
 
 class LSTMEx(torch.autograd.Function):
     """LSTM layer-direction with the options; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-    h_mask, keep_h, keep_c, record, gates, sink``; outputs ``Y, h_n, c_n, C (T,B,H) or empty, gates (T,B,4H) or
-    empty``."""
+    h_mask, keep_h, keep_c, record, gates, sink, cell``; outputs ``Y, h_n, c_n, C (T,B,H) or empty, gates (T,B,4H)
+    or empty``. ``cell`` is the CellSpec whose step the options change (see :func:`_reference_run`)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, keep_h, keep_c,  # type: ignore[override]
-                record, gates, sink):
+                record, gates, sink, cell):
         ctx.set_materialize_grads(False)
         xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
         w_hr_c = dense(w_hr)
         Y, hn, cn, C, M, CR = ops().lstm_forward_ex(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
                                                     w_hh.contiguous(), w_hr_c, lengths, reverse, dense(h_mask),
                                                     dense(keep_h), dense(keep_c), True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, CR, Y, lengths, h_mask, keep_h, keep_c)
-        ctx.reverse, ctx.sink = reverse, sink
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, CR, Y, lengths, h_mask, keep_h, keep_c, b_ih,
+                              b_hh)
+        ctx.reverse, ctx.sink, ctx.record, ctx.gates, ctx.cell = reverse, sink, record, gates, cell
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
             sink.forward(C.detach(), xw.detach())
@@ -290,9 +301,13 @@ class LSTMEx(torch.autograd.Function):
         return Y, hn, cn, C_out, G_out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGates):  # type: ignore[override]
-        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, CR, Y, lengths, h_mask, keep_h, keep_c = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, w_hr, gates, C, M, CR, Y, lengths, h_mask, keep_h, keep_c, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            _feed_sink(ctx, LSTMEx.backward, dY, dhn, dcn, dC, dGates)
+            return reference.backward_through_loop(ctx, _lstm_loop, (
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse, h_mask, keep_h, keep_c, ctx.record,
+                ctx.gates, ctx.sink, ctx.cell), (dY, dhn, dcn, dC, dGates))
         dG, dh0, dc0, dH, db, sink_h, sink_c = ops().lstm_backward_ex(
             _grad(dY, Y), _grad(dhn, h0), _grad(dcn, c0), gates, C, CR if CR.numel() else None, c0.contiguous(),
             w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), dense(keep_h), dense(keep_c),
@@ -311,21 +326,22 @@ class LSTMEx(torch.autograd.Function):
             dw_hr = dH.view(T * B, -1).t() @ M.view(T * B, -1)  # (P, H); dH is dL/dh~_t (after zoneout's 1 - k)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dc0 if ctx.needs_input_grad[2] else None,
                 dw_ih, dw_hh, db if ctx.has_b[0] else None, db if ctx.has_b[1] else None, dw_hr,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 class GRUEx(torch.autograd.Function):
     """GRU layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask,
-    keep_h, gates, sink``; outputs ``Y, h_n, gates (T,B,3H) or empty``."""
+    keep_h, gates, sink, cell``; outputs ``Y, h_n, gates (T,B,3H) or empty``."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink):  # type: ignore[override]
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink,  # type: ignore[override]
+                cell):
         ctx.set_materialize_grads(False)
         xw = projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
         Y, hn, HN = ops().gru_forward_ex(xw, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
                                          bias_sum(w_hh, b_hh), lengths, reverse, dense(h_mask), dense(keep_h), True)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h)
-        ctx.reverse, ctx.sink = reverse, sink
+        ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h, b_ih, b_hh)
+        ctx.reverse, ctx.sink, ctx.gates, ctx.cell = reverse, sink, gates, cell
         if sink is not None:
             sink.forward(None, xw.detach())
         G_out = xw if gates else xw.new_empty(0)
@@ -333,9 +349,13 @@ class GRUEx(torch.autograd.Function):
         return Y, hn, G_out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dGates):  # type: ignore[override]
-        x, h0, w_ih, w_hh, gates, HN, Y, lengths, h_mask, keep_h = ctx.saved_tensors
+        x, h0, w_ih, w_hh, gates, HN, Y, lengths, h_mask, keep_h, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            _feed_sink(ctx, GRUEx.backward, dY, dhn, dGates)
+            return reference.backward_through_loop(ctx, _gru_loop, (
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, h_mask, keep_h, ctx.gates, ctx.sink, ctx.cell),
+                (dY, dhn, dGates))
         h0c = h0.contiguous()
         dGx, dHn, dh0, db_ih, db_hh, sink_h = ops().gru_backward_ex(
             _grad(dY, Y), _grad(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse, dense(h_mask),
@@ -351,22 +371,22 @@ class GRUEx(torch.autograd.Function):
                                recurrent_weight_grad(dHn, prev, first, lengths, ctx.reverse)])  # (3H, H)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db_ih if ctx.needs_input_grad[4] else None, db_hh if ctx.needs_input_grad[5] else None,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 class RNNEx(torch.autograd.Function):
     """Elman layer-direction with the options; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu,
-    h_mask, keep_h, gates, sink``; outputs ``Y, h_n, pre-activation (T,B,H) or empty``."""
+    h_mask, keep_h, gates, sink, cell``; outputs ``Y, h_n, pre-activation (T,B,H) or empty``."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask, keep_h, gates,  # type: ignore[override]
-                sink):
+                sink, cell):
         ctx.set_materialize_grads(False)
         Y = projection(x, w_ih)  # (T, B, H), becomes the output in place
         hn, HR, PRE = ops().rnn_forward_ex(Y, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu,
                                            lengths, reverse, dense(h_mask), dense(keep_h), True, gates)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h)
-        ctx.reverse, ctx.relu, ctx.sink = reverse, relu, sink
+        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h, b_ih, b_hh)
+        ctx.reverse, ctx.relu, ctx.sink, ctx.gates, ctx.cell = reverse, relu, sink, gates, cell
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
             sink.forward(None, PRE.detach() if PRE.numel() else None)
@@ -374,9 +394,13 @@ class RNNEx(torch.autograd.Function):
         return Y, hn, PRE
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dPre):  # type: ignore[override]
-        x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h = ctx.saved_tensors
+        x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            _feed_sink(ctx, RNNEx.backward, dY, dhn, dPre)
+            return reference.backward_through_loop(ctx, _rnn_loop, (
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.relu, h_mask, keep_h, ctx.gates, ctx.sink,
+                ctx.cell), (dY, dhn, dPre))
         dG, dh0, db, sink_h = ops().rnn_backward_ex(
             _grad(dY, Y), _grad(dhn, h0), Y, HR if HR.numel() else None, w_hh.contiguous(), ctx.relu, lengths,
             ctx.reverse, dense(h_mask), dense(keep_h), None if dPre is None or dPre.numel() == 0 else dPre.contiguous(),
@@ -390,7 +414,57 @@ class RNNEx(torch.autograd.Function):
             dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
+
+
+# -- the double-backward route: the same layer-direction on the reference loop --------------------------------------
+
+
+def _reference_run(mode: str, cell: Any, x: Tensor, state: reference.State, weights: Sequence[Tensor | None],
+                   reverse: bool, lengths: Tensor | None, h_mask: Tensor | None, keep: Sequence[Tensor | None],
+                   record: bool, gates: bool) -> tuple[Tensor, reference.State, Tensor | None, Tensor | None]:
+    """One layer-direction of torch's cell ``mode`` on the reference loop, for
+    :func:`reference.backward_through_loop`: with ``cell`` (the layer's :class:`rnnlab.cellspec.CellSpec`, passed
+    where options change the step) the cell's own step and gates with the options, else torch's step of ``mode``
+    (no option is on then). Returns ``(Y, final state, cell states or None, gates (T, B, G) or None)``, the gates
+    side by side in the kernels' order."""
+    if cell is None:
+        Y, final = reference.run_layer(mode, x, state, weights, reverse=reverse, lengths=lengths)
+        return Y, final, None, None
+    p = dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), weights))
+    Y, final, C, G = reference.run_cell(cell.step, cell.gates if gates else None, x, state, p, reverse=reverse,
+                                        lengths=lengths, h_mask=h_mask, keep=keep, record=record or gates)
+    return Y, final, C if record else None, None if G is None else torch.cat(list(G.values()), dim=2)
+
+
+# Each takes its options Function's inputs and returns its outputs; the plain Function's are a prefix of both.
+def _lstm_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask=None, keep_h=None, keep_c=None,
+               record=False, gates=False, sink=None, cell=None) -> tuple[Tensor | None, ...]:
+    Y, (hn, cn), C, G = _reference_run("LSTM", cell, x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), reverse, lengths,
+                                       h_mask, (keep_h, keep_c), record, gates)
+    return Y, hn, cn, C, G
+
+
+def _gru_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask=None, keep_h=None, gates=False, sink=None,
+              cell=None) -> tuple[Tensor | None, ...]:
+    Y, hn, _, G = _reference_run("GRU", cell, x, h0, (w_ih, w_hh, b_ih, b_hh), reverse, lengths, h_mask, (keep_h,),
+                                 False, gates)
+    return Y, hn, G
+
+
+def _rnn_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask=None, keep_h=None, gates=False,
+              sink=None, cell=None) -> tuple[Tensor | None, ...]:
+    Y, hn, _, G = _reference_run("RNN_RELU" if relu else "RNN_TANH", cell, x, h0, (w_ih, w_hh, b_ih, b_hh), reverse,
+                                 lengths, h_mask, (keep_h,), False, gates)
+    return Y, hn, G
+
+
+def _feed_sink(ctx: Any, first_order: Any, *grads: Tensor | None) -> None:
+    """Under ``create_graph`` the gradients come from the reference loop, but a gradient sink (the diagnostics)
+    still gets its per-step gradients, from the hand-written backward as in any backward."""
+    if ctx.sink is not None:
+        with torch.no_grad():
+            first_order(ctx, *grads)
 
 
 def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequence[Tensor | None], reverse: bool,
@@ -405,14 +479,14 @@ def _run_compiled(mode: str, x: Tensor, state: reference.State, weights: Sequenc
         if mode == "LSTM":
             h0, c0 = state  # type: ignore[misc]
             Y, hn, cn, _, _ = LSTMEx.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, None, None,
-                                           None, False, False, sink)
+                                           None, False, False, sink, None)
             return Y, (hn, cn)
         if mode == "GRU":
-            Y, hn, _ = GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink)
+            Y, hn, _ = GRUEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, None, None, False, sink, None)
             return Y, hn
         # the pre-activation too (one (T, B, H) write), for the sink's gate statistics
         Y, hn, _ = RNNEx.apply(x, state, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode == "RNN_RELU", None, None,
-                               True, sink)
+                               True, sink, None)
         return Y, hn
     if mode == "LSTM":
         h0, c0 = state  # type: ignore[misc]

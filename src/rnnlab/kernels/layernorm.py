@@ -62,11 +62,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
-
-from ..cellspec import SequenceResult, SequenceRun
+from ..cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC, SequenceResult, SequenceRun
 from ._extension import load_extension
 from .fused import bias_sum, input_grads, cpu_lengths, projection
+from .reference import backward_through_loop, run_cell
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
 
@@ -140,24 +139,29 @@ class _LNLSTM(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
                 reverse, gates):
         xw = projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
-        h0, c0, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
+        h0c, c0c, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
         params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
         keep = _keep_gates(xw, gates)  # the gates, returned or kept for the backward (else it recomputes them)
-        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY = ops().ln_lstm_forward(xw, h0, c0, *params, mask, keep_h,
+        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY = ops().ln_lstm_forward(xw, h0c, c0c, *params, mask, keep_h,
                                                                           keep_c, lengths, reverse, True, keep)
-        ctx.save_for_backward(x, h0, c0, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y, GS if keep else None, TY if keep else None)
-        ctx.reverse, ctx.has_bias = reverse, bias is not None
+        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
+        ctx.save_for_backward(x, h0c, c0c, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
+                              Y, GS if keep else None, TY if keep else None, h0, c0, w_hh, bias, g_ih, g_hh, g_c, b_c)
+        ctx.reverse, ctx.gates, ctx.has_bias = reverse, gates, bias is not None
         # gates kept for the backward alone: its dXW may overwrite them (once, see _gates_for_backward)
         ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
         return Y, hn, cn, C, GS
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
         x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY) = rest[:5], rest[5:]
+        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY), given = (rest[:5], rest[5:19],
+                                                                                               rest[19:])
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            h0, c0, *weights = given
+            return backward_through_loop(ctx, _ln_lstm_loop, (x, h0, c0, w_ih, *weights, mask, keep_h, keep_c, lengths,
+                                                              ctx.reverse, ctx.gates), (dY, dhn, dcn, dC, dGS))
         need = ctx.needs_input_grad
         A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
@@ -179,22 +183,27 @@ class _LNGRU(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]
                 gates):
         xw = projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
-        h0 = h0.contiguous()
+        h0c = h0.contiguous()
         params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
         keep = _keep_gates(xw, gates)
-        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0, *params, mask, keep_h, lengths, reverse, True, keep)
-        ctx.save_for_backward(x, h0, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None)
-        ctx.reverse = reverse
+        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0c, *params, mask, keep_h, lengths, reverse, True, keep)
+        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
+        ctx.save_for_backward(x, h0c, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None,
+                              h0, w_hh, b_ih, b_hh, g_ih, g_hh)
+        ctx.reverse, ctx.gates = reverse, gates
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)
         return Y, hn, GS
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dGS):  # type: ignore[override]
         x, h0, w_ih, *rest = ctx.saved_tensors
-        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A) = rest[:5], rest[5:]
+        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A), given = rest[:5], rest[5:14], rest[14:]
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            h0, *weights = given
+            return backward_through_loop(ctx, _ln_gru_loop, (x, h0, w_ih, *weights, mask, keep_h, lengths, ctx.reverse,
+                                                             ctx.gates), (dY, dhn, dGS))
         need = ctx.needs_input_grad
         A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = ops().ln_gru_backward(
@@ -204,6 +213,31 @@ class _LNGRU(torch.autograd.Function):
         return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
                 db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,
                 dg_ih if need[6] else None, dg_hh if need[7] else None, None, None, None, None, None)
+
+
+# The parameters' names in the order of the Functions' weight inputs (the order of ``weights`` in the kernels below).
+_LSTM_PARAMS = ("weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")
+
+
+def _ln_lstm_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tensor | None, ...]:
+    """:class:`_LNLSTM` on the reference loop of the cell's step (its double-backward route): its inputs, its
+    outputs (``C`` always, the gates side by side with ``gates``)."""
+    weights, (mask, keep_h, keep_c, lengths, reverse, gates) = rest[:7], rest[7:]
+    spec = LAYER_NORM_LSTM_SPEC
+    Y, (hn, cn), C, G = run_cell(spec.step, spec.gates if gates else None, x, (h0, c0),  # type: ignore[misc]
+                                 dict(zip(_LSTM_PARAMS, weights)), reverse=reverse, lengths=lengths, h_mask=mask,
+                                 keep=(keep_h, keep_c), record=True)
+    return Y, hn, cn, C, None if G is None else torch.cat(list(G.values()), dim=2)
+
+
+def _ln_gru_loop(x: Tensor, h0: Tensor, *rest: Any) -> tuple[Tensor | None, ...]:
+    """:class:`_LNGRU` on the reference loop of the cell's step (see :func:`_ln_lstm_loop`)."""
+    weights, (mask, keep_h, lengths, reverse, gates) = rest[:6], rest[6:]
+    spec = LAYER_NORM_GRU_SPEC
+    Y, hn, _, G = run_cell(spec.step, spec.gates if gates else None, x, h0, dict(zip(_GRU_PARAMS, weights)),
+                           reverse=reverse, lengths=lengths, h_mask=mask, keep=(keep_h,), record=gates)
+    return Y, hn, None if G is None else torch.cat(list(G.values()), dim=2)  # type: ignore[return-value]
 
 
 def _gate_dict(names: str, GS: Tensor, on: bool) -> dict[str, Tensor] | None:

@@ -40,11 +40,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
-
-from ..cellspec import SequenceResult, SequenceRun
+from ..cellspec import PEEPHOLE_LSTM_SPEC, SequenceResult, SequenceRun
 from ._extension import load_extension
 from .fused import bias_sum, recurrent_weight_grad, input_grads, cpu_lengths, projection
+from .reference import backward_through_loop, run_cell
 
 __all__ = ["peephole_kernel"]
 
@@ -69,7 +68,9 @@ class _Peephole(torch.autograd.Function):
         Y, hn, cn, C = ops().peephole_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0c, c0.contiguous(),
                                               w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths, reverse,
                                               True)
-        ctx.save_for_backward(x, h0c, c0, w_ih, w_hh, wc, xw, C, Y, h_mask, keep_h, keep_c, lengths)
+        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
+        ctx.save_for_backward(x, h0c, c0, w_ih, w_hh, wc, xw, C, Y, h_mask, keep_h, keep_c, lengths, h0, b_ih, b_hh,
+                              w_ci, w_cf, w_co)
         ctx.reverse, ctx.record = reverse, record
         ctx.has_b = (b_ih is not None, b_hh is not None)
         # Unused outputs (the recorded states in most runs) then come back as None, not as zeros to allocate.
@@ -77,9 +78,13 @@ class _Peephole(torch.autograd.Function):
         return (Y, hn, cn, C, xw) if record else (Y, hn, cn)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dhn, dcn, dC=None, dgates=None):  # type: ignore[override]
-        x, h0, c0, w_ih, w_hh, wc, gates, C, Y, h_mask, keep_h, keep_c, lengths = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, wc, gates, C, Y, h_mask, keep_h, keep_c, lengths, *given = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
+            h0, b_ih, b_hh, w_ci, w_cf, w_co = given
+            return backward_through_loop(ctx, _peephole_loop, (
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c, lengths, ctx.reverse,
+                ctx.record), (dY, dhn, dcn, dC, dgates) if ctx.record else (dY, dhn, dcn))
         if dC is not None or dgates is not None:  # the kernel takes both or neither
             dC = torch.zeros_like(C) if dC is None else dC.contiguous()
             dgates = torch.zeros_like(gates) if dgates is None else dgates.contiguous()
@@ -100,6 +105,22 @@ class _Peephole(torch.autograd.Function):
                 db if ctx.has_b[0] and need[5] else None, db if ctx.has_b[1] and need[6] else None,
                 dwc[0] if need[7] else None, dwc[1] if need[8] else None, dwc[2] if need[9] else None,
                 None, None, None, None, None, None)
+
+
+def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                   b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor, h_mask: Tensor | None,
+                   keep_h: Tensor | None, keep_c: Tensor | None, lengths: Tensor | None, reverse: bool,
+                   record: bool) -> tuple[Tensor | None, ...]:
+    """:class:`_Peephole` on the reference loop of the cell's step (its double-backward route): its inputs, its
+    outputs."""
+    p = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh, "weight_ci": w_ci,
+         "weight_cf": w_cf, "weight_co": w_co}
+    spec = PEEPHOLE_LSTM_SPEC
+    Y, (hn, cn), C, G = run_cell(spec.step, spec.gates, x, (h0, c0), p, reverse=reverse,  # type: ignore[misc]
+                                 lengths=lengths, h_mask=h_mask, keep=(keep_h, keep_c), record=record)
+    if not record:
+        return Y, hn, cn
+    return Y, hn, cn, C, torch.cat(list(G.values()), dim=2)  # type: ignore[arg-type,union-attr]
 
 
 def _contiguous(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
