@@ -1,0 +1,78 @@
+"""The one way the tests bound a float32 result: against float64, relative to an independent float32 computation.
+
+A float32 result (a compiled kernel's, a layer's) is never compared with a bound tuned on one machine: MKL, the
+vector ISA and the summation order differ between CPUs and code paths, and the LayerNorm cells amplify rounding
+(a row with a small spread is divided by it). Instead, for each quantity (an output, a state, a gradient):
+
+* the truth is the float64 result of the same computation on the same float32 inputs and weights;
+* the float32 result's error against it must stay within ``factor`` times the larger of
+  - the float32 *reference*'s own error (the reference loop, hand-written equations or torch.nn in float32), and
+  - the problem's *sensitivity* to float32 rounding: how far the float64 result moves when every input and weight
+    is perturbed by one float32 rounding (relative 2^-24), where the caller can compute it. A float32 computation
+    rounds its intermediates by as much, so this is the error any float32 implementation can have; a reference
+    that happens to round luckily on one case (measured: up to 29x below it, while a different but equally exact
+    float32 order lands at it) then does not make the bound a coin toss;
+* plus a floor for rounding that no reference shows: ``eps32 * max|value| * sqrt(terms)``, with ``terms`` the
+  length of the longest sum behind the quantity (steps x rows for a summed weight gradient).
+
+A wrong gate, sign, mask or offset moves results by far more than any of these (1e-3 to 1 against 1e-7 to 1e-4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+EPS32 = torch.finfo(torch.float32).eps
+FACTOR = 4.0  # "a small multiple": rounding errors of two float32 orders differ by a few times, not by 10
+
+
+def rounding_perturbed(t: Tensor, g: torch.Generator) -> Tensor:
+    """``t`` in float64 with each entry moved by up to one float32 rounding (relative 2^-24), at random."""
+    t = t.detach().double()
+    return t * (1 + (torch.rand(t.shape, generator=g, dtype=torch.float64) * 2 - 1) * 2.0**-24)
+
+
+def perturb_parameters_(module: nn.Module, g: torch.Generator) -> nn.Module:
+    """Every (float64) parameter of ``module`` moved by up to one float32 rounding, in place; returns ``module``."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(rounding_perturbed(p, g))
+    return module
+
+
+def max_error(a: Tensor, truth: Tensor) -> float:
+    return float((a.detach().double() - truth.detach().double()).abs().max()) if truth.numel() else 0.0
+
+
+def float32_bound(ref32: Tensor, truth: Tensor, *, sensitivity: float = 0.0, terms: int = 1,
+                  factor: float = FACTOR) -> tuple[float, str]:
+    """The bound on a float32 result's max abs error against ``truth`` (float64), and how it was made."""
+    ref_err = max_error(ref32, truth)
+    scale = float(truth.detach().abs().max()) if truth.numel() else 0.0
+    floor = EPS32 * scale * math.sqrt(max(terms, 1))
+    bound = factor * (max(ref_err, sensitivity) + floor)
+    how = (f"{factor:g} x (max(float32 reference's error {ref_err:.3g}, rounding sensitivity {sensitivity:.3g}) "
+           f"+ eps32 x |value| {scale:.3g} x sqrt({terms}) = {floor:.3g})")
+    return bound, how
+
+
+def assert_float32_close(got: Tensor, ref32: Tensor, truth: Tensor, what: str, *, terms: int = 1,
+                         sensitivity: Callable[[], float] | float = 0.0, factor: float = FACTOR) -> None:
+    """``got`` (float32) is as close to ``truth`` (float64) as the float32 reference ``ref32`` is, see the module.
+
+    ``sensitivity``: the max abs change of this quantity's float64 result under rounding-perturbed inputs
+    (:func:`rounding_perturbed`), or a callable giving it; a callable is only called when the bound without it
+    is exceeded (it usually costs another float64 run). ``what`` names the quantity and the case (with its seed,
+    so that a failing example can be rerun)."""
+    assert got.shape == truth.shape == ref32.shape, f"{what}: shapes {got.shape}, {ref32.shape}, {truth.shape}"
+    assert torch.isfinite(got).all(), f"{what}: not finite"
+    err = max_error(got, truth)
+    bound, how = float32_bound(ref32, truth, terms=terms, factor=factor,
+                               sensitivity=0.0 if callable(sensitivity) else sensitivity)
+    if err > bound and callable(sensitivity):
+        bound, how = float32_bound(ref32, truth, terms=terms, factor=factor, sensitivity=sensitivity())
+    assert err <= bound, f"{what}: float32 error {err:.3g} against float64 > {bound:.3g} = {how}"
