@@ -21,7 +21,7 @@ A wrong gate, sign, mask or offset moves results by far more than any of these (
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -76,3 +76,26 @@ def assert_float32_close(got: Tensor, ref32: Tensor, truth: Tensor, what: str, *
     if err > bound and callable(sensitivity):
         bound, how = float32_bound(ref32, truth, terms=terms, factor=factor, sensitivity=sensitivity())
     assert err <= bound, f"{what}: float32 error {err:.3g} against float64 > {bound:.3g} = {how}"
+
+
+def assert_float32_runs_close(got: Mapping[str, Tensor], ref32: Mapping[str, Tensor], truth: Mapping[str, Tensor],
+                              where: str, *, terms: int,
+                              perturbed_run: Callable[[torch.Generator], Mapping[str, Tensor]] | None = None,
+                              factor: float = FACTOR) -> None:
+    """:func:`assert_float32_close` for every quantity of a run (outputs, states, gradients by name).
+
+    ``perturbed_run(g)``: the float64 run again on inputs and weights moved by :func:`rounding_perturbed` with
+    generator ``g``; run (twice, two draws) only if some quantity exceeds the bound without it."""
+    assert got.keys() == ref32.keys() == truth.keys(), where
+    moved: list[Mapping[str, Tensor]] = []
+
+    def sensitivity(key: str) -> float:
+        if perturbed_run is None:
+            return 0.0
+        if not moved:
+            moved.extend(perturbed_run(torch.Generator().manual_seed(seed)) for seed in (1, 2))
+        return max(max_error(m[key], truth[key]) for m in moved)
+
+    for key in truth:
+        assert_float32_close(got[key], ref32[key], truth[key], f"{where}: {key}", terms=terms, factor=factor,
+                             sensitivity=lambda key=key: sensitivity(key))

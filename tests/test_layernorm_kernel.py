@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from _tolerance import assert_float32_close, max_error, perturb_parameters_, rounding_perturbed
+from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
 T, B, I, H = 7, 4, 5, 8
@@ -120,29 +120,19 @@ def _assert_same_run(cell: str, ours, ref, packed: bool, dtype=torch.float32, to
         return {"output": run[0], **{f"final state {k}": f for k, f in enumerate(run[1])},
                 **{f"d/d{n}": g for n, g in run[2].items()}}
 
-    def float64_run(seed: int | None) -> dict[str, Tensor]:
+    def float64_run(g: torch.Generator | None) -> dict[str, Tensor]:
         """The reference loop in float64 (the same masks: _forward_backward seeds them), on the same inputs or,
-        with a seed, on inputs and weights moved by one float32 rounding."""
-        g = torch.Generator().manual_seed(seed or 0)
-        move = (lambda t: rounding_perturbed(t, g)) if seed is not None else (lambda t: t.double())
+        with a generator, on inputs and weights moved by one float32 rounding."""
+        move = (lambda t: t.double()) if g is None else (lambda t: rounding_perturbed(t, g))
         layer = copy.deepcopy(ref).double()
-        if seed is not None:
+        if g is not None:
             perturb_parameters_(layer, g)
         return flat(_forward_backward(layer, cell, move(x), tuple(move(h) for h in hx), packed))
 
     mine, theirs, truth = flat(got), flat(want), float64_run(None)
     # the float64 run is the same run (same masks): a different mask moves outputs by ~0.1, rounding by ~1e-6
     assert max_error(theirs["output"], truth["output"]) < 1e-3, "the float64 reference run must be the same run"
-    perturbed: list[dict[str, Tensor]] = []
-
-    def sensitivity(key: str) -> float:
-        if not perturbed:
-            perturbed.extend(float64_run(seed) for seed in (1, 2))
-        return max(max_error(p[key], truth[key]) for p in perturbed)
-
-    for key in truth:
-        assert_float32_close(mine[key], theirs[key], truth[key], f"{cell} {key}", terms=T * B,
-                             sensitivity=lambda key=key: sensitivity(key))
+    assert_float32_runs_close(mine, theirs, truth, cell, terms=T * B, perturbed_run=float64_run)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
