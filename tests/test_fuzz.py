@@ -353,7 +353,7 @@ def check_variant(case: dict, backend: str) -> None:
 def _unrolled_float64(layer, cell_cls, x, batched, states, lengths, w, names,
                       g: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Outputs, final states and gradients of the unrolled cell in float64 (same weights and inputs, upcast; with
-    ``g``, each moved by up to one float32 rounding)."""
+    ``g``, each moved by one float32 rounding unit, see tests/_tolerance.py)."""
     move = (lambda t: t.detach().double()) if g is None else (lambda t: rounding_perturbed(t, g))
     layer64 = copy.deepcopy(layer).double()
     if g is not None:
