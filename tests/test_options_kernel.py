@@ -22,6 +22,7 @@ import rnnlab
 from rnnlab.cellspec import SequenceRun
 from rnnlab.diagnostics import record
 from rnnlab.kernels import fused, options
+from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
 T, B, I, H, P = 7, 4, 5, 6, 3
@@ -102,14 +103,33 @@ def _compare(module, x, hx, lengths=None, seed=3):
         outs, grads = _run(module, x, hx, lengths, seed)
     # every layer-direction ran on the kernel, and it covered the run
     assert calls["called"] == calls["covered"] == module.num_layers * module.num_directions, calls
-    ref_outs, ref_grads = _run(ref, x, hx, lengths, seed)
-    assert len(outs) == len(ref_outs)
-    for k, (a, b) in enumerate(zip(outs, ref_outs)):
-        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, msg=f"output {k}")
     names = ["x", *[f"hx[{k}]" for k in range(len(hx))], *[n for n, _ in module.named_parameters()]]
-    for name, a, b in zip(names, grads, ref_grads):
-        assert a is not None and b is not None, name
-        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, msg=f"gradient of {name}")
+
+    def named(run: tuple) -> dict[str, torch.Tensor]:
+        outs, grads = run
+        for name, g in zip(names, grads):
+            assert g is not None, name
+        return {**{f"output {k}": o for k, o in enumerate(outs)}, **dict(zip(names, grads))}
+
+    got, want = named((outs, grads)), named(_run(ref, x, hx, lengths, seed))
+    if x.dtype != torch.float32:
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=TOL, atol=TOL, msg=key)
+        return
+
+    def float64_run(g: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The reference loop in float64 (the same masks: _run seeds them) on the same values or, with g, on
+        values moved by one float32 rounding (tests/_tolerance.py)."""
+        move = (lambda t: t.double()) if g is None else (lambda t: rounding_perturbed(t, g))
+        ref64 = copy.deepcopy(ref).double()
+        if g is not None:
+            perturb_parameters_(ref64, g)
+        return named(_run(ref64, move(x), [move(h) for h in hx], lengths, seed))
+
+    truth = float64_run(None)
+    assert max_error(want["output 0"], truth["output 0"]) < 1e-3, "the float64 reference run must be the same run"
+    assert_float32_runs_close(got, want, truth, f"{module.mode}", terms=x.size(0) * x.size(1),
+                              perturbed_run=float64_run)
 
 
 def _inputs(mode, layers=1, directions=1, proj=0, dtype=torch.float32):

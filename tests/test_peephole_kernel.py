@@ -9,6 +9,7 @@ state and parameter must agree. The hand-written backward is also checked by gra
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -19,6 +20,7 @@ import rnnlab
 from rnnlab.cellspec import PEEPHOLE_LSTM_SPEC, SequenceRun
 from rnnlab.kernels.peephole import peephole_kernel
 from rnnlab.kernels.reference import recurrence
+from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
 T, B, I, H = 7, 4, 5, 6
@@ -80,6 +82,23 @@ def _assert_same(got, ref, tol=TOL):
         assert err <= tol * scale, f"{name}: max abs error {err:.3g} > {tol} (x{scale:.3g})"
 
 
+def _assert_kernel_run(layer, x, hx, lengths=None) -> None:
+    """The kernel's run (float32) against the reference loop's: every quantity of :func:`_run`, bounded against
+    the reference loop's float64 run on the same weights, inputs and masks as tests/_tolerance.py describes."""
+    got, want = dict(_run(layer, "fused", x, hx, lengths)), dict(_run(layer, "reference", x, hx, lengths))
+
+    def float64_run(g: torch.Generator | None) -> dict[str, torch.Tensor]:
+        move = (lambda t: t.double()) if g is None else (lambda t: rounding_perturbed(t, g))
+        layer64 = copy.deepcopy(layer).double()
+        if g is not None:
+            perturb_parameters_(layer64, g)
+        return dict(_run(layer64, "reference", move(x), [move(h) for h in hx], lengths))
+
+    truth = float64_run(None)
+    assert max_error(want["output"], truth["output"]) < 1e-3, "the float64 reference run must be the same run"
+    assert_float32_runs_close(got, want, truth, "peephole", terms=x.size(0) * x.size(1), perturbed_run=float64_run)
+
+
 def _inputs(layer, batch_first=False):
     D = layer.num_layers * layer.num_directions
     g = torch.Generator().manual_seed(3)
@@ -111,7 +130,7 @@ def test_kernel_equals_reference_loop(case, packed):
         x = x.transpose(0, 1)  # pack_padded_sequence takes (T, B, I) here
         layer.batch_first = False
     lengths = LENGTHS if packed else None
-    _assert_same(_run(layer, "fused", x, hx, lengths), _run(layer, "reference", x, hx, lengths))
+    _assert_kernel_run(layer, x, hx, lengths)
 
 
 @pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
@@ -173,7 +192,7 @@ def test_eval_mode_inference_equals_reference_loop(options):
 def test_eval_mode_with_gradients_equals_reference_loop():
     layer = _layer(zoneout=0.2, recurrent_dropout=0.5, num_layers=2).eval()  # expectation zoneout, no dropout
     x, hx = _inputs(layer)
-    _assert_same(_run(layer, "fused", x, hx, LENGTHS), _run(layer, "reference", x, hx, LENGTHS))
+    _assert_kernel_run(layer, x, hx, LENGTHS)
 
 
 @pytest.mark.parametrize("options,packed", [
