@@ -16,7 +16,7 @@ cannot silently leave the path untested. The float32 kernel is compared with the
 loop in float64, and for the drop-in classes torch.nn in float64 with copied weights, which must agree with it): its
 error may be at most a small multiple of the float32 reference loop's own error, with a floor of a few float32 ulps
 of the magnitudes involved (:func:`_bound`). Sizes are picked to just exceed the thresholds (the default run of
-this file takes about 15 s on 2 cores); the main job's size and benchmark S3's are in a slow test.
+this file takes about 10 s on 2 cores); the main job's size and benchmark S3's are in a slow test.
 """
 
 from __future__ import annotations
