@@ -2,14 +2,15 @@
 
 * SIGKILL at random points of training (between steps, while a checkpoint file is half written, between the
   renames that publish a checkpoint), resume each time with ``rnnlab train --resume``: the final weights are
-  bit-identical to an uninterrupted run. The default run kills 5 times; the ``slow`` run at least 20.
+  bit-identical to an uninterrupted run, on the reference loop and on the fused (default) backend. The default
+  run kills 6 times per backend; the ``slow`` run at least 20.
 * A truncated or altered checkpoint (either file) is detected by its SHA-256 checksums with a clear error, and
   the previous good checkpoint (``checkpoint.prev.*``) is used instead.
 * A pickle (``torch.save``/``.pt``) offered as a checkpoint is refused without being unpickled: its payload would
   create a file, and the file never appears.
 
-This file is also the driver of the killed processes: ``python test_crash_safety.py RUN_DIR KILL`` trains (or
-resumes) the run in ``RUN_DIR`` and SIGKILLs itself at the point ``KILL`` names.
+This file is also the driver of the killed processes: ``python test_crash_safety.py RUN_DIR KILL BACKEND`` trains
+(or resumes) the run in ``RUN_DIR`` and SIGKILLs itself at the point ``KILL`` names.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-CONFIG = ["--task", "sine", "--num-samples", "32", "--batch-size", "4", "--seq-len", "8", "--hidden-size", "6",
-          "--num-layers", "2", "--dropout", "0.3", "--eval-every", "0", "--final-eval-batches", "1",
-          "--checkpoint-every", "1", "--log-every", "1", "--no-progress", "--no-plots", "--no-tensorboard",
-          "--threads", "1", "--backend", "reference", "--bptt-stride", "4", "--bptt-horizon", "6"]
+BASE = ["--task", "sine", "--num-samples", "32", "--batch-size", "4", "--seq-len", "8", "--hidden-size", "6",
+        "--num-layers", "2", "--dropout", "0.3", "--eval-every", "0", "--final-eval-batches", "1",
+        "--checkpoint-every", "1", "--log-every", "1", "--no-progress", "--no-plots", "--no-tensorboard",
+        "--threads", "1", "--bptt-stride", "4", "--bptt-horizon", "6"]
+# The kill/resume runs train on the reference loop and on the fused kernels (the default backend, what users
+# resume; pinned here so that RNNLAB_BACKEND cannot change it); the checkpoint tests on the reference loop.
+BACKENDS = {"reference": ["--backend", "reference"], "fused": ["--backend", "fused"]}
+CONFIG = [*BASE, *BACKENDS["reference"]]
 
 
 # -- the driver (runs in the killed subprocesses) --------------------------------------------------------------
@@ -86,8 +91,9 @@ def _arm(kill: str) -> None:
         tr.clip_gradients = clip
 
 
-def drive(run_dir: str, kill: str) -> int:
-    """Train the run in ``run_dir`` (resuming when it has a checkpoint) until done or killed."""
+def drive(run_dir: str, kill: str, backend: str = "reference") -> int:
+    """Train the run in ``run_dir`` (resuming when it has a checkpoint) on ``backend`` (a key of BACKENDS; a
+    resume takes it from the run's config) until done or killed."""
     torch.set_num_threads(1)
     _arm(kill)
     from rnnlab.cli import main
@@ -95,8 +101,8 @@ def drive(run_dir: str, kill: str) -> int:
     run = Path(run_dir)
     if (run / "checkpoint.json").exists() or (run / "checkpoint.prev.json").exists():
         return main(["train", "--resume", str(run)])
-    return main(["train", *CONFIG, "--max-steps", os.environ["CRASH_MAX_STEPS"], "--out-dir", str(run.parent),
-                 "--name", run.name])
+    return main(["train", *BASE, *BACKENDS[backend], "--max-steps", os.environ["CRASH_MAX_STEPS"],
+                 "--out-dir", str(run.parent), "--name", run.name])
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -114,12 +120,13 @@ def _wait_for_training(run_dir: Path, alive) -> None:
         time.sleep(0.005)
 
 
-def _run_subprocess(run_dir: Path, kill: str, max_steps: int, external_kill_after: float | None) -> int:
+def _run_subprocess(run_dir: Path, kill: str, max_steps: int, external_kill_after: float | None,
+                    backend: str) -> int:
     """Drive the run in a fresh interpreter (``python this_file.py``); returns its exit status (-9: SIGKILL)."""
     import time
 
     env = dict(os.environ, CRASH_MAX_STEPS=str(max_steps), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, str(Path(__file__).resolve()), str(run_dir), kill]
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(run_dir), kill, backend]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if external_kill_after is not None:
         _wait_for_training(run_dir, lambda: proc.poll() is None)
@@ -131,7 +138,7 @@ def _run_subprocess(run_dir: Path, kill: str, max_steps: int, external_kill_afte
     return proc.returncode
 
 
-def _run_forked(run_dir: Path, kill: str, max_steps: int, external_kill_after: float | None) -> int:
+def _run_forked(run_dir: Path, kill: str, max_steps: int, external_kill_after: float | None, backend: str) -> int:
     """Drive the run in a forked child (no interpreter start-up: torch is already imported); same exit codes.
 
     The child is a separate process killed by a real SIGKILL, so what it leaves on disk is exactly what a
@@ -150,7 +157,7 @@ def _run_forked(run_dir: Path, kill: str, max_steps: int, external_kill_after: f
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-            code = drive(str(run_dir), kill)
+            code = drive(str(run_dir), kill, backend)
         finally:
             os._exit(code)
     if external_kill_after is not None:
@@ -192,10 +199,10 @@ def _kill_plan(n: int, seed: int) -> list[tuple[str, float | None]]:
     return plan
 
 
-def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: int, runner) -> int:
+def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: int, runner, backend: str) -> int:
     from rnnlab.cli import main
 
-    assert main(["train", *CONFIG, "--max-steps", str(max_steps), "--out-dir", str(tmp_path),
+    assert main(["train", *BASE, *BACKENDS[backend], "--max-steps", str(max_steps), "--out-dir", str(tmp_path),
                  "--name", "straight"]) == 0
     want_step, want = _final_weights(tmp_path / "straight")
     assert want_step == max_steps
@@ -207,7 +214,7 @@ def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: in
         assert attempts < len(plan), f"only {killed} kills landed in {attempts} attempts"
         kill, external = plan[attempts]
         attempts += 1
-        if runner(crashed, kill, max_steps, external) == -signal.SIGKILL:
+        if runner(crashed, kill, max_steps, external, backend) == -signal.SIGKILL:
             killed += 1
             damaged_latest += _latest_is_damaged(crashed)
             continue
@@ -215,7 +222,7 @@ def _kill_resume_until_done(tmp_path: Path, kills: int, max_steps: int, seed: in
         got_step, got = _final_weights(crashed)
         _assert_bit_identical(got_step, got, want_step, want)
         shutil.rmtree(crashed)
-    assert runner(crashed, "none", max_steps, None) == 0
+    assert runner(crashed, "none", max_steps, None, backend) == 0
     got_step, got = _final_weights(crashed)
     _assert_bit_identical(got_step, got, want_step, want)
     return damaged_latest
@@ -245,14 +252,17 @@ def _assert_bit_identical(got_step, got, want_step, want) -> None:
 # -- SIGKILL and resume ----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (the slow variant spawns interpreters)")
-def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    damaged = _kill_resume_until_done(tmp_path, kills=6, max_steps=14, seed=0, runner=_run_forked)
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_sigkill_and_resume_is_bit_identical(tmp_path, backend):
+    damaged = _kill_resume_until_done(tmp_path, kills=6, max_steps=14, seed=0, runner=_run_forked, backend=backend)
     assert damaged >= 1, "no kill left the latest checkpoint damaged: the fallback path was not exercised"
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bit_identical_20_kills(tmp_path):
-    damaged = _kill_resume_until_done(tmp_path, kills=24, max_steps=80, seed=1, runner=_run_subprocess)
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_sigkill_and_resume_is_bit_identical_20_kills(tmp_path, backend):
+    damaged = _kill_resume_until_done(tmp_path, kills=24, max_steps=80, seed=1, runner=_run_subprocess,
+                                      backend=backend)
     assert damaged >= 1
 
 
@@ -458,4 +468,4 @@ def test_pickle_offered_as_checkpoint_is_refused_without_unpickling(tmp_path, wh
 
 
 if __name__ == "__main__":
-    sys.exit(drive(sys.argv[1], sys.argv[2]))
+    sys.exit(drive(*sys.argv[1:4]))

@@ -330,16 +330,52 @@ def test_elman_preactivation_and_relu_dead_fraction():
 
 
 def test_analyse_bundles_everything_consistently():
-    model = LastStepRegressor("lstm", 2, 8, num_layers=2)
-    x, y = adding_batch(25, 4)
-    diag = analyse(model, lambda: ((model(x) - y) ** 2).mean(), rows=2)
+    """analyse() measures the model it was given. Recomputed independently with torch.nn.LSTMCell steps carrying
+    each layer's weights (layer 1 reading layer 0's outputs), and torch.autograd.functional.jacobian of them:
+    the singular values of the one-step Jacobian ``ds_T/ds_{T-1}`` (k = 1) and of the whole sequence's
+    ``ds_T/ds_0`` (k = T), with ``s = (h, c)``, and of its ``dh_T/dh_0`` block; the mean forget gate."""
+    torch.manual_seed(0)
+    T, H, rows = 25, 8, 2
+    model = LastStepRegressor("lstm", 2, H, num_layers=2).double()
+    x, y = adding_batch(T, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    diag = analyse(model, lambda: ((model(x) - y) ** 2).mean(), rows=rows)
     assert diag.profile.names == ["rnn.l0", "rnn.l1"]
-    assert diag.jacobians[0].windows == [1, 2, 5, 10, 20, 25]
-    # k = 1: the one-step Jacobian's top singular value is the same whether read from the product or directly
-    tr_sv = diag.jacobians[1].singular_values[0]
-    assert torch.all(tr_sv[:, :-1] >= tr_sv[:, 1:])  # descending
     d = diag.to_dict()
     assert d["gates"][0]["scalars"]["f_mean"] == diag.gates[0].scalars["f_mean"]
+    inputs = x
+    for layer, spec in enumerate(diag.jacobians):
+        assert spec.windows == [1, 2, 5, 10, 20, 25]
+        cell = nn.LSTMCell(inputs.size(-1), H, dtype=torch.float64)
+        cell.load_state_dict({name[:-3]: p for name, p in model.rnn.state_dict().items()
+                              if name.endswith(f"_l{layer}")})
+
+        def run(s: torch.Tensor, steps: range, xs: torch.Tensor) -> torch.Tensor:
+            """The flat state (h, c) of one batch row after ``steps``, from the flat state ``s``."""
+            h, c = s[:H].unsqueeze(0), s[H:].unsqueeze(0)
+            for t in steps:
+                h, c = cell(xs[t].unsqueeze(0), (h, c))
+            return torch.cat([h, c], dim=1).squeeze(0)
+
+        with torch.no_grad():
+            h = c = torch.zeros(x.size(1), H, dtype=torch.float64)
+            outs, forget = [], []
+            for t in range(T):
+                pre = inputs[t] @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
+                forget.append(torch.sigmoid(pre.chunk(4, dim=1)[1]))
+                prev_last = torch.cat([h, c], dim=1) if t == T - 1 else None
+                h, c = cell(inputs[t], (h, c))
+                outs.append(h)
+        assert abs(diag.gates[layer].scalars["f_mean"] - torch.stack(forget).mean().item()) < 1e-12
+        for r in range(rows):
+            one = torch.autograd.functional.jacobian(lambda s: run(s, range(T - 1, T), inputs[:, r]), prev_last[r])
+            whole = torch.autograd.functional.jacobian(lambda s: run(s, range(T), inputs[:, r]),
+                                                       torch.zeros(2 * H, dtype=torch.float64))
+            torch.testing.assert_close(spec.singular_values[0, r], torch.linalg.svdvals(one), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(spec.singular_values[-1, r], torch.linalg.svdvals(whole), rtol=1e-9,
+                                       atol=1e-12)
+            torch.testing.assert_close(spec.hidden_singular_values[-1, r], torch.linalg.svdvals(whole[:H, :H]),
+                                       rtol=1e-9, atol=1e-12)
+        inputs = torch.stack(outs)
 
 
 def test_gate_histograms_bin_like_torch_histc():

@@ -147,10 +147,12 @@ def test_tbptt_windows_get_their_own_profile_rows():
 @pytest.mark.parametrize("mode, kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
                                           ("RNN_TANH", {}), ("RNN_RELU", {})])
 def test_kernel_traces_equal_the_reference_recording(mode, kwargs):
-    """Recorder(kernel=True) keeps the fused kernel and reads its per-step gradients: the profile and the gate
-    statistics equal those of the recording reference loop (an independent autograd computation)."""
+    """Recorder(kernel=True) keeps the fused kernel and reads its per-step gradients: the recorded states and gate
+    activations, the per-step gradients dL/dh_t (dL/dc_t) themselves, the profile and the gate statistics equal
+    those of the recording reference loop (an independent autograd computation: ``.grad`` of every state)."""
     import rnnlab
-    from rnnlab.diagnostics import Recorder, gate_stats, profile_from_grads
+    from rnnlab.diagnostics import Recorder, gate_stats, gate_values, profile_from_grads
+    from rnnlab.diagnostics.probe import state_tensors
     from rnnlab.kernels.fused import uses_compiled
 
     torch.manual_seed(0)
@@ -183,7 +185,22 @@ def test_kernel_traces_equal_the_reference_recording(mode, kwargs):
         torch.testing.assert_close(prof_k.cell_initial, prof_r.cell_initial, rtol=1e-5, atol=1e-7)
     for gk, gr in zip(grads_k, grads_r):  # the training gradients are untouched by the recording
         torch.testing.assert_close(gk, gr, rtol=1e-5, atol=1e-6)
+    assert len(rec_k.traces) == len(rec_r.traces) == 4
     for tk, tr in zip(rec_k.traces, rec_r.traces):
+        assert (tk.name, tk.steps) == (tr.name, tr.steps)
+        n_states = len(state_tensors(tr.states[0]))
+        assert tk.step_grads is not None and len(tk.step_grads) == n_states
+        for k in range(n_states):  # time order: index t is step t, in either direction
+            states = torch.stack([state_tensors(s)[k].detach() for s in tr.states])  # (T, B, size)
+            torch.testing.assert_close(torch.stack([state_tensors(s)[k] for s in tk.states]), states,
+                                       rtol=1e-5, atol=1e-6)
+            grads = torch.stack([state_tensors(s)[k].grad for s in tr.states])  # dL/ds_t, total
+            torch.testing.assert_close(tk.step_grads[k], grads, rtol=1e-5, atol=1e-6)
+        assert tk.gate_seq is not None and tk.gate_seq
+        with torch.no_grad():
+            steps = [gate_values(tr.mode, tr.inputs[t], tr.prev[t], tr.weights) for t in range(tr.steps)]
+        for name, seq in tk.gate_seq.items():  # what the kernel computed vs the gates of the reference's states
+            torch.testing.assert_close(seq, torch.stack([g[name] for g in steps]), rtol=1e-5, atol=1e-6)
         sk, sr = gate_stats(tk), gate_stats(tr)
         assert sk.scalars.keys() == sr.scalars.keys() and sk.scalars
         for key in sk.scalars:

@@ -18,6 +18,7 @@ more than 2,000). ``deadline=None`` everywhere: the first call of a backend can 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 
@@ -587,9 +588,43 @@ def test_bad_cell_call_raises_named_error_slow(case):
     check_bad_cell(case)
 
 
-def test_profiles_reach_the_issue_counts():
-    """The default run is a few hundred cases; the slow run at least 2,000 (issue 8)."""
-    per_test = {"layer": len(BACKENDS), "cell": 1, "variant": len(BACKENDS), "ctor": 1, "forward": 1, "cellbad": 1}
-    n_tests = sum(per_test.values())
-    assert 150 <= n_tests * DEFAULT.max_examples <= 600
-    assert n_tests * SLOW.max_examples >= 2000
+def _hypothesis_tests(slow: bool) -> list:
+    """The @given tests of this module, the ``slow``-marked ones or the others."""
+    tests = [f for name, f in globals().items() if name.startswith("test_") and hasattr(f, "hypothesis")]
+    return [f for f in tests if any(m.name == "slow" for m in getattr(f, "pytestmark", [])) == slow]
+
+
+def _examples_run(test, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """How many cases hypothesis runs for ``test``, all its parametrized instances together, and how many instances:
+    the test runs with its settings as applied, its body replaced by a counter (the cases are drawn, nothing is
+    checked)."""
+    calls = {"n": 0}
+
+    def count(*args, **kwargs) -> None:
+        calls["n"] += 1
+
+    monkeypatch.setattr(test.hypothesis, "inner_test", count)
+    marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+    assert all("," not in m.args[0] for m in marks), "only one-argument parametrize is counted here"
+    instances = list(itertools.product(*(m.args[1] for m in marks)))
+    for values in instances:
+        test(**{m.args[0]: v for m, v in zip(marks, values)})
+    return calls["n"], len(instances)
+
+
+def test_profiles_reach_the_issue_counts(monkeypatch):
+    """The default run is a few hundred cases (issue 8): counted by running every default-run @given test of this
+    module with a counting body; each runs the default profile's number of cases. Each has a ``slow`` copy; those
+    run at least 2,000 together (counted the same way by the slow test below)."""
+    default, slow = _hypothesis_tests(slow=False), _hypothesis_tests(slow=True)
+    assert sorted(f.__name__ + "_slow" for f in default) == sorted(f.__name__ for f in slow)
+    counts = {f.__name__: _examples_run(f, monkeypatch) for f in default}
+    for name, (n, instances) in counts.items():
+        assert n == DEFAULT.max_examples * instances, f"{name}: {n} cases in {instances} instances"
+    assert 150 <= sum(n for n, _ in counts.values()) <= 600
+
+
+@pytest.mark.slow
+def test_slow_profile_reaches_the_issue_count(monkeypatch):
+    """The slow run: at least 2,000 cases (issue 8), counted as above."""
+    assert sum(_examples_run(f, monkeypatch)[0] for f in _hypothesis_tests(slow=True)) >= 2000
