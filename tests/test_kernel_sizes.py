@@ -15,7 +15,7 @@ Every case here checks its own sizes against those thresholds (:func:`_reaches`)
 cannot silently leave the path untested. The float32 kernel is compared with the float64 answer (the reference
 loop in float64, and for the drop-in classes torch.nn in float64 with copied weights, which must agree with it): its
 error may be at most a small multiple of the float32 reference loop's own error, with a floor of a few float32 ulps
-of the magnitudes involved (:func:`_bound`). Sizes are picked to just exceed the thresholds (the default run of
+of the magnitudes involved (``tests/_tolerance.py``). Sizes are picked to just exceed the thresholds (the default run of
 this file takes about 10 s on 2 cores); the main job's size and benchmark S3's are in a slow test.
 """
 
@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
+from _tolerance import assert_float32_close, max_error
 
 pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compiler; fail if the build fails
 
@@ -39,36 +40,24 @@ PACK_MIN = int(os.environ.get("RNNLAB_FUSED_PACK_MIN", 128 * 1024))  # StepGemm<
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "LayerNormLSTM": 4, "PeepholeLSTM": 4}
 T_INFER, T_TRAIN, B, I = 100, 24, 4, 32
 LENGTHS = [100, 57, 100, 13]                     # for T_INFER; T_TRAIN cases use min(n, T_TRAIN)
-EPS32 = torch.finfo(torch.float32).eps
 
 
-# -- the float32 bound ---------------------------------------------------------------------------------------------
-# A local stand-in for the suite's shared float32 tolerance (being written separately): switching means replacing
-# the body of _bound (and nothing else) with a call to the shared helper.
-
-def _bound(ref_err: float, truth: Tensor) -> float:
-    """How far a float32 kernel result may be from the float64 ``truth``: 4x the float32 reference loop's own
-    error ``ref_err`` (the kernel reorders sums and uses a polynomial exp; it may not be less accurate than that),
-    plus a floor of 8 float32 ulps of the largest magnitude in ``truth`` (for a quantity the loop happens to get
-    almost exactly right)."""
-    return 4 * ref_err + 8 * EPS32 * max(truth.abs().max().item(), EPS32)
-
+# -- the float32 bound: the suite's one rule (tests/_tolerance.py) ----------------------------------------------------
 
 def _err(a: Tensor, truth: Tensor) -> float:
     assert a.shape == truth.shape
-    return (a.double() - truth).abs().max().item() if a.numel() else 0.0
+    return max_error(a, truth)
 
 
 def _assert_as_accurate(got: dict[str, Tensor], ref32: dict[str, Tensor], truth: dict[str, Tensor],
                         where: str) -> None:
-    """Every float32 quantity of the kernel run is within :func:`_bound` of the float64 truth."""
+    """Every float32 quantity of the kernel run is as close to the float64 truth as the float32 reference loop's
+    (:func:`_tolerance.assert_float32_close`)."""
     assert got.keys() == ref32.keys() == truth.keys(), where
     for key, t in truth.items():
         ref_err = _err(ref32[key], t)
         assert ref_err < 1e-2 * max(1.0, t.abs().max().item()), f"{where}: {key}: float64 run is not the same run"
-        err, bound = _err(got[key], t), _bound(ref_err, t)
-        assert err <= bound, (f"{where}: {key}: kernel {err:.3g} from float64 > bound {bound:.3g} "
-                              f"(float32 reference loop {ref_err:.3g}, max |value| {t.abs().max().item():.3g})")
+        assert_float32_close(got[key], ref32[key], t, f"{where}: {key}")
 
 
 def _assert_same(a: dict[str, Tensor], b: dict[str, Tensor], where: str, rtol: float = 1e-9) -> None:
