@@ -22,15 +22,15 @@ def _shakespeare(cfg, seed: int) -> Task:
 @register_task("text")
 def _text(cfg, seed: int) -> Task:
     from ..errors import UserError
-    from .text import CharLMTask, CharVocab, load_text_file
+    from .text import CharLMTask, load_text_ids
 
     if not cfg.path:
         raise UserError("text task: give the text file with --path FILE")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"text task: val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    text = load_text_file(cfg.path)
-    cut = int(len(text) * (1 - cfg.val_fraction))
-    return CharLMTask("text", text[:cut], text[cut:], CharVocab(text), cfg.batch_size, cfg.seq_len, seed)
+    vocab, ids = load_text_ids(cfg.path)  # memory-mapped: a large file costs pages, not its size in memory
+    cut = int(len(ids) * (1 - cfg.val_fraction))
+    return CharLMTask("text", ids[:cut], ids[cut:], vocab, cfg.batch_size, cfg.seq_len, seed)
 
 
 def _synthetic(name: str, cfg, seed: int, make, kind: str, output_size: int, per_step: bool) -> Task:
