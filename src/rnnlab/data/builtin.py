@@ -3,8 +3,6 @@ only matters to the task that needs it)."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import register_task
 from .base import Task
 
@@ -85,25 +83,20 @@ def _mnist_rows(cfg, seed: int) -> Task:
 @register_task("csv")
 def _csv(cfg, seed: int) -> Task:
     from ..errors import UserError
-    from .series import SeriesTask, read_csv_columns
+    from .series import SeriesTask, check_missing, read_csv_table
 
     if not cfg.path:
         raise UserError("csv task: give the file with --path FILE (and optionally --columns, --target)")
-    if cfg.missing not in ("error", "interpolate"):
-        raise UserError(f"csv task: --missing must be 'error' or 'interpolate', got {cfg.missing!r}")
     wanted = list(dict.fromkeys(list(cfg.columns) + list(cfg.target))) if cfg.columns else []
-    names, raw = read_csv_columns(cfg.path, wanted or None)
-    if cfg.missing == "error" and np.isnan(raw).any():
-        rows, cols = np.nonzero(np.isnan(raw))
-        raise UserError(f"csv task: {cfg.path} has {rows.size} empty or NaN value(s), the first in row {rows[0] + 2} "
-                        f"(counting the header as row 1), column {names[cols[0]]!r}; pass --missing interpolate to "
-                        f"fill them linearly in time")
+    table = read_csv_table(cfg.path, wanted or None, cfg.delimiter)
+    check_missing(table, cfg.missing, cfg.path)
+    names = table.names
     inputs = list(cfg.columns) or names
     unknown = [c for c in cfg.target if c not in names]
     if unknown:
         raise UserError(f"csv task: target columns {unknown} are not numeric columns of {cfg.path}: {names}")
     targets = list(cfg.target) or inputs
-    return SeriesTask("csv", names, raw, inputs, targets, cfg, seed)
+    return SeriesTask("csv", names, table.values, inputs, targets, cfg, seed, table=table)
 
 
 @register_task("sunspots")
