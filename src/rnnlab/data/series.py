@@ -10,7 +10,7 @@ columns predict the next ``horizon`` steps of the target columns, all at once fr
 A user's CSV (:func:`read_csv_table`) is read as a data scientist would expect: the delimiter (``,`` ``;`` tab
 ``|``) is detected with :class:`csv.Sniffer` (``--delimiter`` overrides it), and so is the header row: the first
 row is a header when one of its cells is text in a column of numbers or dates, else the columns are named
-``column1``, ``column2``, ... An ISO 8601 date column (``2024-01-31``, ``2024-01-31 12:00``) becomes the index of
+``column1``, ``column2``, ... In a file delimited by ``;`` or tabs, ``1,5`` is 1.5 (a spreadsheet's decimal comma). An ISO 8601 date column (``2024-01-31``, ``2024-01-31 12:00``) becomes the index of
 the forecast. Every cell of a column that is read must be a number: the first one that is not stops the run with
 its row, column and value. Empty and ``NaN`` cells are the *missing values* of ``--missing``: an error by default
 (with the first one's row and column), or filled by linear interpolation in time with ``--missing interpolate``;
@@ -74,10 +74,15 @@ class CsvTable:
     skipped: list[str]
 
 
-def _number(cell: str) -> float:
-    """A cell as a number, NaN when missing. Raises ValueError when it is neither."""
+def _number(cell: str, decimal_comma: bool = False) -> float:
+    """A cell as a number, NaN when missing. Raises ValueError when it is neither. ``decimal_comma``: ``1,5`` is
+    1.5 (files delimited by ``;`` or tabs, as spreadsheets write them where the comma is the decimal mark)."""
     cell = cell.strip()
-    return math.nan if cell.lower() in _MISSING else float(cell)
+    if cell.lower() in _MISSING:
+        return math.nan
+    if decimal_comma and cell.count(",") == 1 and "." not in cell:
+        cell = cell.replace(",", ".")
+    return float(cell)
 
 
 def _date(cell: str) -> np.datetime64 | None:
@@ -95,19 +100,21 @@ def _date(cell: str) -> np.datetime64 | None:
     return None if np.isnat(d) else d
 
 
-def _kind(cells: list[str]) -> str:
-    """``number``, ``date`` or ``text``: what a column's sample cells are (a column of missing values is numeric)."""
+def _kind(cells: list[str], decimal_comma: bool) -> str:
+    """``number``, ``date`` or ``text``: what a column's sample cells are. One number makes a column of numbers
+    and one date a column of dates (a cell that is not one is then an error, not a reason to drop the column);
+    a column of missing values is numeric."""
     present = [c for c in cells if c.strip().lower() not in _MISSING]
     numbers = 0
     for c in present:
         try:
-            float(c)
+            _number(c, decimal_comma)
             numbers += 1
         except ValueError:
             pass
     if numbers or not present:
-        return "number"
-    return "date" if all(_date(c) is not None for c in present) else "text"
+        return "number"  # then every cell must be a number: the first that is not stops the run
+    return "date" if any(_date(c) is not None for c in present) else "text"
 
 
 def _delimiter(sample: str, given: str) -> str:
@@ -143,14 +150,15 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
             if not rows:
                 raise UserError(f"csv task: {p} has no data rows")
             width = max(len(r) for r in rows)
+            comma = delim != ","  # a comma inside a cell is then a decimal mark (see _number)
             first, rest = rows[0], rows[1:]
-            kinds = [_kind([r[j] for r in rest if j < len(r)]) for j in range(width)]
+            kinds = [_kind([r[j] for r in rest if j < len(r)], comma) for j in range(width)]
             # A header row: some cell is text (not a number, a date or missing) where the rows below are
             # numbers or dates.
-            header = bool(rest) and any(_kind([first[j]]) == "text" and kinds[j] != "text"
+            header = bool(rest) and any(_kind([first[j]], comma) == "text" and kinds[j] != "text"
                                         for j in range(len(first)))
             if not header:
-                kinds = [_kind([r[j] for r in rows if j < len(r)]) for j in range(width)]
+                kinds = [_kind([r[j] for r in rows if j < len(r)], comma) for j in range(width)]
             names = ([h.strip() for h in first] + [f"column{j + 1}" for j in range(len(first), width)] if header
                      else [f"column{j + 1}" for j in range(width)])
             if header and not rest:
@@ -180,7 +188,7 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
                 for col, j in zip(data, used):
                     cell = row[j] if j < len(row) else ""
                     try:
-                        value = _number(cell)
+                        value = _number(cell, comma)
                     except ValueError:
                         raise UserError(f"csv task: {p.name} row {reader.line_num}, column {names[j]!r}: {cell!r} "
                                         f"is not a number (only empty and NaN cells count as missing values, see "
@@ -242,8 +250,8 @@ def interpolate_missing(values: np.ndarray) -> tuple[np.ndarray, int]:
     Raises:
         UserError: a column with no value at all.
     """
-    out = values.copy()
-    missing = int(np.isnan(out).sum())
+    missing = int(np.isnan(values).sum())
+    out = values.copy() if missing else values  # no copy of a complete series (a large CSV's only array)
     idx = np.arange(out.shape[0])
     for j in range(out.shape[1]):
         bad = np.isnan(out[:, j])
@@ -290,13 +298,13 @@ def make_windows(series: np.ndarray | torch.Tensor, inputs: list[int], targets: 
     Shape: series ``(N, C)``; returns ``x`` ``(W, length, len(inputs))`` and ``y`` ``(W, horizon * len(targets))``
     (the forecast flattened step-major: ``y[w].view(horizon, len(targets))``).
     """
-    data = torch.as_tensor(series)
+    data = torch.as_tensor(series, dtype=torch.float32)  # the one copy the windows view
     start = max(0, first_target - length)
     count = data.shape[0] - length - horizon + 1 - start
     if count <= 0:
         return torch.empty(0, length, len(inputs)), torch.empty(0, horizon * len(targets))
-    x = data[start:, inputs].float().unfold(0, length, 1)[:count].transpose(1, 2)  # (W, length, I), a view
-    y = data[start + length:, targets].float().unfold(0, horizon, 1)[:count].transpose(1, 2)  # (W, horizon, O)
+    x = data[start:, inputs].unfold(0, length, 1)[:count].transpose(1, 2)  # (W, length, I), a view
+    y = data[start + length:, targets].unfold(0, horizon, 1)[:count].transpose(1, 2)  # (W, horizon, O)
     return x, y.reshape(count, horizon * len(targets))
 
 
