@@ -38,23 +38,24 @@ def run(args: argparse.Namespace) -> int:
     state, cfg_dict = load_checkpoint(args.run_dir, fallback=True)
     cfg = config_from_dict(cfg_dict)
     model, task = build_model_and_task(cfg)
+    series = task if isinstance(task, SeriesTask) else None
+    if args.period and series is None:
+        raise UserError(f"--period is for forecasting runs; {args.run_dir} is a {task.name} run")
     model.load_state_dict(state["model"])
     metrics = Trainer(model, task, cfg).evaluate(args.batches)
     metrics = {"step": state["step"], **metrics}
     if task.kind == "lm":
         metrics["val_bits_per_char"] = metrics["val_loss"] / 0.6931471805599453
-    errors = forecast_errors(task, model, args.period) if isinstance(task, SeriesTask) else {}
-    if args.period and not errors:
-        raise UserError(f"--period is for forecasting runs; {args.run_dir} is a {task.name} run")
+    errors = forecast_errors(series, model, args.period) if series is not None else {}
     if args.json:
         print(json.dumps({**metrics, **errors}))
         return 0
     print(f"{task.name} @ step {state['step']}: " + "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"))
-    if errors:
+    if series is not None:
         baselines = [("naive_", "naive (last value)")] + ([("seasonal_", f"seasonal naive (period {args.period})")]
                                                           if args.period else [])
-        for col in task.targets:  # one line per column: each in its own units
+        for col in series.targets:  # one line per column: each in its own units
             line = f"  {col}: model MAE {errors[f'mae_{col}']:.4g} RMSE {errors[f'rmse_{col}']:.4g}"
             for prefix, name in baselines:
                 line += f"; {name} MAE {errors[f'{prefix}mae_{col}']:.4g} RMSE {errors[f'{prefix}rmse_{col}']:.4g}"

@@ -405,9 +405,11 @@ def forecast_ahead(model: torch.nn.Module, history: np.ndarray, inputs: list[str
                         f"not forecast its input column(s) {not_forecast} to feed back; ask for at most {horizon} "
                         f"steps, or train with --target covering every input")
     feed = [targets.index(c) for c in inputs] if steps > horizon else []
-    window, out = np.asarray(history, dtype=np.float64), []
+    window = np.asarray(history, dtype=np.float64)  # (L, I)
+    out: list[np.ndarray] = []
     while len(out) < steps:
-        pred = predict_windows(model, torch.tensor(window[None], dtype=torch.float32))[0].reshape(horizon, len(targets))
+        pred = predict_windows(model, torch.tensor(window[None], dtype=torch.float32))[0]
+        pred = pred.reshape(horizon, len(targets))
         out.extend(pred)
         window = np.concatenate([window, pred[:, feed]])[-history.shape[0]:] if feed else window
     return np.array(out[:steps])

@@ -66,24 +66,21 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-def stream_layout(tokens: Tensor | np.ndarray, batch_size: int) -> tuple[Tensor, Tensor] | tuple[np.ndarray, np.ndarray]:
+def stream_layout(tokens: Tensor | np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-character targets as ``batch_size`` contiguous streams, time-major.
 
     Stream ``b`` is ``tokens[b*L : (b+1)*L]`` with ``L = (N - 1) // batch_size``; the target of each position is
-    the following character. A NumPy array (e.g. memory-mapped ids) gives strided views of it, nothing copied.
+    the following character. Both are strided views of ``tokens`` (e.g. memory-mapped ids): nothing is copied.
 
     Shape:
         tokens: ``(N,)``. Returns ``X, Y``: ``(L, batch_size)`` each.
     """
-    length = (len(tokens) - 1) // batch_size
+    ids = tokens.numpy() if isinstance(tokens, Tensor) else tokens
+    length = (len(ids) - 1) // batch_size
     if length < 2:
-        raise UserError(f"char LM: {len(tokens)} characters are too few for batch_size={batch_size}")
-    if isinstance(tokens, np.ndarray):
-        return (tokens[: batch_size * length].reshape(batch_size, length).T,
-                tokens[1: batch_size * length + 1].reshape(batch_size, length).T)
-    x = tokens[: batch_size * length].view(batch_size, length).t().contiguous()  # (L, B)
-    y = tokens[1: batch_size * length + 1].view(batch_size, length).t().contiguous()  # (L, B)
-    return x, y
+        raise UserError(f"char LM: {len(ids)} characters are too few for batch_size={batch_size}")
+    return (ids[: batch_size * length].reshape(batch_size, length).T,  # (L, B)
+            ids[1: batch_size * length + 1].reshape(batch_size, length).T)
 
 
 def fitting_batch_shape(n_chars: int, batch_size: int, seq_len: int) -> tuple[int, int] | None:
@@ -145,11 +142,12 @@ class CharLMTask(Task):
         # Leave one chunk of room for the random per-epoch offset.
         self.steps_per_epoch = (self.train_x.shape[0] - seq_len) // seq_len
         self.train_chars, self.val_chars = n_train, n_val
+        self.id_map: np.ndarray | None = None  # stored id -> model id, when the model's vocabulary is another one
 
-    @staticmethod
-    def _ids(a: np.ndarray) -> Tensor:
-        """A batch's ids as an int64 tensor: the only copy of the data a batch makes."""
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    def _ids(self, a: np.ndarray) -> Tensor:
+        """A batch's ids as an int64 tensor (through ``id_map`` when set): the only copy of the data a batch makes."""
+        ids = np.ascontiguousarray(a, dtype=np.int64)
+        return torch.from_numpy(ids if self.id_map is None else self.id_map[ids])
 
     def train_batch(self, step: int) -> Batch:
         epoch, i = divmod(step, self.steps_per_epoch)
