@@ -8,13 +8,14 @@ columns predict the next ``horizon`` steps of the target columns, all at once fr
 (:func:`forecast_ahead`).
 
 A user's CSV (:func:`read_csv_table`) is read as a data scientist would expect: the delimiter (``,`` ``;`` tab
-``|``) is detected with :class:`csv.Sniffer` (``--delimiter`` overrides it), and so is the header row: the first
-row is a header when one of its cells is text in a column of numbers or dates, else the columns are named
-``column1``, ``column2``, ... In a file delimited by ``;`` or tabs, ``1,5`` is 1.5 (a spreadsheet's decimal comma). An ISO 8601 date column (``2024-01-31``, ``2024-01-31 12:00``) becomes the index of
-the forecast. Every cell of a column that is read must be a number: the first one that is not stops the run with
-its row, column and value. Empty and ``NaN`` cells are the *missing values* of ``--missing``: an error by default
-(with the first one's row and column), or filled by linear interpolation in time with ``--missing interpolate``;
-the bundled series are always interpolated, and the count is reported by :meth:`SeriesTask.describe`.
+``|``) is detected with :class:`csv.Sniffer` (``--delimiter`` overrides it), and so is the header row: the first row
+is a header when one of its cells is text in a column of numbers or dates, else the columns are named ``column1``,
+``column2``, ... In a file delimited by ``;`` or tabs, ``1,5`` is 1.5 (a spreadsheet's decimal comma). An ISO 8601
+date column (``2024-01-31``, ``2024-01-31 12:00``) becomes the index of the forecast. Every cell of a column that is
+read must be a number: the first one that is not stops the run with its row, column and value. Empty and ``NaN``
+cells are the *missing values* of ``--missing``: an error by default (with the first one's row and column), or
+filled by linear interpolation in time with ``--missing interpolate``; the bundled series are always interpolated,
+and the count is reported by :meth:`SeriesTask.describe`.
 
 Why the standard library and not pandas (measured on nine small files: comma, semicolon, tab, semicolon with
 decimal commas, one column, quoted header, with and without a header): ``pd.read_csv(sep=None)`` uses this same
@@ -46,7 +47,8 @@ from ..errors import UserError
 from .arrays import ArrayTask
 
 __all__ = ["read_csv_table", "CsvTable", "read_csv_columns", "check_missing", "interpolate_missing", "Scaler",
-           "make_windows", "SeriesTask", "format_stamp", "predict_windows", "forecast_ahead", "forecast_errors", "statsmodels_csv"]
+           "make_windows", "SeriesTask", "format_stamp", "predict_windows", "forecast_ahead", "forecast_errors",
+           "statsmodels_csv"]
 
 _MISSING = frozenset(("", "nan", "na", "n/a", "null"))  # lower-cased cells that are missing values
 _DELIMITERS = ",;\t|"
