@@ -141,6 +141,7 @@ def test_readme_csv_block_runs_as_written(tmp_path):
     ('"YEAR","SUN"\n1700,5\n1701,11\n', ["YEAR", "SUN"], [1700, 5]),
     ("temp\n1\n2\n3\n", ["temp"], [1]),  # one column: no delimiter to sniff
     ("1\n2\n3\n", ["column1"], [1]),
+    ("\ufeffdate,v\n2024-01-01,1\n2024-01-02,2\n", ["v"], [1]),  # Excel's byte-order mark; a date column
 ])
 def test_csv_delimiter_and_header_are_detected(tmp_path, text, names, first):
     path = tmp_path / "d.csv"
@@ -151,7 +152,7 @@ def test_csv_delimiter_and_header_are_detected(tmp_path, text, names, first):
         return
     table = read_csv_table(path)
     assert table.names == names and table.values[0].tolist() == first
-    assert table.header == (not names[0].startswith("column"))
+    assert table.header == (not names[0].startswith("column")) and table.date_column in (None, "date")
     assert table.values.shape[0] == text.count("\n") - table.header
 
 

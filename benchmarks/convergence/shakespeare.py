@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     length = (val.numel() - 1) // streams
     val_x = val[: streams * length].view(streams, length).t()  # (L, 50)
     val_y = val[1: streams * length + 1].view(streams, length).t()  # (L, 50)
-    bigram = bigram_nats(torch.from_numpy(task.train_x.astype(np.int64)), torch.stack([val_x.flatten(), val_y.flatten()]), vocab)
+    train = torch.from_numpy(task.train_x.astype(np.int64))  # (L, B)
+    bigram = bigram_nats(train, torch.stack([val_x.flatten(), val_y.flatten()]), vocab)
     runs = []
     for cell in args.cells:
         torch.manual_seed(args.seed)

@@ -145,7 +145,7 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
     if not p.is_file():
         raise UserError(f"csv task: file not found: {p}")
     try:
-        with p.open(newline="", encoding="utf-8") as f:
+        with p.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is not data
             sample = "".join(line for _, line in zip(range(_SAMPLE_LINES + 1), f))
             delim = _delimiter(sample, delimiter)
             rows = [r for r in csv.reader(sample.splitlines(), delimiter=delim) if any(c.strip() for c in r)]
