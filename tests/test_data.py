@@ -137,7 +137,7 @@ def test_series_windows_scaling_and_missing_values(tmp_path):
     assert t.scaler.shift[t.names.index("temp")] == pytest.approx(raw.mean())
     with pytest.raises(UserError, match=r"columns \['wind'\] not in d.csv; available: \['day', 'temp', 'name'"):
         _task("csv", path=str(path), columns=["wind"])
-    with pytest.raises(UserError, match="d.csv row 2, column 'name': 'a' is not a number"):
+    with pytest.raises(UserError, match="column 'name' of d.csv has non-numeric values"):
         _task("csv", path=str(path), columns=["name"])
     with pytest.raises(UserError, match="too few for windows of seq_len=100"):
         _task("csv", path=str(path), missing="interpolate", seq_len=100)

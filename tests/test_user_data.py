@@ -147,7 +147,7 @@ def test_csv_delimiter_and_header_are_detected(tmp_path, text, names, first):
     path = tmp_path / "d.csv"
     path.write_text(text)
     if names is None:
-        with pytest.raises(UserError, match=r"d.csv row 2, column 'b': 'x2' is not a number"):
+        with pytest.raises(UserError, match=r"column 'b' of d.csv has non-numeric values: row 2 has 'x2'"):
             read_csv_table(path)
         return
     table = read_csv_table(path)
@@ -159,7 +159,7 @@ def test_csv_delimiter_and_header_are_detected(tmp_path, text, names, first):
 def test_csv_delimiter_flag_overrides_detection(tmp_path):
     path = tmp_path / "colon.csv"
     path.write_text("a:b\n1:2\n3:4\n5:6\n")
-    with pytest.raises(UserError, match=r"no column of numbers; columns: \['column1'\] \(delimiter ','; give another "
+    with pytest.raises(UserError, match=r"no numeric column; columns: \['column1'\] \(delimiter ','; give another "
                                         r"with --delimiter\)"):
         read_csv_table(path)
     table = read_csv_table(path, delimiter=":")
@@ -175,12 +175,12 @@ def test_unparsable_cell_stops_with_row_column_and_value(tmp_path):
     rows = [f"{d},{20 + d % 5},{50 + d % 7}" for d in range(60)]
     rows[2] = "2,12.3.4,51"
     path.write_text("day,temp,humidity\n" + "\n".join(rows) + "\n")
-    with pytest.raises(UserError, match=r"w.csv row 4, column 'temp': '12.3.4' is not a number \(only empty and "
-                                        r"NaN cells count as missing values, see --missing\)"):
+    with pytest.raises(UserError, match=r"column 'temp' of w.csv has non-numeric values: row 4 has '12.3.4' \(only "
+                                        r"empty and NaN cells count as missing values, see --missing\)"):
         read_csv_table(path)
     proc = cli(["train", "--path", str(path), "--out-dir", str(tmp_path), "--max-steps", "1"], tmp_path, expect=2)
-    assert proc.stderr.strip().splitlines()[-1].startswith("rnnlab train: error: csv task: w.csv row 4, column "
-                                                           "'temp': '12.3.4' is not a number")
+    assert proc.stderr.strip().splitlines()[-1].startswith("rnnlab train: error: csv task: column 'temp' of w.csv "
+                                                           "has non-numeric values: row 4 has '12.3.4'")
     assert not (tmp_path / "csv-lstm" / "checkpoint.json").exists()
 
 

@@ -149,8 +149,8 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
             sample = "".join(line for _, line in zip(range(_SAMPLE_LINES + 1), f))
             delim = _delimiter(sample, delimiter)
             rows = [r for r in csv.reader(sample.splitlines(), delimiter=delim) if any(c.strip() for c in r)]
-            if not rows:
-                raise UserError(f"csv task: {p} has no data rows")
+            if len(rows) < 2:
+                raise UserError(f"csv task: {p} needs a header row and at least one data row")
             width = max(len(r) for r in rows)
             comma = delim != ","  # a comma inside a cell is then a decimal mark (see _number)
             first, rest = rows[0], rows[1:]
@@ -163,8 +163,6 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
                 kinds = [_kind([r[j] for r in rows if j < len(r)], comma) for j in range(width)]
             names = ([h.strip() for h in first] + [f"column{j + 1}" for j in range(len(first), width)] if header
                      else [f"column{j + 1}" for j in range(width)])
-            if header and not rest:
-                raise UserError(f"csv task: {p} has a header row but no data row")
             if columns:
                 unknown = [c for c in columns if c not in names]
                 if unknown:
@@ -173,7 +171,7 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
             else:
                 used = [j for j, k in enumerate(kinds) if k == "number"]
                 if not used:
-                    raise UserError(f"csv task: {p.name} has no column of numbers; columns: {names} (delimiter "
+                    raise UserError(f"csv task: {p.name} has no numeric column; columns: {names} (delimiter "
                                     f"{delim!r}; give another with --delimiter)")
             date_j = next((j for j, k in enumerate(kinds) if k == "date" and j not in used), None)
             f.seek(0)
@@ -192,9 +190,10 @@ def read_csv_table(path: str | Path, columns: list[str] | None = None, delimiter
                     try:
                         value = _number(cell, comma)
                     except ValueError:
-                        raise UserError(f"csv task: {p.name} row {reader.line_num}, column {names[j]!r}: {cell!r} "
-                                        f"is not a number (only empty and NaN cells count as missing values, see "
-                                        f"--missing); fix the cell, or leave the column out with --columns") from None
+                        raise UserError(f"csv task: column {names[j]!r} of {p.name} has non-numeric values: row "
+                                        f"{reader.line_num} has {cell!r} (only empty and NaN cells count as missing "
+                                        f"values, see --missing); fix the cell, or leave the column out with "
+                                        f"--columns") from None
                     if math.isinf(value):
                         raise UserError(f"csv task: {p.name} row {reader.line_num}, column {names[j]!r}: {cell!r} is "
                                         f"infinite (empty and NaN cells are missing values (see --missing), "
