@@ -277,8 +277,8 @@ def test_nul_bytes_and_text_without_newline_have_a_prime_the_model_knows(tmp_pat
     model = build_model(load_config(None, {"model.hidden_size": 4}).model, task)
     assert generate_text(model, task.vocab, length=5) == "\0" * 5
     assert default_prime(["a", "b", " "]) == " " and default_prime(["\n", "a"]) == "\n"
-    vocab, ids = load_text_ids(_write(tmp_path / "u.txt", "naïve café\r\nüber\rrocks"))
-    assert vocab.decode(ids) == "naïve café\nüber\nrocks"  # newlines as open() reads them
+    vocab, ids = load_text_ids(_write(tmp_path / "u.txt", "\ufeffnaïve café\r\nüber\rrocks"))
+    assert vocab.decode(ids) == "naïve café\nüber\nrocks"  # newlines as open() reads them; no byte-order mark
 
 
 def _write(path: Path, text: str) -> Path:

@@ -189,7 +189,8 @@ def _text_chunks(path: str | Path) -> Iterator[str]:
         raise UserError(f"text task: {p} is a folder, not a file")
     if not p.is_file():
         raise UserError(f"text task: file not found: {p}")
-    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
+    # utf-8-sig: the byte-order mark some editors (Notepad) put first is not text.
+    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8-sig")(), translate=True)
     done = 0  # bytes handed to the decoder before the current chunk
     empty = True
     try:
@@ -239,9 +240,10 @@ def load_text_ids(path: str | Path) -> tuple[CharVocab, np.ndarray]:
     store = tempfile.TemporaryFile(prefix="rnnlab-ids-")
     n = 0
     for text in _text_chunks(path):
-        ids = table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
-        store.write(ids.tobytes())
-        n += ids.size
+        if not set(text) <= chars:
+            raise UserError(f"text task: {path} changed while it was read (characters the first pass did not see)")
+        store.write(table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)].tobytes())
+        n += len(text)
     store.flush()
     # The mapping keeps the (already unlinked) file alive after `store` is closed.
     ids_map = np.memmap(store, dtype=dtype, mode="r", shape=(n,))
