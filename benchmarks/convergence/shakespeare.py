@@ -27,6 +27,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -88,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     task = build_task(TaskConfig(name="shakespeare", batch_size=args.batch, seq_len=args.seq_len), args.seed)
     vocab = task.output_size
     # validation: the first val_chars + 1 held-out characters as 50 parallel streams (the state runs through each)
-    val = task.val_y.t().reshape(-1)[: args.val_chars + 1]  # the held-out text, contiguous
+    # the held-out text, contiguous (the task keeps its ids as NumPy views, (L, B) streams)
+    val = torch.from_numpy(task.val_y.T.astype(np.int64).reshape(-1))[: args.val_chars + 1]
     streams = 50
     length = (val.numel() - 1) // streams
     val_x = val[: streams * length].view(streams, length).t()  # (L, 50)
     val_y = val[1: streams * length + 1].view(streams, length).t()  # (L, 50)
-    bigram = bigram_nats(task.train_x, torch.stack([val_x.flatten(), val_y.flatten()]), vocab)
+    train = torch.from_numpy(task.train_x.astype(np.int64))  # (L, B)
+    bigram = bigram_nats(train, torch.stack([val_x.flatten(), val_y.flatten()]), vocab)
     runs = []
     for cell in args.cells:
         torch.manual_seed(args.seed)

@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"rnnlab: warning: {message}\n"
+    # Library warnings that name the package themselves ("rnnlab: no C++ compiler ...") get the prefix once.
+    return f"rnnlab: warning: {str(message).removeprefix('rnnlab: ')}\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.commands.{name}").register(sub)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)  # for errors found after parsing
     return parser
 
 
@@ -48,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rnnlab`` console script. Returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if unknown:  # argparse would blame the top-level parser and point to `rnnlab --help`
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # a warning is one line too (e.g. a checkpoint fallback)
     try:
@@ -60,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         # User errors are one line and exit 2 (argparse's convention), never a traceback.
         print(f"rnnlab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"rnnlab {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # A command may say what was kept and how to go on (train: the checkpoint's step and the resume command).
+        print(f"rnnlab {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = formatwarning

@@ -193,12 +193,13 @@ def build_model(cfg, task) -> RecurrentNet:
 
 
 @torch.no_grad()
-def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str = "\n", length: int = 200,
+def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str | None = None, length: int = 200,
                   temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> str:
     """Sample ``length`` characters from a character model after feeding it ``prime``.
 
     Each step draws from ``softmax(logits / temperature)``, restricted to the ``top_k`` most likely characters
-    when ``top_k > 0`` (Fan et al. 2018).
+    when ``top_k > 0`` (Fan et al. 2018). ``prime`` None: a character the model knows (a newline when the text
+    had one, see :func:`rnnlab.data.text.default_prime`).
 
     Raises:
         UserError: no vocabulary, temperature <= 0, top_k < 0, empty prime, or a prime character outside the
@@ -210,6 +211,10 @@ def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str = "\
         raise UserError(f"generate: temperature must be a finite number > 0, got {temperature}")
     if top_k < 0:
         raise UserError(f"generate: top_k must be >= 0, got {top_k}")
+    if prime is None:
+        from .data.text import default_prime
+
+        prime = default_prime(list(vocab))
     if not prime:
         raise UserError("generate: the prime text must not be empty")
     index = {c: i for i, c in enumerate(vocab)}

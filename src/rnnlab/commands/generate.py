@@ -11,7 +11,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="sample text from a trained character model",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of a character model (shakespeare or text task)")
-    p.add_argument("--prime", default="\n", help="text fed to the model before sampling")
+    p.add_argument("--prime", default=None,
+                   help="text fed to the model before sampling (default: a newline, or a character of the "
+                        "model's vocabulary when its text had none)")
     p.add_argument("--length", type=int, default=500, metavar="N", help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T",
                    help="softmax temperature: < 1 is more conservative, > 1 more varied")
@@ -24,6 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.text import default_prime
     from ..errors import UserError
     from ..models import generate_text
     from ..train.run import load_run
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if info["kind"] != "lm" or not info.get("vocab"):
         raise UserError(f"{args.run_dir} is a {info['name']} run ({info['kind']}), not a character model")
     gen = torch.Generator().manual_seed(args.seed)
-    text = generate_text(model, info["vocab"], prime=args.prime, length=args.length,
+    prime = args.prime if args.prime is not None else default_prime(info["vocab"])
+    text = generate_text(model, info["vocab"], prime=prime, length=args.length,
                          temperature=args.temperature, top_k=args.top_k, generator=gen)
-    print(args.prime + text)
+    print(prime + text)
     return 0

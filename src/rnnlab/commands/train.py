@@ -8,15 +8,17 @@ override. Results go to ``runs/<name>/``: ``config.json``, ``task.json``, ``trai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ..data import available_tasks
 from ..errors import UserError
 from ..train.cli_args import add_config_flags, config_overrides
-from ..train.config import config_from_dict, load_config
+from ..train.config import Config, config_from_dict, load_config
 
 __all__ = ["register", "run"]
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(nested, config_from_dict(saved))
         run_dir = Path(args.resume)
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = infer_file_task(load_config(args.config, overrides), overrides)
         run_dir = Path(cfg.run.out_dir) / run_name(cfg)
     t0 = time.perf_counter()
     trainer = setup_run(cfg, run_dir=run_dir, resume_dir=args.resume)
@@ -63,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
           f"{n_params:,} parameters; {cfg.train.max_steps} steps of {cfg.task.batch_size} x {cfg.task.seq_len}; "
           f"run folder {run_dir}" + (f" (resuming at step {trainer.step})" if args.resume else ""),
           file=sys.stderr)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(run_dir)) from None
     for step, reason in trainer.skipped[:5]:
         print(f"rnnlab train: skipped step {step}: {reason}", file=sys.stderr)
     if len(trainer.skipped) > 5:
@@ -84,9 +89,31 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         gen = torch.Generator().manual_seed(cfg.train.seed)
-        sample = generate_text(trainer.model, trainer.task.vocab, prime="\n", length=cfg.run.sample_length,
+        sample = generate_text(trainer.model, trainer.task.vocab, length=cfg.run.sample_length,
                                temperature=cfg.run.sample_temperature, generator=gen)
         (run_dir / "sample.txt").write_text(sample)
         print(f"--- sample (temperature {cfg.run.sample_temperature}) ---\n{sample}\n---")
     print(f"results in {run_dir}/")
     return 0
+
+
+def infer_file_task(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``--path FILE`` with no task chosen: the csv task for a ``.csv``/``.tsv`` file, else the text task (the
+    default task, shakespeare, reads a folder of plays, so a file given to it is a text the user wants to train on)."""
+    path = Path(cfg.task.path)
+    if "task.name" in overrides or cfg.task.name != "shakespeare" or not cfg.task.path or path.is_dir():
+        return cfg
+    name = "csv" if path.suffix.lower() in (".csv", ".tsv") else "text"
+    print(f"rnnlab train: {path} is a file: the {name} task (give --task to choose another)", file=sys.stderr)
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=name))
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What an interrupted run kept: the step of its last checkpoint and the command that continues it."""
+    import json
+
+    try:
+        step = json.loads((run_dir / "checkpoint.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return f"no checkpoint was written yet in {run_dir}; start the run again"
+    return f"the checkpoint of step {step} is in {run_dir}; continue with: rnnlab train --resume {run_dir}"

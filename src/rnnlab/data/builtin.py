@@ -3,8 +3,6 @@ only matters to the task that needs it)."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import register_task
 from .base import Task
 
@@ -22,15 +20,15 @@ def _shakespeare(cfg, seed: int) -> Task:
 @register_task("text")
 def _text(cfg, seed: int) -> Task:
     from ..errors import UserError
-    from .text import CharLMTask, CharVocab, load_text_file
+    from .text import CharLMTask, load_text_ids
 
     if not cfg.path:
         raise UserError("text task: give the text file with --path FILE")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"text task: val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    text = load_text_file(cfg.path)
-    cut = int(len(text) * (1 - cfg.val_fraction))
-    return CharLMTask("text", text[:cut], text[cut:], CharVocab(text), cfg.batch_size, cfg.seq_len, seed)
+    vocab, ids = load_text_ids(cfg.path)  # memory-mapped: a large file costs pages, not its size in memory
+    cut = int(len(ids) * (1 - cfg.val_fraction))
+    return CharLMTask("text", ids[:cut], ids[cut:], vocab, cfg.batch_size, cfg.seq_len, seed)
 
 
 def _synthetic(name: str, cfg, seed: int, make, kind: str, output_size: int, per_step: bool) -> Task:
@@ -85,25 +83,20 @@ def _mnist_rows(cfg, seed: int) -> Task:
 @register_task("csv")
 def _csv(cfg, seed: int) -> Task:
     from ..errors import UserError
-    from .series import SeriesTask, read_csv_columns
+    from .series import SeriesTask, check_missing, read_csv_table
 
     if not cfg.path:
         raise UserError("csv task: give the file with --path FILE (and optionally --columns, --target)")
-    if cfg.missing not in ("error", "interpolate"):
-        raise UserError(f"csv task: --missing must be 'error' or 'interpolate', got {cfg.missing!r}")
     wanted = list(dict.fromkeys(list(cfg.columns) + list(cfg.target))) if cfg.columns else []
-    names, raw = read_csv_columns(cfg.path, wanted or None)
-    if cfg.missing == "error" and np.isnan(raw).any():
-        rows, cols = np.nonzero(np.isnan(raw))
-        raise UserError(f"csv task: {cfg.path} has {rows.size} empty or NaN value(s), the first in row {rows[0] + 2} "
-                        f"(counting the header as row 1), column {names[cols[0]]!r}; pass --missing interpolate to "
-                        f"fill them linearly in time")
+    table = read_csv_table(cfg.path, wanted or None, cfg.delimiter)
+    check_missing(table, cfg.missing, cfg.path)
+    names = table.names
     inputs = list(cfg.columns) or names
     unknown = [c for c in cfg.target if c not in names]
     if unknown:
         raise UserError(f"csv task: target columns {unknown} are not numeric columns of {cfg.path}: {names}")
     targets = list(cfg.target) or inputs
-    return SeriesTask("csv", names, raw, inputs, targets, cfg, seed)
+    return SeriesTask("csv", names, table.values, inputs, targets, cfg, seed, table=table)
 
 
 @register_task("sunspots")

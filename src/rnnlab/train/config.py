@@ -76,8 +76,10 @@ class TaskConfig:
     path: str = _f("", "input file: a CSV for the csv task, a UTF-8 text file for the text task")
     columns: list = _f([], "csv task: input columns (empty = every numeric column)")
     target: list = _f([], "csv task: columns to forecast (empty = the input columns)")
-    missing: str = _f("error", "csv task: empty or NaN cells are an error, or 'interpolate' them linearly in time "
-                               "(the bundled co2 series is always interpolated)")
+    missing: str = _f("error", "csv task: missing values (empty or NaN cells): 'error' stops at the first, naming "
+                               "its row and column; 'interpolate' fills them linearly in time (a cell that is not "
+                               "a number is always an error; the bundled co2 series is always interpolated)")
+    delimiter: str = _f("", "csv task: the column delimiter, e.g. ';' or tab (empty = detect it)")
     horizon: int = _f(1, "forecasting tasks: steps ahead to predict at once")
     scale: str = _f("standard", "forecasting tasks: input scaling, standard, minmax or none (fit on train only)")
     num_samples: int = _f(10000, "synthetic tasks: sequences generated for training (validation gets a tenth)")
