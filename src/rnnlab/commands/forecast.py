@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                    help="series to forecast, with the run's columns (default: the run's own data)")
     p.add_argument("--output", metavar="CSV", default="", help="predictions file (default: RUN_DIR/forecast.csv)")
     p.add_argument("--plot", metavar="PNG", default="", help="plot file (default: RUN_DIR/forecast.png)")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="use the run's data even if it changed since the run was trained (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.series import interpolate_missing, read_csv_columns, statsmodels_csv
     from ..errors import UserError
+    from ..train.preflight import locate_data
     from ..train.run import load_run
+    from ..train.runfolder import lock_run
 
     for flag, target in (("--output", args.output), ("--plot", args.plot)):
         if target and not Path(target).parent.is_dir():  # fail before the work, not with a traceback after it
@@ -40,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     cfg, model, info = load_run(args.run_dir)
     if "scaler" not in info:
         raise UserError(f"{args.run_dir} is a {info['name']} run, not a forecasting task (csv, sunspots, co2)")
-    source = args.input or (cfg.task.path if info["name"] == "csv" else str(statsmodels_csv(info["name"])))
+    data = None if args.input else locate_data(args.run_dir, info, accept_changed=args.accept_changed_data)
+    if not (args.output and args.plot):  # writes into the run folder: not while another command writes there
+        _lock = lock_run(args.run_dir, "forecast")  # noqa: F841 - held until this function returns
+    source = args.input or str(data or (cfg.task.path if info["name"] == "csv" else statsmodels_csv(info["name"])))
     needed = list(dict.fromkeys(info["inputs"] + info["targets"]))
     names, raw = read_csv_columns(source, needed)
     if info["name"] == "csv" and cfg.task.missing == "error" and np.isnan(raw).any():

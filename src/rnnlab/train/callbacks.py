@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import save_checkpoint
+from .runfolder import atomic_write
 from .config import config_to_dict
 from .guard import first_nonfinite_parameter
 from .trainer import Callback, Trainer
@@ -113,16 +114,26 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _record_step(line: str, jsonl: bool) -> float | None:
+    """The step of a log line, or None for a line that does not parse (the half-written last line of a crash)."""
+    try:
+        return float(json.loads(line)["step"]) if jsonl else float(line.split(",", 1)[0])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_after(path: Path, step: int, jsonl: bool = False) -> None:
-    """Drop records past ``step`` (written by a run that was interrupted after its last checkpoint)."""
+    """Cut an append-only log back to ``step`` (the checkpoint's): records past it were written by a run that was
+    interrupted after its last checkpoint, and a line cut short by a crash or a full disk is dropped. Rewritten
+    atomically."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    if jsonl:
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    else:
-        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",", 1)[0]) <= step]
-    path.write_text("".join(kept))
+    head = [] if jsonl else lines[:1]
+    kept = head + [ln for ln in lines[len(head):] if ln.endswith("\n")
+                   and (s := _record_step(ln, jsonl)) is not None and s <= step]
+    if kept != lines:
+        atomic_write(path, "".join(kept))
 
 
 class MetricsLogger(Callback):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .runfolder import atomic_write
 
 __all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
            "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config",
@@ -305,5 +306,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as JSON (it loads back with ``load_config(path)``)."""
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    """Write the resolved config as JSON, atomically (it loads back with ``load_config(path)``)."""
+    atomic_write(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
