@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..models import build_model
 from .callbacks import default_callbacks
 from .checkpoint import load_checkpoint
-from .config import Config, config_from_dict, config_to_dict, save_config
+from .config import Config, config_from_dict, config_json, config_to_dict
 from .preflight import check_memory, data_identity
 from .runfolder import atomic_write, claim_run_dir, lock_run
 from .trainer import Callback, Trainer
@@ -121,8 +121,10 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
         if resume_dir is None:
             claim_run_dir(run_dir, overwrite=overwrite)
         info = {**task_info(task), "data": data_identity(cfg.task, run_dir)}
-        save_config(cfg, Path(run_dir) / "config.json")
-        atomic_write(Path(run_dir) / "task.json", json.dumps(info, indent=1) + "\n")
+        for name, text in (("config.json", config_json(cfg)), ("task.json", json.dumps(info, indent=1) + "\n")):
+            path = Path(run_dir) / name
+            if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a plain resume changes nothing
+                atomic_write(path, text)
     return trainer
 
 

@@ -31,8 +31,10 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs are not locked
 __all__ = ["atomic_write", "RunLock", "lock_run", "claim_run_dir", "holds_run", "LOCK_NAME", "RUN_MARKERS"]
 
 LOCK_NAME = ".lock"
-# Files every started run has (config and task are written before the first step): their presence means a run.
-RUN_MARKERS = ("config.json", "task.json", "checkpoint.json", "checkpoint.prev.json")
+# A run worth keeping has a checkpoint (the latest or the previous one): it can be resumed, evaluated, exported.
+RUN_MARKERS = ("checkpoint.json", "checkpoint.prev.json", "checkpoint.safetensors", "checkpoint.prev.safetensors")
+# What a run writes before its first checkpoint: left by a run that died before it, and removed by the next one.
+STARTED = ("config.json", "task.json")
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
@@ -166,7 +168,7 @@ def lock_run(run_dir: str | Path, purpose: str) -> RunLock:
 
 
 def holds_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run (a config, a task file or a checkpoint of ``rnnlab train``)."""
+    """Whether ``run_dir`` holds a run: a checkpoint written by ``rnnlab train`` (see :data:`RUN_MARKERS`)."""
     return any((Path(run_dir) / name).is_file() for name in RUN_MARKERS)
 
 
@@ -174,7 +176,8 @@ def claim_run_dir(run_dir: str | Path, *, overwrite: bool) -> None:
     """Make ``run_dir`` ready for a new run; the caller holds its lock (:func:`lock_run`).
 
     A folder that holds a run (:func:`holds_run`) is refused, unless ``overwrite``: then everything in it but the
-    lock file is removed (the checkpoints, metrics, forecasts, an exported ONNX model, any other file). A folder
+    lock file is removed (the checkpoints, metrics, forecasts, an exported ONNX model, any other file). The
+    files of a run that died before its first checkpoint (nothing to resume) are removed with a notice. A folder
     that holds no run is used as it is.
 
     Raises:
@@ -182,11 +185,15 @@ def claim_run_dir(run_dir: str | Path, *, overwrite: bool) -> None:
             or choose another name), or it cannot be emptied.
     """
     folder = Path(run_dir)
-    if not holds_run(folder):
+    if holds_run(folder):
+        if not overwrite:
+            raise UserError(f"run folder {folder} already holds a run; continue it with `rnnlab train --resume "
+                            f"{folder}`, replace it with --overwrite, or choose another --name")
+    elif any((folder / name).is_file() for name in STARTED):
+        warnings.warn(f"run folder {folder}: removing what a run left that stopped before its first checkpoint",
+                      UserWarning, stacklevel=2)
+    else:
         return
-    if not overwrite:
-        raise UserError(f"run folder {folder} already holds a run; continue it with `rnnlab train --resume "
-                        f"{folder}`, replace it with --overwrite, or choose another --name")
     for entry in folder.iterdir():
         if entry.name == LOCK_NAME:
             continue
@@ -196,4 +203,4 @@ def claim_run_dir(run_dir: str | Path, *, overwrite: bool) -> None:
             else:
                 entry.unlink()
         except OSError as err:
-            raise UserError(f"--overwrite: cannot remove {entry}: {err.strerror or err}") from None
+            raise UserError(f"cannot remove {entry} from the run folder: {err.strerror or err}") from None
