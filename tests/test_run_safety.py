@@ -74,15 +74,26 @@ def checkpoint_step(run: Path) -> int:
     return int(json.loads((run / "checkpoint.json").read_text())["step"])
 
 
+def _train_text_run(root: Path) -> Path:
+    """A finished 3-step character model on root/data/tiny.txt, trained from root with relative paths."""
+    (root / "data").mkdir()
+    (root / "data" / "tiny.txt").write_text(TEXT)
+    proc = rnnlab("train", "--task", "text", "--path", "data/tiny.txt", *TINY, "--out-dir", "runs", "--name", "t",
+                  cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "runs" / "t"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished run shared by the cases that must leave it as it was (each checks that it did)."""
+    return _train_text_run(tmp_path_factory.mktemp("finished"))
+
+
 @pytest.fixture
 def text_run(tmp_path) -> Path:
-    """A finished 3-step character model on tmp_path/data/tiny.txt, trained from tmp_path with relative paths."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "tiny.txt").write_text(TEXT)
-    proc = rnnlab("train", "--task", "text", "--path", "data/tiny.txt", *TINY, "--out-dir", "runs", "--name", "t",
-                  cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp_path / "runs" / "t"
+    """A finished run of the test's own, for the cases that change it or its data."""
+    return _train_text_run(tmp_path)
 
 
 @contextlib.contextmanager
@@ -119,19 +130,23 @@ def small_filesystem(where: Path, size: str):
 
 # -- 1. nothing overwrites a run; one writer at a time; a crashed writer's lock is taken over ---------------------
 
-def test_training_again_under_a_run_name_is_refused_and_overwrite_replaces_all(text_run, tmp_path):
-    (text_run / "model.onnx").write_bytes(b"an export of the old run")
-    before = fingerprint(text_run)
+def test_training_again_under_a_run_name_is_refused(finished):
+    before = fingerprint(finished)
     again = rnnlab("train", "--task", "text", "--path", "data/tiny.txt", *TINY, "--out-dir", "runs", "--name", "t",
-                   cwd=tmp_path)
+                   cwd=finished.parent.parent)
     line = one_error_line(again, r"already holds a run")
     assert "--resume" in line and "--overwrite" in line and "--name" in line
-    assert fingerprint(text_run) == before, "a refused run changed the existing one"
+    assert fingerprint(finished) == before, "a refused run changed the existing one"
 
+
+def test_overwrite_replaces_the_whole_run(text_run, tmp_path):
+    (text_run / "model.onnx").write_bytes(b"an export of the old run")
+    (text_run / "forecast.csv").write_text("index\n")
     over = rnnlab("train", "--task", "text", "--path", "data/tiny.txt", *TINY, "--max-steps", "2", "--out-dir",
                   "runs", "--name", "t", "--overwrite", cwd=tmp_path)
     assert over.returncode == 0, over.stderr[-2000:]
     assert not (text_run / "model.onnx").exists(), "--overwrite left the old run's ONNX file"
+    assert not (text_run / "forecast.csv").exists()
     assert checkpoint_step(text_run) == 2
     steps = [line.split(",")[0] for line in (text_run / "train.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2"]  # the new run's rows only
@@ -188,6 +203,7 @@ def test_a_run_killed_with_sigkill_is_resumed_and_its_stale_lock_taken_over(tmp_
     assert (run / ".lock").read_text() == ""  # released at the end
 
 
+@pytest.mark.slow  # tests/test_crash_safety.py covers the cut at the checkpoint in-process
 def test_logs_are_cut_back_to_the_checkpoint_and_a_half_written_line_dropped_on_resume(text_run):
     for name, junk in (("train.csv", "9,0.5,1.0,0"), ("val.csv", "4"), ("metrics.jsonl", '{"split": "tr')):
         with (text_run / name).open("a") as f:  # a crash (or a full disk) in the middle of a line
@@ -222,24 +238,45 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_or_the_write_fails(tmp_
 
 # -- 3. data is identified: changed data refused, moved data found, the saved vocabulary used --------------------
 
-def test_changed_text_is_refused_by_resume_eval_and_generate_and_accepted_by_a_flag(text_run, tmp_path):
-    data = tmp_path / "data" / "tiny.txt"
-    data.write_text(TEXT[::-1])  # the same characters and size, in another order: the case that remapped silently
-    before = fingerprint(text_run)
-    for argv in (["train", "--resume", text_run, "--max-steps", "5"], ["eval", text_run],
-                 ["generate", text_run, "--length", "5"]):
-        line = one_error_line(rnnlab(*argv), r"data changed since this run was trained")
-        assert str(data) in line and "SHA-256" in line and "--accept-changed-data" in line
-    assert fingerprint(text_run) == before
-    accepted = rnnlab("eval", text_run, "--accept-changed-data", "--json")
+@pytest.fixture
+def changed_data(finished):
+    """The finished run's text, changed: the same characters and size in another order (the case that was
+    silently remapped); restored afterwards."""
+    data = finished.parent.parent / "data" / "tiny.txt"
+    data.write_text(TEXT[::-1])
+    yield data
+    data.write_text(TEXT)
+
+
+@pytest.mark.parametrize("argv", [["train", "--resume", "{run}", "--max-steps", "5"], ["eval", "{run}"],
+                                  pytest.param(["generate", "{run}", "--length", "5"], marks=pytest.mark.slow)],
+                         ids=["resume", "eval", "generate"])
+def test_changed_text_is_refused(argv, finished, changed_data):
+    before = fingerprint(finished)
+    line = one_error_line(rnnlab(*[a.replace("{run}", str(finished)) for a in argv]),
+                          r"data changed since this run was trained")
+    assert str(changed_data) in line and "SHA-256" in line and "--accept-changed-data" in line
+    assert fingerprint(finished) == before
+
+
+def test_changed_text_is_accepted_by_a_flag(finished, changed_data):
+    accepted = rnnlab("eval", finished, "--accept-changed-data", "--json")
     assert accepted.returncode == 0, accepted.stderr
-    assert "data changed" in accepted.stderr  # said once, as a warning
+    warnings = [line for line in accepted.stderr.splitlines() if "data changed" in line]
+    assert len(warnings) == 1 and str(changed_data) in warnings[0]
 
 
-def test_eval_works_from_another_folder_and_after_the_project_moved(text_run, tmp_path):
+def test_eval_works_from_another_folder(finished, tmp_path):
+    here = rnnlab("eval", finished, "--json", cwd=tmp_path)  # trained with data/tiny.txt relative to its root
+    assert here.returncode == 0, here.stderr
+    assert json.loads(here.stdout)["step"] == 3
+
+
+@pytest.mark.slow
+def test_eval_works_after_the_project_moved(text_run, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    here = rnnlab("eval", text_run, "--json", cwd=elsewhere)  # trained with data/tiny.txt relative to tmp_path
+    here = rnnlab("eval", text_run, "--json", cwd=elsewhere)
     assert here.returncode == 0, here.stderr
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -252,21 +289,22 @@ def test_eval_works_from_another_folder_and_after_the_project_moved(text_run, tm
     one_error_line(rnnlab("eval", moved / "runs" / "t"), r"data file not found: .*tiny\.txt")
 
 
-def test_resume_and_eval_use_the_runs_saved_vocabulary(text_run, tmp_path):
+def test_resume_and_eval_use_the_runs_saved_vocabulary(tmp_path):
     """Changed text with fewer characters, accepted: the task is encoded with the run's vocabulary (ids keep
     their meaning), not a new one rebuilt from the text (which would shift every id after the missing one)."""
-    from rnnlab.train.config import config_from_dict
-    from rnnlab.train.run import build_model_and_task, read_task_info
+    from rnnlab.data.text import CharVocab
+    from rnnlab.train.config import load_config
+    from rnnlab.train.run import build_model_and_task
 
-    saved_vocab = read_task_info(text_run)["vocab"]
+    saved_vocab = CharVocab(TEXT).chars  # what the run trained on wrote to task.json
     changed = TEXT.replace("?", "")
-    (tmp_path / "data" / "tiny.txt").write_text(changed)
-    cfg = config_from_dict(json.loads((text_run / "config.json").read_text()))
-    cfg.task.path = str(tmp_path / "data" / "tiny.txt")
+    (tmp_path / "tiny.txt").write_text(changed)
+    cfg = load_config(None, {"task.name": "text", "task.path": str(tmp_path / "tiny.txt"), "task.batch_size": 4,
+                             "task.seq_len": 16, "model.hidden_size": 8})
     _, rebuilt = build_model_and_task(cfg)
     assert rebuilt.vocab != saved_vocab  # what resume and eval used to do
-    _, task = build_model_and_task(cfg, vocab=saved_vocab)
-    assert task.vocab == saved_vocab and task.input_size == len(saved_vocab)
+    model, task = build_model_and_task(cfg, vocab=saved_vocab)  # what they do now
+    assert task.vocab == saved_vocab and task.input_size == len(saved_vocab) == model.embed.num_embeddings
     val = task.val_x.t().reshape(-1)  # (B, L) streams, in order: the validation text
     cut = int(len(changed) * (1 - cfg.task.val_fraction))
     assert "".join(saved_vocab[i] for i in val.tolist()) == changed[cut:cut + val.numel()]
@@ -274,28 +312,28 @@ def test_resume_and_eval_use_the_runs_saved_vocabulary(text_run, tmp_path):
 
 # -- 5. errors a user can cause: one line, exit 2, the run as it was -----------------------------------------------
 
-def test_resume_with_another_batch_size_is_refused_and_config_kept(text_run):
-    before = fingerprint(text_run)
-    line = one_error_line(rnnlab("train", "--resume", text_run, "--batch-size", "8"),
+def test_resume_with_another_batch_size_is_refused_and_config_kept(finished):
+    before = fingerprint(finished)
+    line = one_error_line(rnnlab("train", "--resume", finished, "--batch-size", "8"),
                           r"--resume cannot change task\.batch_size \(4 -> 8\)")
     assert "another --name" in line
-    assert fingerprint(text_run) == before  # config.json still matches the checkpoint
+    assert fingerprint(finished) == before  # config.json still matches the checkpoint
 
 
 def test_a_model_too_big_for_memory_is_refused_before_it_is_allocated(tmp_path):
     t0 = time.monotonic()
     proc = rnnlab("train", "--task", "sine", "--hidden-size", "100000", "--out-dir", tmp_path, "--name", "big")
-    one_error_line(proc, r"needs about [\d.]+ GB of memory \(model [\d.]+ GB: 40,0\d\d,\d{3},\d{3} parameters.* "
+    one_error_line(proc, r"needs about [\d.]+ GB of memory \(model [\d.]+ GB: 40,00\d,\d{3},\d{3} parameters.* "
                          r"but [\d.]+ (GB|MB) is available")
     assert time.monotonic() - t0 < 120  # an attempt at 160 GB would swap or be killed, not exit at once
     assert not (tmp_path / "big").exists()
 
 
-def test_read_only_run_folder_resume_is_one_line_and_leaves_it(text_run):
-    before = fingerprint(text_run)
-    with immutable(text_run):
-        one_error_line(rnnlab("train", "--resume", text_run, "--max-steps", "5"), r"not writable")
-    assert fingerprint(text_run) == before
+def test_read_only_run_folder_resume_is_one_line_and_leaves_it(finished):
+    before = fingerprint(finished)
+    with immutable(finished):
+        one_error_line(rnnlab("train", "--resume", finished, "--max-steps", "5"), r"not writable")
+    assert fingerprint(finished) == before
 
 
 @pytest.mark.slow
@@ -327,11 +365,9 @@ def test_a_full_disk_during_training_is_one_line_and_the_last_checkpoint_survive
         assert trained.returncode == 0, trained.stderr[-2000:]
         run = disk / "f"
         config_before = (run / "config.json").read_bytes()
-        with open(disk / "filler", "wb") as f:  # fill the disk, leaving less than a checkpoint needs
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
+        with contextlib.suppress(OSError), open(disk / "filler", "wb", buffering=0) as f:
+            while True:  # fill the disk, to the last block
+                f.write(b"\0" * 4096)
         resumed = rnnlab("train", "--resume", run, "--max-steps", "6")
         one_error_line(resumed, r"cannot write .*: No space left on device")
         assert (run / "config.json").read_bytes() == config_before

@@ -165,13 +165,15 @@ def _csv_shape(path: Path) -> tuple[int, int]:
     return int(path.stat().st_size / mean), cols
 
 
-def estimate_memory(cfg: Any, input_size: int = 256, output_size: int = 256) -> dict[str, int]:
+def estimate_memory(cfg: Any) -> dict[str, int]:
     """Bytes a run will need, before anything is allocated: ``{"model", "data"}``.
 
     model: the parameters (counted on a model built on the ``meta`` device, which allocates nothing) times
     weights, gradients and optimizer moments, plus the activations of one batch (every layer keeps its gates and
-    states of each step for the backward pass, and the head its outputs). ``input_size``/``output_size`` stand
-    for the task's, which are not known before the data is read (256: a byte-sized vocabulary). data: from the
+    states of each step for the backward pass, and the head its outputs). The input and output sizes stand for
+    the task's, which are not known before the data is read (a character model: a byte-sized vocabulary of
+    256; other tasks: 1 input and output feature, their least, so that the estimate never refuses a run that would
+    fit for want of knowing them). data: from the
     file size (:data:`TEXT_BYTES_PER_FILE_BYTE`, :data:`CSV_BYTES_PER_WINDOW_VALUE`); 0 for built-in data.
     """
     from ..models import build_model
@@ -183,6 +185,7 @@ def estimate_memory(cfg: Any, input_size: int = 256, output_size: int = 256) -> 
     class _Shape:
         pass
 
+    input_size, output_size = {"lm": (256, 256), "classification": (1, 2)}.get(kind, (1, 1))
     shape = _Shape()
     shape.kind, shape.input_size, shape.output_size = kind, input_size, output_size  # type: ignore[attr-defined]
     model_cfg = cfg.model.__class__(**{**vars(cfg.model), "init": "torch", "backend": ""})
