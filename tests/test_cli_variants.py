@@ -131,6 +131,7 @@ def test_track_every_writes_per_layer_gradient_norms_and_off_writes_none(tmp_pat
     assert main([*argv, "--overwrite", "--track-every", "2", "--track-spectra-every", "2"]) == 0
     records = [json.loads(line) for line in (tmp_path / "g" / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "rho" in r] == [0, 4]  # every 2nd record (step 4), the start, the end
-    assert main([*argv, "--overwrite", "--track-every", "0"]) == 0  # same folder: a run without tracking leaves no records
+    # the same folder, replaced: a run without tracking leaves no records
+    assert main([*argv, "--overwrite", "--track-every", "0"]) == 0
     assert not (tmp_path / "g" / "diagnostics.jsonl").exists()
     capsys.readouterr()
