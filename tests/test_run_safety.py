@@ -411,3 +411,23 @@ def test_an_internal_error_is_one_line_unless_rnnlab_debug(monkeypatch, capsys):
     monkeypatch.setenv("RNNLAB_DEBUG", "1")
     with pytest.raises(RuntimeError, match="something inside broke"):
         cli.main(["eval", "x"])
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_says_which_step_was_saved_and_how_to_resume(tmp_path):
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    proc = subprocess.Popen([*_rnnlab(), "train", "--task", "text", "--path", "tiny.txt", *TINY, "--max-steps",
+                             "100000", "--checkpoint-every", "5", "--out-dir", "runs", "--name", "i"], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    run = tmp_path / "runs" / "i"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (run / "checkpoint.json").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.rstrip().splitlines()[-1]
+    step = checkpoint_step(run)
+    assert f"the checkpoint of step {step} is in runs/i; continue with `rnnlab train --resume runs/i`" in last, last
+    assert (run / ".lock").read_text() == ""  # released

@@ -80,9 +80,28 @@ def run(args: argparse.Namespace) -> int:
     trainer = setup_run(cfg, run_dir=run_dir, resume_dir=args.resume, overwrite=args.overwrite)
     try:
         return _train(trainer, cfg, run_dir, bool(args.resume), t0)
+    except KeyboardInterrupt:
+        saved = _checkpoint_step(run_dir)
+        where = (f"the checkpoint of step {saved} is in {run_dir}; continue with `rnnlab train --resume {run_dir}`"
+                 if saved is not None else "no checkpoint was written yet")
+        print(f"rnnlab train: interrupted at step {trainer.step}; {where}", file=sys.stderr)
+        return 130
     finally:
         if trainer.run_lock is not None:  # None on the ranks of a distributed run that do not write
             trainer.run_lock.release()  # the folder is free for the next command, also when this one failed
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run's intact checkpoint (the latest, or the previous one), None if there is none."""
+    from ..train.checkpoint import load_checkpoint
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state, _ = load_checkpoint(run_dir, fallback=True)
+    except UserError:
+        return None
+    return int(state["step"])
 
 
 # What --resume cannot change: the data and its batching (the carried state, the data order and the saved
