@@ -322,6 +322,25 @@ def test_resume_and_eval_use_the_runs_saved_vocabulary(tmp_path):
     assert "".join(saved_vocab[i] for i in val.tolist()) == changed[cut:cut + val.numel()]
 
 
+@pytest.mark.slow
+def test_forecast_finds_the_csv_from_any_folder_and_refuses_it_changed(tmp_path):
+    series = "".join(f"{i % 7},{(i * 3) % 11}\n" for i in range(80))
+    (tmp_path / "series.csv").write_text("a,b\n" + series)
+    trained = rnnlab("train", "--task", "csv", "--path", "series.csv", "--hidden-size", "8", "--batch-size", "4",
+                     "--seq-len", "6", "--max-steps", "2", "--eval-every", "0", "--final-eval-batches", "1",
+                     "--no-progress", "--no-plots", "--no-tensorboard", "--threads", "1", "--out-dir", "runs",
+                     "--name", "c", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ok = rnnlab("forecast", tmp_path / "runs" / "c", cwd=elsewhere)  # trained with series.csv relative to tmp_path
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "runs" / "c" / "forecast.csv").is_file()
+    (tmp_path / "series.csv").write_text("a,b\n" + series.replace("3,", "4,"))
+    one_error_line(rnnlab("forecast", tmp_path / "runs" / "c", cwd=elsewhere),
+                   r"data changed since this run was trained: .*series\.csv")
+
+
 # -- 5. errors a user can cause: one line, exit 2, the run as it was -----------------------------------------------
 
 def test_resume_with_another_batch_size_is_refused_and_config_kept(finished):

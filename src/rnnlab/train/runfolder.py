@@ -73,12 +73,13 @@ class RunLock:
 
     def __init__(self, folder: Path, fd: int) -> None:
         self.folder, self._fd, self._count = folder, fd, 1
+        self._key = _key(folder)  # kept: the folder may be gone (or moved) by the time the lock is released
 
     def release(self) -> None:
         self._count -= 1
         if self._count <= 0 and self._fd >= 0:
             fd, self._fd = self._fd, -1
-            _HELD.pop(_key(self.folder), None)
+            _HELD.pop(self._key, None)
             try:
                 os.ftruncate(fd, 0)  # an empty file: released cleanly (a PID left behind marks a crashed holder)
             except OSError:
@@ -163,7 +164,7 @@ def lock_run(run_dir: str | Path, purpose: str) -> RunLock:
         warnings.warn(f"run folder {folder}: taking over the lock of PID {stale}, which ended without releasing "
                       f"it (killed or crashed)", UserWarning, stacklevel=2)
     lock = RunLock(folder, fd)
-    _HELD[_key(folder)] = lock
+    _HELD[lock._key] = lock
     return lock
 
 
