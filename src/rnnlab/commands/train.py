@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _train(trainer, cfg, run_dir, bool(args.resume), t0)
     except KeyboardInterrupt:
-        saved = _checkpoint_step(run_dir)
-        where = (f"the checkpoint of step {saved} is in {run_dir}; continue with `rnnlab train --resume {run_dir}`"
-                 if saved is not None else "no checkpoint was written yet")
+        step = _checkpoint_step(run_dir)
+        where = (f"the checkpoint of step {step} is in {run_dir}; continue with `rnnlab train --resume {run_dir}`"
+                 if step is not None else "no checkpoint was written yet")
         print(f"rnnlab train: interrupted at step {trainer.step}; {where}", file=sys.stderr)
         return 130
     finally:
