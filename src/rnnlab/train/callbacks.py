@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import save_checkpoint
-from .runfolder import atomic_write
 from .config import config_to_dict
 from .guard import first_nonfinite_parameter
 from .trainer import Callback, Trainer
@@ -123,17 +123,26 @@ def _record_step(line: str, jsonl: bool) -> float | None:
 
 
 def _truncate_after(path: Path, step: int, jsonl: bool = False) -> None:
-    """Cut an append-only log back to ``step`` (the checkpoint's): records past it were written by a run that was
-    interrupted after its last checkpoint, and a line cut short by a crash or a full disk is dropped. Rewritten
-    atomically."""
+    """Cut an append-only log back to ``step`` (the checkpoint's): the records past it were written by a run that
+    was interrupted after its last checkpoint, and a line cut short by a crash or a full disk is dropped too.
+
+    The records are in step order, so the file is cut at the first record past ``step`` (or the first line that
+    does not parse or lacks its newline), in place: one ``os.truncate``, and the lines kept are never rewritten.
+    """
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    head = [] if jsonl else lines[:1]
-    kept = head + [ln for ln in lines[len(head):] if ln.endswith("\n")
-                   and (s := _record_step(ln, jsonl)) is not None and s <= step]
-    if kept != lines:
-        atomic_write(path, "".join(kept))
+    keep = 0
+    with path.open("rb") as f:
+        for k, raw in enumerate(f):
+            if not raw.endswith(b"\n"):
+                break
+            if k > 0 or jsonl:  # a CSV's first line is its header
+                at = _record_step(raw.decode("utf-8", "replace"), jsonl)
+                if at is None or at > step:
+                    break
+            keep += len(raw)
+    if keep < path.stat().st_size:
+        os.truncate(path, keep)
 
 
 class MetricsLogger(Callback):

@@ -1,8 +1,9 @@
 """The run folder: one writer at a time, files replaced atomically, an existing run never overwritten by accident.
 
-* :func:`atomic_write` is the one way rnnlab writes a run's files (checkpoint, ``config.json``, ``task.json``,
-  metric logs cut back on resume, ``sample.txt``): a temporary file in the same folder, fsynced, then
-  ``os.replace`` over the target, so a crash leaves the old version or the new one, never half of each.
+* :func:`atomic_write` is the one way rnnlab replaces a run's files (checkpoint, ``config.json``, ``task.json``,
+  ``sample.txt``, an export's JSON): a temporary file in the same folder, fsynced, then ``os.replace`` over the
+  target, so a crash leaves the old version or the new one, never half of each. (The append-only metric logs are
+  cut back in place on resume instead: see ``rnnlab.train.callbacks``.)
 * :func:`lock_run` takes an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` for as long as a command writes into
   the folder (``train``, ``train --resume``, and ``forecast``/``export`` writing their default files there). A
   second process exits at once with the holder's PID. The operating system drops a flock when its process dies
