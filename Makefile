@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job: `rnnlab train` with its defaults (configs/shakespeare.toml): an LSTM character model on
-# Shakespeare, 400 steps, then a generated sample; results in runs/shakespeare-lstm/.
+# Shakespeare, 800 steps, then a generated sample; results in runs/shakespeare-lstm/. --overwrite: each `make run`
+# replaces the previous one's folder (`rnnlab train` alone refuses to train over an existing run).
 run: setup
-	$(BIN)/rnnlab train
+	$(BIN)/rnnlab train --overwrite
 
 # The default suite (tests marked `slow` are excluded by pyproject's addopts), then the type check of the package.
 test: setup

@@ -96,11 +96,12 @@ def test_generate_refuses_a_non_text_run(tmp_path, capsys):
     assert "not a forecasting task" in capsys.readouterr().err
 
 
-def test_a_new_run_replaces_the_folders_earlier_results(tmp_path, capsys):
+def test_a_new_run_replaces_the_folders_earlier_results_only_with_overwrite(tmp_path, capsys):
     argv = ["train", "--task", "sine", "--num-samples", "16", "--out-dir", str(tmp_path), "--name", "s",
             "--log-every", "2", *TINY]
     assert main(argv) == 0
-    assert main(argv) == 0
+    assert main(argv) == 2  # refused: the folder holds a run (tests/test_run_safety.py checks it is untouched)
+    assert main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
     steps = [line.split(",")[0] for line in (tmp_path / "s" / "train.csv").read_text().splitlines()[1:]]
     assert steps == ["2", "4", "5"]  # one run's rows, not two runs' appended

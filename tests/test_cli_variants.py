@@ -125,12 +125,13 @@ def test_track_every_writes_per_layer_gradient_norms_and_off_writes_none(tmp_pat
         assert rec["grad_norm_pre"] == pytest.approx(trained[rec["step"]]["grad_norm"], rel=1e-6)
         assert [len(rec["profile"][k]) for k in ("rnn.l0", "rnn.l1")] == [12, 12]  # ||dL/dh_t|| at every step
     assert [r["step"] for r in records if "rho" in r] == [0, 4]  # by default every 10th record: the start, the end
-    assert main([*argv, "--track-every", "2", "--track-spectra-every", "1"]) == 0
+    assert main([*argv, "--overwrite", "--track-every", "2", "--track-spectra-every", "1"]) == 0
     records = [json.loads(line) for line in (tmp_path / "g" / "diagnostics.jsonl").read_text().splitlines()]
     assert all("rho" in r for r in records)  # K=1: rho at every record
-    assert main([*argv, "--track-every", "2", "--track-spectra-every", "2"]) == 0
+    assert main([*argv, "--overwrite", "--track-every", "2", "--track-spectra-every", "2"]) == 0
     records = [json.loads(line) for line in (tmp_path / "g" / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "rho" in r] == [0, 4]  # every 2nd record (step 4), the start, the end
-    assert main([*argv, "--track-every", "0"]) == 0  # same folder: a run without tracking leaves no records
+    # the same folder, replaced: a run without tracking leaves no records
+    assert main([*argv, "--overwrite", "--track-every", "0"]) == 0
     assert not (tmp_path / "g" / "diagnostics.jsonl").exists()
     capsys.readouterr()

@@ -391,9 +391,10 @@ def test_interrupted_says_the_saved_step_and_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err and proc.returncode == 130, err
-    m = re.search(r"rnnlab train: interrupted; the checkpoint of step (\d+) is in (\S+); continue with: "
-                  r"(rnnlab train --resume \S+)$", err.strip())
+    m = re.search(r"rnnlab train: interrupted at step \d+; the checkpoint of step (\d+) is in (\S+); continue "
+                  r"with `(rnnlab train --resume \S+)`$", err.strip())
     assert m, err
     step = int(m.group(1))
+    assert (tmp_path / "runs" / "t" / ".lock").read_text() == ""  # the run's lock was released
     resumed = cli(shlex.split(m.group(3))[1:] + ["--max-steps", str(step + 1)], tmp_path)
     assert f"resuming at step {step}" in resumed.stderr and f"done: {step + 1} steps" in resumed.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -29,6 +30,14 @@ class _Parser(argparse.ArgumentParser):
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     # Library warnings that name the package themselves ("rnnlab: no C++ compiler ...") get the prefix once.
     return f"rnnlab: warning: {str(message).removeprefix('rnnlab: ')}\n"
+
+
+def _describe(err: OSError | MemoryError) -> str:
+    """One line for an error of the operating system: what failed, on which file, and why."""
+    if isinstance(err, MemoryError):
+        return "out of memory (the run needs more than this machine has: reduce the model, the batch or the data)"
+    where = f" {err.filename}" if err.filename else ""
+    return f"cannot access{where}: {err.strerror or err}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # a warning is one line too (e.g. a checkpoint fallback)
+    debug = os.environ.get("RNNLAB_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -69,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         # A command may say what was kept and how to go on (train: the checkpoint's step and the resume command).
         print(f"rnnlab {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as err:
+        # The machine refused (read-only folder, full disk, permissions, memory): the user's to fix, so one line
+        # and exit 2 as for any user error; RNNLAB_DEBUG=1 shows where.
+        if debug:
+            raise
+        print(f"rnnlab {args.command}: error: {_describe(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a bug: one line that says how to see the traceback
+        if debug:
+            raise
+        detail = " ".join(str(err).split())[:300]
+        print(f"rnnlab {args.command}: internal error: {type(err).__name__}: {detail} (a bug in rnnlab; run again "
+              f"with RNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     finally:
         warnings.formatwarning = formatwarning
 

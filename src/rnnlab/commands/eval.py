@@ -22,6 +22,8 @@ def register(subparsers) -> None:
                    help="forecasting runs: the season's length in steps (12 for monthly data with a yearly cycle), "
                         "for a seasonal naive baseline (0 = none)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="use the run's data even if it changed since the run was trained (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -30,14 +32,19 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..train.checkpoint import load_checkpoint
     from ..train.config import config_from_dict
-    from ..train.run import build_model_and_task
+    from ..train.preflight import locate_data
+    from ..train.run import build_model_and_task, read_task_info
     from ..train.trainer import Trainer
 
     if args.batches < 0:
         raise UserError(f"--batches must be >= 0, got {args.batches}")
     state, cfg_dict = load_checkpoint(args.run_dir, fallback=True)
     cfg = config_from_dict(cfg_dict)
-    model, task = build_model_and_task(cfg)
+    info = read_task_info(args.run_dir)
+    data = locate_data(args.run_dir, info, accept_changed=args.accept_changed_data)
+    if data is not None:
+        cfg.task.path = str(data)  # found and verified, from any working directory
+    model, task = build_model_and_task(cfg, vocab=info.get("vocab"))  # the ids the model was trained on
     series = task if isinstance(task, SeriesTask) else None
     if args.period and series is None:
         raise UserError(f"--period is for forecasting runs; {args.run_dir} is a {task.name} run")

@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import example_inputs, export_onnx, verify_onnx
     from ..train.run import load_run
+    from ..train.runfolder import atomic_write, lock_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1, got {seq_len}")
     out = Path(args.out) if args.out else run_dir / "model.onnx"
+    if out.resolve().parent == run_dir.resolve():  # writes into the run folder: not while another command writes there
+        _lock = lock_run(run_dir, "export")  # noqa: F841 - held until this function returns
     exported = export_onnx(model, out, seq_len=seq_len, opset_version=args.opset, seed=cfg.train.seed)
     layer = next(m for m in model.modules() if hasattr(m, "mode"))
     shapes = {name: list(t.shape) for name, t in zip(exported.input_names, exported.example)}
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "mode": layer.mode,
         "task": info,
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
     print(f"rnnlab export: wrote {out} ({out.stat().st_size:,} bytes) and {out.with_suffix('.json').name}; "
           f"inputs {', '.join(exported.input_names)}, sequence length {seq_len}, any batch size", file=sys.stderr)
     if args.no_verify:

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
                         "for; more are forecast by feeding the forecast back)")
     p.add_argument("--output", metavar="CSV", default="", help="predictions file (default: RUN_DIR/forecast.csv)")
     p.add_argument("--plot", metavar="PNG", default="", help="plot file (default: RUN_DIR/forecast.png)")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="use the run's data even if it changed since the run was trained (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data.series import (check_missing, forecast_ahead, format_stamp, interpolate_missing, make_windows,
                                predict_windows, read_csv_table, statsmodels_csv)
     from ..errors import UserError
+    from ..train.preflight import locate_data
     from ..train.run import load_run
+    from ..train.runfolder import lock_run
 
     if args.horizon < 0:
         raise UserError(f"--horizon must be >= 0, got {args.horizon}")
@@ -48,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if "scaler" not in info:
         raise UserError(f"{args.run_dir} is a {info['name']} run, not a forecasting task (csv, sunspots, co2)")
     own = info["name"] == "csv"
-    source = args.input or (cfg.task.path if own else str(statsmodels_csv(info["name"])))
+    data = None if args.input else locate_data(args.run_dir, info, accept_changed=args.accept_changed_data)
+    if not (args.output and args.plot):  # writes into the run folder: not while another command writes there
+        _lock = lock_run(args.run_dir, "forecast")  # noqa: F841 - held until this function returns
+    source = args.input or str(data or (cfg.task.path if own else statsmodels_csv(info["name"])))
     needed = list(dict.fromkeys(info["inputs"] + info["targets"]))
     table = read_csv_table(source, needed, cfg.task.delimiter if own else "")
     if own:

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=0, metavar="K",
                    help="sample only among the K most likely characters (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="use the run's data even if it changed since the run was trained (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -29,11 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from ..data.text import default_prime
     from ..errors import UserError
     from ..models import generate_text
+    from ..train.preflight import locate_data
     from ..train.run import load_run
 
     if args.length < 0:
         raise UserError(f"--length must be >= 0, got {args.length}")
     _, model, info = load_run(args.run_dir)
+    # The text is not read (the vocabulary is in task.json), but a changed text means a model of other data.
+    locate_data(args.run_dir, info, accept_changed=args.accept_changed_data, required=False)
     if info["kind"] != "lm" or not info.get("vocab"):
         raise UserError(f"{args.run_dir} is a {info['name']} run ({info['kind']}), not a character model")
     gen = torch.Generator().manual_seed(args.seed)

@@ -2,7 +2,9 @@
 
 Flags mirror the config fields (``rnnlab train --help``); a TOML file (``--config``) gives a base that flags
 override. Results go to ``runs/<name>/``: ``config.json``, ``task.json``, ``train.csv``, ``val.csv``,
-``metrics.jsonl``, TensorBoard events, ``loss.png``, the checkpoint, and (character models) ``sample.txt``.
+``metrics.jsonl``, TensorBoard events, ``loss.png``, the checkpoint, and (character models) ``sample.txt``. A
+folder that already holds a run is never overwritten unless ``--overwrite`` says so, and one run writes into a
+folder at a time (:mod:`rnnlab.train.runfolder`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import available_tasks
 from ..errors import UserError
 from ..train.cli_args import add_config_flags, config_overrides
 from ..train.config import Config, config_from_dict, load_config
+from ..train.runfolder import atomic_write
+
+if TYPE_CHECKING:
+    from ..train.trainer import Trainer
 
 __all__ = ["register", "run"]
 
@@ -32,43 +38,100 @@ def register(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file with [model], [task], [optim], [train], [run] tables")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint (its config, plus any flags given here)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in the run folder (all of it is removed first); without it, "
+                        "training into a folder that holds a run is refused")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue on data that changed since the run was trained (refused otherwise)")
     add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import generate_text
-    from ..train.run import run_name, setup_run
     from ..train.checkpoint import load_checkpoint
+    from ..train.preflight import locate_data
+    from ..train.run import read_task_info, run_name, setup_run
 
     overrides = config_overrides(args)
     if args.resume:
+        if args.overwrite:
+            raise UserError("--resume continues a run and --overwrite replaces one: give one of them")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a fallback is reported once, when setup_run loads the state
             _, saved = load_checkpoint(args.resume, fallback=True)
         if args.config:
             raise UserError("--resume uses the run's saved config; give changes as flags, not --config")
+        base = config_from_dict(saved)
+        _refuse_fixed_changes(base, overrides)
         nested: dict = {}
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
             nested.setdefault(section, {})[key] = value
-        cfg = config_from_dict(nested, config_from_dict(saved))
+        cfg = config_from_dict(nested, base)
+        data = locate_data(args.resume, read_task_info(args.resume), accept_changed=args.accept_changed_data)
+        if data is not None:
+            cfg.task.path = str(data)  # where the data is now (its folder may have moved with the run)
         run_dir = Path(args.resume)
     else:
+        if args.accept_changed_data:
+            raise UserError("--accept-changed-data goes with --resume")
         cfg = infer_file_task(load_config(args.config, overrides), overrides)
         run_dir = Path(cfg.run.out_dir) / run_name(cfg)
     t0 = time.perf_counter()
-    trainer = setup_run(cfg, run_dir=run_dir, resume_dir=args.resume)
+    trainer = setup_run(cfg, run_dir=run_dir, resume_dir=args.resume, overwrite=args.overwrite)
+    try:
+        return _train(trainer, cfg, run_dir, bool(args.resume), t0)
+    except KeyboardInterrupt:
+        step = _checkpoint_step(run_dir)
+        where = (f"the checkpoint of step {step} is in {run_dir}; continue with `rnnlab train --resume {run_dir}`"
+                 if step is not None else "no checkpoint was written yet")
+        print(f"rnnlab train: interrupted at step {trainer.step}; {where}", file=sys.stderr)
+        return 130
+    finally:
+        if trainer.run_lock is not None:  # None on the ranks of a distributed run that do not write
+            trainer.run_lock.release()  # the folder is free for the next command, also when this one failed
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run's intact checkpoint (the latest, or the previous one), None if there is none."""
+    from ..train.checkpoint import load_checkpoint
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state, _ = load_checkpoint(run_dir, fallback=True)
+    except UserError:
+        return None
+    return int(state["step"])
+
+
+# What --resume cannot change: the data and its batching (the carried state, the data order and the saved
+# vocabulary or scaler depend on them), the seed, the truncation windows (the carried context has their length)
+# and the optimizer (its saved moments). A change of the model's shape is refused when the checkpoint is loaded.
+FIXED_ON_RESUME = ("task.", "train.seed", "train.bptt_stride", "train.bptt_horizon", "optim.optimizer")
+
+
+def _refuse_fixed_changes(saved: Config, overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        if not dotted.startswith(FIXED_ON_RESUME):
+            continue
+        section, _, key = dotted.partition(".")
+        old = getattr(getattr(saved, section), key)
+        if value != old:
+            raise UserError(f"--resume cannot change {dotted} ({old!r} -> {value!r}): the checkpoint was trained "
+                            f"with {old!r}; start a new run (another --name) to train with {value!r}")
+
+
+def _train(trainer: Trainer, cfg: Config, run_dir: Path, resumed: bool, t0: float) -> int:
+    from ..models import generate_text
+
     print(f"rnnlab train: {trainer.task.describe()}", file=sys.stderr)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"rnnlab train: {cfg.model.cell} hidden {cfg.model.hidden_size} x {cfg.model.num_layers} layer(s), "
           f"{n_params:,} parameters; {cfg.train.max_steps} steps of {cfg.task.batch_size} x {cfg.task.seq_len}; "
-          f"run folder {run_dir}" + (f" (resuming at step {trainer.step})" if args.resume else ""),
+          f"run folder {run_dir}" + (f" (resuming at step {trainer.step})" if resumed else ""),
           file=sys.stderr)
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(resume_hint(run_dir)) from None
+    result = trainer.fit()
     for step, reason in trainer.skipped[:5]:
         print(f"rnnlab train: skipped step {step}: {reason}", file=sys.stderr)
     if len(trainer.skipped) > 5:
@@ -91,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(cfg.train.seed)
         sample = generate_text(trainer.model, trainer.task.vocab, length=cfg.run.sample_length,
                                temperature=cfg.run.sample_temperature, generator=gen)
-        (run_dir / "sample.txt").write_text(sample)
+        atomic_write(run_dir / "sample.txt", sample)
         print(f"--- sample (temperature {cfg.run.sample_temperature}) ---\n{sample}\n---")
     print(f"results in {run_dir}/")
     return 0
@@ -106,14 +169,3 @@ def infer_file_task(cfg: Config, overrides: dict[str, Any]) -> Config:
     name = "csv" if path.suffix.lower() in (".csv", ".tsv") else "text"
     print(f"rnnlab train: {path} is a file: the {name} task (give --task to choose another)", file=sys.stderr)
     return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=name))
-
-
-def resume_hint(run_dir: Path) -> str:
-    """What an interrupted run kept: the step of its last checkpoint and the command that continues it."""
-    import json
-
-    try:
-        step = json.loads((run_dir / "checkpoint.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return f"no checkpoint was written yet in {run_dir}; start the run again"
-    return f"the checkpoint of step {step} is in {run_dir}; continue with: rnnlab train --resume {run_dir}"

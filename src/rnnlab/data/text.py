@@ -161,6 +161,20 @@ class CharLMTask(Task):
             sl = slice(start, start + self.seq_len)
             yield Batch(self._ids(self.val_x[sl]), self._ids(self.val_y[sl]), reset=k == 0)
 
+    def use_vocab(self, chars: list[str]) -> None:
+        """Use another vocabulary (a trained run's own, so that ids mean what they meant in training): every batch's
+        ids are mapped to it. Raises UserError naming the characters of the text that it lacks."""
+        vocab = CharVocab(chars)
+        missing = [c for c in self.vocab or [] if c not in vocab.index]
+        if missing:
+            raise UserError(f"{self.name}: the text has {len(missing)} character(s) that the run's vocabulary of "
+                            f"{len(vocab)} lacks, e.g. {missing[:5]}")
+        # The streams stay as stored (memory-mapped ids); every batch goes through id_map, so remap that.
+        remap = np.array([vocab.index[c] for c in self.vocab or []], dtype=np.int64)
+        self.id_map = remap if self.id_map is None else remap[self.id_map]
+        self.vocab, self.char_vocab = vocab.chars, vocab
+        self.input_size = self.output_size = len(vocab)
+
     def describe(self) -> str:
         return (f"{self.name}: {self.train_chars:,} training / {self.val_chars:,} validation characters, "
                 f"vocabulary {len(self.char_vocab)}, {self.steps_per_epoch} steps per epoch")

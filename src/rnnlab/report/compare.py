@@ -101,7 +101,8 @@ def _train(cfg: CompareConfig, cell: str, seq_len: int, run_dir: Path) -> dict[s
         "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": max(1, cfg.steps // 50),
         "run.progress": False, "run.plots": False, "run.tensorboard": False})
     curve, tracker = _LossCurve(), GradientTracker(every=cfg.track_every, spectra_every=1)  # rho curve: every record
-    trainer = setup_run(rc, run_dir=run_dir, callbacks=[curve, tracker], progress=False)
+    # overwrite: a comparison re-run into its --out folder replaces its earlier runs, as it replaces the report.
+    trainer = setup_run(rc, run_dir=run_dir, callbacks=[curve, tracker], progress=False, overwrite=True)
     if cfg.init == "chrono":
         # build_model applies chrono with its default T_max; the dependency range of this task is seq_len
         # (Tallec & Ollivier 2018 set T_max to the expected range), so redo it in place before any step.

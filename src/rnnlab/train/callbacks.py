@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -113,16 +114,35 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _record_step(line: str, jsonl: bool) -> float | None:
+    """The step of a log line, or None for a line that does not parse (the half-written last line of a crash)."""
+    try:
+        return float(json.loads(line)["step"]) if jsonl else float(line.split(",", 1)[0])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_after(path: Path, step: int, jsonl: bool = False) -> None:
-    """Drop records past ``step`` (written by a run that was interrupted after its last checkpoint)."""
+    """Cut an append-only log back to ``step`` (the checkpoint's): the records past it were written by a run that
+    was interrupted after its last checkpoint, and a line cut short by a crash or a full disk is dropped too.
+
+    The records are in step order, so the file is cut at the first record past ``step`` (or the first line that
+    does not parse or lacks its newline), in place: one ``os.truncate``, and the lines kept are never rewritten.
+    """
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    if jsonl:
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    else:
-        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",", 1)[0]) <= step]
-    path.write_text("".join(kept))
+    keep = 0
+    with path.open("rb") as f:
+        for k, raw in enumerate(f):
+            if not raw.endswith(b"\n"):
+                break
+            if k > 0 or jsonl:  # a CSV's first line is its header
+                at = _record_step(raw.decode("utf-8", "replace"), jsonl)
+                if at is None or at > step:
+                    break
+            keep += len(raw)
+    if keep < path.stat().st_size:
+        os.truncate(path, keep)
 
 
 class MetricsLogger(Callback):

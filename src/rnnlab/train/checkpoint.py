@@ -7,8 +7,8 @@ A checkpoint is two files in the run folder:
 * ``checkpoint.json``: the config, the step, the schedule and callback states, and the structure of the state
   dict, with each tensor replaced by ``{"__tensor__": key}``.
 
-Each file is written to a temporary name in the same folder, fsynced and renamed over the old one (``os.replace``
-is atomic on POSIX and Windows), tensors first. Integrity: the JSON records the SHA-256 of the tensor file and
+Each file is written by :func:`rnnlab.train.runfolder.atomic_write` (a temporary name in the same folder, fsynced and
+renamed over the old one), tensors first. Integrity: the JSON records the SHA-256 of the tensor file and
 of itself, so a truncated or altered file is detected on load, as is a pair cut apart by a crash (both record
 the step). Before a new checkpoint is written, the intact one is copied to ``checkpoint.prev.*``: wherever a
 SIGKILL lands, an intact pair remains, and ``load_checkpoint(..., fallback=True)`` uses the previous one when
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from ..errors import UserError
+from .runfolder import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "encode_state", "decode_state", "CHECKPOINT_NAME"]
 
@@ -90,20 +90,6 @@ def _doc_checksum(doc: dict[str, Any]) -> str:
     """SHA-256 of the JSON document without its ``checksum`` field, in a canonical form (sorted keys)."""
     body = {k: v for k, v in doc.items() if k != "checksum"}
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over ``path`` (atomic on POSIX/Windows)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Damaged(Exception):
@@ -206,10 +192,10 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any], config: dict[str,
         pass  # nothing intact to keep: a damaged pair must never replace the intact previous one
     else:
         prev = _previous(json_path)
-        _atomic_write(prev.with_suffix(".safetensors"), old_tensors)
-        _atomic_write(prev, old_doc)
-    _atomic_write(json_path.with_suffix(".safetensors"), blob)
-    _atomic_write(json_path, json.dumps(doc, indent=1).encode("utf-8"))
+        atomic_write(prev.with_suffix(".safetensors"), old_tensors)
+        atomic_write(prev, old_doc)
+    atomic_write(json_path.with_suffix(".safetensors"), blob)
+    atomic_write(json_path, json.dumps(doc, indent=1).encode("utf-8"))
     return json_path
 
 

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .runfolder import atomic_write
 
 __all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
            "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config",
-           "optional_base"]
+           "optional_base", "config_json", "save_config"]
 
 
 def _f(default: Any, help: str, flag: str | None = None) -> Any:
@@ -306,6 +307,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return config_from_dict(nested, cfg)
 
 
+def config_json(cfg: Config) -> str:
+    """The resolved config as the JSON text of ``config.json`` (it loads back with ``load_config(path)``)."""
+    return json.dumps(config_to_dict(cfg), indent=2) + "\n"
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as JSON (it loads back with ``load_config(path)``)."""
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    """Write the resolved config as JSON, atomically (:func:`config_json`)."""
+    atomic_write(path, config_json(cfg))

@@ -20,10 +20,13 @@ from ..errors import UserError
 from ..models import build_model
 from .callbacks import default_callbacks
 from .checkpoint import load_checkpoint
-from .config import Config, config_from_dict, config_to_dict, save_config
+from .config import Config, config_from_dict, config_json, config_to_dict
+from .preflight import check_memory, data_identity
+from .runfolder import atomic_write, claim_run_dir, lock_run
 from .trainer import Callback, Trainer
 
-__all__ = ["build_model_and_task", "setup_run", "tracking_callbacks", "run_name", "task_info", "load_run", "clear_results"]
+__all__ = ["build_model_and_task", "setup_run", "tracking_callbacks", "run_name", "task_info", "load_run",
+           "read_task_info"]
 
 
 def run_name(cfg: Config) -> str:
@@ -31,11 +34,19 @@ def run_name(cfg: Config) -> str:
     return cfg.run.name or f"{cfg.task.name}-{cfg.model.cell}"
 
 
-def build_model_and_task(cfg: Config) -> tuple[torch.nn.Module, Task]:
-    """Seed the global RNG with ``cfg.train.seed``, then build the task and the model (weights depend on the seed)."""
+def build_model_and_task(cfg: Config, vocab: list[str] | None = None) -> tuple[torch.nn.Module, Task]:
+    """Seed the global RNG with ``cfg.train.seed``, then build the task and the model (weights depend on the seed).
+
+    The memory the run needs is estimated first, and a run that does not fit is refused before anything is
+    allocated (:func:`rnnlab.train.preflight.check_memory`). ``vocab``: a character model's vocabulary to keep (a
+    resumed or evaluated run's own, from its ``task.json``) instead of the one its text gives now.
+    """
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    check_memory(cfg)
     task = build_task(cfg.task, cfg.train.seed)
+    if vocab is not None and task.vocab is not None and list(task.vocab) != list(vocab):
+        task.use_vocab(vocab)  # type: ignore[attr-defined]  # a character task (CharLMTask)
     torch.manual_seed(cfg.train.seed)  # after the task: the weights depend on the seed alone
     model = build_model(cfg.model, task)
     return model, task
@@ -68,21 +79,34 @@ def tracking_callbacks(cfg: Config) -> list[Callback]:
 
 
 def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: str | Path | None = None,
-              callbacks: list[Callback] | None = None, progress: bool | None = None) -> Trainer:
+              callbacks: list[Callback] | None = None, progress: bool | None = None,
+              overwrite: bool = False) -> Trainer:
     """Build the trainer of a run, with the default callbacks plus ``callbacks``.
 
     Args:
         cfg: the resolved config. run_dir: the run folder; ``"auto"`` = ``out_dir/run_name(cfg)``; None = no files.
-        resume_dir: a run folder with a checkpoint to continue from (its tensors, step, RNG and callback states).
+        resume_dir: a run folder with a checkpoint to continue from (its tensors, step, RNG and callback states;
+            a character model keeps the vocabulary of its ``task.json``).
         callbacks: extra callbacks, called after the default ones.
         progress: override ``cfg.run.progress``.
+        overwrite: a new run may replace a run already in ``run_dir`` (removing all of it); otherwise that is
+            refused (see :func:`rnnlab.train.runfolder.claim_run_dir`).
 
-    The resolved config is written to ``run_dir/config.json`` and the task's vocabulary/scaler to ``task.json``.
-    With ``cfg.train.track_every > 0`` a gradient tracker is added too (see :func:`tracking_callbacks`).
+    Everything that can fail on the user's input (config, data, memory, a checkpoint that does not fit) is
+    checked before the run folder is touched. Then the folder is locked (``trainer.run_lock``, held until it is
+    released or the trainer is dropped: :func:`rnnlab.train.runfolder.lock_run`), claimed, and the resolved config
+    is written to ``run_dir/config.json`` and the task's vocabulary/scaler and data identity to ``task.json``,
+    both atomically. With ``cfg.train.track_every > 0`` a gradient tracker is added too (see
+    :func:`tracking_callbacks`).
     """
     if run_dir == "auto":
         run_dir = Path(cfg.run.out_dir) / run_name(cfg)
-    model, task = build_model_and_task(cfg)
+    state = None
+    vocab = None
+    if resume_dir is not None:
+        state, _ = load_checkpoint(resume_dir, fallback=True)
+        vocab = read_task_info(resume_dir).get("vocab")
+    model, task = build_model_and_task(cfg, vocab=vocab)
     cbs = default_callbacks(cfg, run_dir, progress) + tracking_callbacks(cfg) + list(callbacks or [])
     trainer = Trainer(model, task, cfg, callbacks=cbs, run_dir=run_dir)
     # Under torchrun (WORLD_SIZE > 1): this rank's slice of each batch, gradients averaged over ranks, rank 0
@@ -90,32 +114,33 @@ def setup_run(cfg: Config, *, run_dir: str | Path | None = "auto", resume_dir: s
     from .distributed import distribute
 
     distribute(trainer)
-    if resume_dir is not None:
-        state, _ = load_checkpoint(resume_dir, fallback=True)
+    if state is not None:
         trainer.load_state_dict(state)
     if run_dir is not None and trainer.is_main:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        trainer.run_lock = lock_run(run_dir, "train")
         if resume_dir is None:
-            clear_results(run_dir)
-        save_config(cfg, Path(run_dir) / "config.json")
-        (Path(run_dir) / "task.json").write_text(json.dumps(task_info(task), indent=1) + "\n")
+            claim_run_dir(run_dir, overwrite=overwrite)
+        info = {**task_info(task), "data": data_identity(cfg.task, run_dir)}
+        for name, text in (("config.json", config_json(cfg)), ("task.json", json.dumps(info, indent=1) + "\n")):
+            path = Path(run_dir) / name
+            if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a plain resume changes nothing
+                atomic_write(path, text)
     return trainer
 
 
-# What a run writes; a new (not resumed) run into an existing folder removes these first, so that its metric files
-# never mix with an earlier run's. Other files in the folder are left alone.
-RESULT_FILES = ("config.json", "task.json", "train.csv", "val.csv", "metrics.jsonl", "loss.png", "sample.txt",
-                "checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.json", "checkpoint.prev.safetensors",
-                "forecast.csv", "forecast.png", "diagnostics.jsonl")
+def read_task_info(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``task.json`` (what :func:`task_info` wrote, plus ``data``: :func:`data_identity`).
 
-
-def clear_results(run_dir: str | Path) -> None:
-    """Delete the files an earlier run left in ``run_dir`` (see :data:`RESULT_FILES`, plus TensorBoard events)."""
-    folder = Path(run_dir)
-    for name in RESULT_FILES:
-        (folder / name).unlink(missing_ok=True)
-    for events in folder.glob("events.out.tfevents.*"):
-        events.unlink()
+    Raises:
+        UserError: the folder has no readable task.json.
+    """
+    path = Path(run_dir) / "task.json"
+    if not path.is_file():
+        raise UserError(f"run folder {run_dir} has no task.json (is it a folder written by `rnnlab train`?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"run folder {run_dir}: cannot read task.json ({str(err).splitlines()[0][:120]})") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
@@ -125,12 +150,9 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, An
         UserError: the folder lacks config.json, task.json or a checkpoint.
     """
     run_dir = Path(run_dir)
-    for name in ("task.json",):
-        if not (run_dir / name).is_file():
-            raise UserError(f"run folder {run_dir} has no {name} (is it a folder written by `rnnlab train`?)")
+    info = read_task_info(run_dir)
     state, cfg_dict = load_checkpoint(run_dir, fallback=True)
     cfg = config_from_dict(cfg_dict)
-    info = json.loads((run_dir / "task.json").read_text())
 
     class _Shape:  # what build_model reads from a task
         kind, input_size, output_size = info["kind"], info["input_size"], info["output_size"]

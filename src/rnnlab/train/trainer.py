@@ -130,6 +130,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self._bad_streak = 0  # consecutive skipped steps
         self.rank, self.world_size = 0, 1
+        self.run_lock: Any = None  # the run folder's lock while this trainer writes there (set by setup_run)
         self.train_time = 0.0  # seconds spent in fit(), summed over resumes
         # Carried across batches of a stateful task: the detached state at the start of `_ctx_x`, and the last
         # k2 - k1 inputs (so the first window of the next batch can reach back k2 steps).
