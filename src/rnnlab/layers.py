@@ -22,6 +22,7 @@ from typing import NamedTuple, Protocol, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
@@ -419,9 +420,11 @@ class RNNBase(nn.Module):
         # An unpinned layer is captured by torch.compile / torch.export / torch.jit.trace through the reference
         # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
         backend = "reference" if self.backend is None and _capturing() else self.backend
-        if x.size(1) == 0:
-            # An empty batch has no work to fuse, and the compiled loops assume B >= 1: the reference loop's plain
-            # torch ops give torch.nn's empty outputs and zero parameter gradients, for every cell and option.
+        if x.size(1) == 0 or _transformed():
+            # An empty batch has no work to fuse, and the compiled loops assume B >= 1; the compiled kernels'
+            # autograd Functions have no forward-mode (jvp) or vmap rule. The reference loop's plain torch ops
+            # give torch.nn's results in both cases (empty outputs and zero parameter gradients; every torch.func
+            # transform and forward-mode AD), for every cell and option, whatever backend is pinned.
             backend = "reference"
         run_layer = resolve_backend(backend)
         # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
@@ -633,6 +636,18 @@ def _capturing() -> bool:
     layers fall back to the reference loop (plain autograd ops, which torch.compile then fuses itself).
     """
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _transformed() -> bool:
+    """True inside a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap, functional_call under
+    one of them) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``).
+
+    The compiled kernels' autograd Functions have neither ``setup_context`` nor ``jvp``/``vmap`` rules, so
+    torch would refuse them there; the layers run the reference loop instead. Both checks read a flag (one C call
+    and one module attribute, ~0.1 us a forward): the first is torch's own test in ``autograd.Function.apply``;
+    ``forward_ad._current_level`` is -1 outside every ``dual_level`` (torch.compile guards on the same attribute).
+    """
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
