@@ -17,6 +17,7 @@ is the default or pinned. Checked here, in float64:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.testing import assert_close
 
 import rnnlab
@@ -38,6 +40,7 @@ pytestmark = [
 
 F64 = torch.float64
 T, B, I, H = 3, 2, 2, 3
+LENGTHS = torch.tensor([1, 3])  # unequal and unsorted
 BACKENDS = (None, "fused", "reference")  # None: the default backend (fused where the kernels are compiled)
 Params = dict[str, Tensor]
 
@@ -147,6 +150,60 @@ def test_vmap_equals_torch_nn(name: str, backend: str | None) -> None:
             vmap(_run(theirs), in_dims=(None, 0))(_params(theirs), xs)
         want = torch.stack([_run(theirs)(_params(theirs), x) for x in xs])
     assert_close(got, want)
+
+
+def _packed(module: nn.Module, x: Tensor) -> PackedSequence:
+    batch_first = getattr(module, "batch_first", False)
+    return pack_padded_sequence(x.transpose(0, 1) if batch_first else x, LENGTHS, batch_first=batch_first,
+                                enforce_sorted=False)
+
+
+@pytest.mark.parametrize("transform", ("grad", "jacrev", "jacfwd", "forward_ad", "vmap"))
+@pytest.mark.parametrize(("name", "backend"), [run for run in RUNS if "cell" not in run.values[0]])
+def test_packed_sequence_under_a_transform_as_torch_nn(name: str, backend: str | None, transform: str) -> None:
+    """A PackedSequence, packed outside the transform (pack_padded_sequence refuses to run under one); the
+    transform over the parameters (and for forward_ad also the packed data). torch.nn 2.13 refuses grad, jacrev
+    and jacfwd there (RuntimeError on a wrapped tensor): rnnlab raises the same exception. forward_ad: torch.nn
+    runs and so does rnnlab, with the same tangents. vmap (over W_hh): torch.nn has no batching rule; rnnlab runs
+    and equals torch.nn per sample."""
+    theirs, ours = _pair(name, backend)
+    x = _input(name)  # (T, B, I)
+
+    def run(module: nn.Module, p: Params, tangent: Tensor | None = None) -> Tensor:
+        packed = _packed(module, x)
+        if tangent is not None:  # a dual PackedSequence.data (pack_padded_sequence has no forward-mode rule)
+            packed = packed._replace(data=forward_ad.make_dual(packed.data, tangent))
+        return _flat(functional_call(module, p, (packed,)))
+
+    def apply(module: nn.Module) -> object:
+        p = _params(module)
+        if transform == "vmap":
+            stacked = torch.stack([p["weight_hh_l0"] * scale for scale in (1.0, 0.5, -1.0)])
+            return vmap(lambda w: run(module, {**p, "weight_hh_l0": w}))(stacked)
+        if transform == "forward_ad":
+            with forward_ad.dual_level():
+                dual = {k: forward_ad.make_dual(v, torch.ones_like(v)) for k, v in p.items()}
+                tangent = torch.linspace(-1, 1, int(LENGTHS.sum()) * I, dtype=F64).view(-1, I)
+                return forward_ad.unpack_dual(run(module, dual, tangent)).tangent
+        f = {"grad": lambda p: grad(lambda p: run(module, p).pow(2).sum())(p),
+             "jacrev": jacrev(lambda p: run(module, p)), "jacfwd": jacfwd(lambda p: run(module, p))}[transform]
+        return f(p)
+
+    if transform in ("grad", "jacrev", "jacfwd"):
+        with pytest.raises(RuntimeError) as refused:
+            apply(theirs)
+        with pytest.raises(RuntimeError, match=re.escape(str(refused.value).splitlines()[0])):
+            apply(ours)
+        return
+    if transform == "vmap":
+        with pytest.raises(RuntimeError, match="Batching rule not implemented"):
+            apply(theirs)
+        p = _params(theirs)
+        want = torch.stack([run(theirs, {**p, "weight_hh_l0": p["weight_hh_l0"] * scale})
+                            for scale in (1.0, 0.5, -1.0)])
+    else:
+        want = apply(theirs)
+    assert_close(apply(ours), want)
 
 
 # -- a variant, against plain reverse-mode autograd outside any transform -------------------------------------------
