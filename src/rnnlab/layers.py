@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
 from ._checks import (check_input_dtype, check_positive_int, check_probability, check_same_dtype, check_type,
@@ -491,7 +491,7 @@ class RNNBase(nn.Module):
         output: Tensor | PackedSequence
         extra = self._all_states(record, batched) if self.return_all_states else None
         if isinstance(input, PackedSequence):
-            output = _repack(x, input)
+            output = _repack(x, cast(Tensor, lengths), input)
         elif not batched:
             hidden = (tuple(s.squeeze(1) for s in hidden) if self.spec.n_states == 2
                       else cast(Tensor, hidden).squeeze(1))
@@ -650,19 +650,26 @@ def _transformed() -> bool:
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
-def _repack(padded: Tensor, like: PackedSequence) -> PackedSequence:
+def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
     """Pack ``padded`` (T, B, F), batch in original order, with exactly the batch layout of ``like``.
 
-    One ``index_select`` of the rows ``like`` holds, rather than ``pack_padded_sequence``: that op has no
-    forward-mode derivative, and torch.nn's layers (which never re-pack) run forward-mode AD on packed input.
+    ``pack_padded_sequence`` has no forward-mode derivative, and torch.nn's layers (which never re-pack) run
+    forward-mode AD on packed input; under a transform the rows ``like`` holds are gathered with one
+X
     """
-    batch_sizes = like.batch_sizes  # (T,) on the CPU: packed row r is step steps[r], batch slot slot[r] (sorted)
-    steps = torch.repeat_interleave(torch.arange(batch_sizes.numel()), batch_sizes)
-    slot = torch.arange(steps.numel()) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[steps]
-    column = slot if like.sorted_indices is None else like.sorted_indices.cpu()[slot]
-    rows = (steps * padded.size(1) + column).to(padded.device)
-    data = padded.reshape(-1, padded.size(2)).index_select(0, rows)
-    return PackedSequence(data, batch_sizes, like.sorted_indices, like.unsorted_indices)
+    if _transformed():
+        batch_sizes = like.batch_sizes  # (T,), CPU: packed row r is step steps[r], batch slot slot[r] (sorted)
+        steps = torch.repeat_interleave(torch.arange(batch_sizes.numel()), batch_sizes)
+        slot = torch.arange(steps.numel()) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[steps]
+        column = slot if like.sorted_indices is None else like.sorted_indices.cpu()[slot]
+        rows = (steps * padded.size(1) + column).to(padded.device)
+        data = padded.reshape(-1, padded.size(2)).index_select(0, rows)
+    else:
+        if like.sorted_indices is not None:
+            padded = padded.index_select(1, like.sorted_indices)
+            lengths = lengths[like.sorted_indices.cpu()]
+        data = pack_padded_sequence(padded, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _refuse_proj_size(name: str, options: dict) -> None:
