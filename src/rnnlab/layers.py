@@ -655,7 +655,7 @@ def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequ
 
     ``pack_padded_sequence`` has no forward-mode derivative, and torch.nn's layers (which never re-pack) run
     forward-mode AD on packed input; under a transform the rows ``like`` holds are gathered with one
-X
+    ``index_select`` instead. Only there: building that row index takes ~2.5x a pack's time at small sizes.
     """
     if _transformed():
         batch_sizes = like.batch_sizes  # (T,), CPU: packed row r is step steps[r], batch slot slot[r] (sorted)
