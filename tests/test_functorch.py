@@ -206,6 +206,26 @@ def test_packed_sequence_under_a_transform_as_torch_nn(name: str, backend: str |
     assert_close(apply(ours), want)
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # the plain mask path's lt_ under vmap
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b or "default")
+def test_train_mode_masks_under_vmap(backend: str | None) -> None:
+    """Recurrent dropout, zoneout and DropConnect draw their masks inside the forward. randomness="same": one
+    mask for every sample, equal to an eager run from the same seed; "different": each sample its own (the
+    samples of one repeated input differ); "error" (vmap's default): torch's error, as for torch.nn's dropout."""
+    torch.manual_seed(0)
+    layer = rnnlab.LSTM(I, H, recurrent_dropout=0.3, zoneout=0.2, weight_dropout=0.2, backend=backend).to(F64)
+    x = _input("layer")
+    run = lambda x: _flat(layer(x))  # noqa: E731
+    torch.manual_seed(3)
+    same = vmap(run, randomness="same")(x.expand(3, *x.shape))
+    torch.manual_seed(3)
+    assert_close(same, run(x).expand(3, -1))
+    different = vmap(run, randomness="different")(x.expand(3, *x.shape))
+    assert (different[0] - different[1]).abs().max() > 1e-3 and (different[1] - different[2]).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="randomness"):
+        vmap(run)(x.expand(3, *x.shape))
+
+
 # -- a variant, against plain reverse-mode autograd outside any transform -------------------------------------------
 
 

@@ -604,9 +604,11 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device:
         return torch.rand(shape, device=device).lt_(p).to(dtype)
     n = math.prod(shape)
     exact = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    if fused.compiled_available():
-        seed = int(torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64))
-        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, seed, torch.empty(0, dtype=exact)).view(shape)
+    seed = torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64) if fused.compiled_available() else None
+    # Under vmap(randomness="different") the draw is one seed per sample, which the C++ op cannot take: the plain
+    # path below then draws each sample's own mask (its ops are batched).
+    if seed is not None and not torch._C._functorch.is_batchedtensor(seed):
+        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, int(seed), torch.empty(0, dtype=exact)).view(shape)
     else:
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
         # The comparison in float, in place (the int16 values are exact in float32/64): one pass instead of a
