@@ -9,6 +9,9 @@ is the default or pinned. Checked here, in float64:
   and ``forward_ad`` dual tensors (tangents on the input and on every parameter), over the output and the final
   states. ``vmap``: torch.nn supports it for RNNCell and GRUCell (compared under vmap); its layers and LSTMCell
   have no batching rule and raise, where rnnlab's run, compared with torch.nn sample by sample.
+* A PackedSequence: torch.nn's exception where torch.nn refuses (grad, jacrev, jacfwd), its tangents under
+  forward_ad, torch.nn per sample under vmap.
+* The train-mode masks (recurrent dropout, zoneout, DropConnect) under each of vmap's ``randomness`` modes.
 * LayerNormLSTM (no torch.nn counterpart): each transform of the default (fused) backend against plain reverse-mode
   autograd outside any transform (``torch.autograd.grad`` through the compiled kernel, and
   ``torch.autograd.functional`` Jacobians, Hessian and jvp on the reference backend).
@@ -31,6 +34,7 @@ from torch.testing import assert_close
 import rnnlab
 from rnnlab.kernels import get_backend
 from rnnlab.layers import _transformed
+from test_double_backward import _kernel_nodes
 
 pytestmark = [
     pytest.mark.usefixtures("compiled_kernels"),  # the default backend must be the compiled one
@@ -242,7 +246,7 @@ def test_layernorm_lstm_transforms_equal_reverse_mode_autograd() -> None:
     # grad: against the compiled kernel's hand-written backward (the kernel must really run)
     leaves = [v.clone().requires_grad_() for v in p.values()]
     loss = _loss(fused_layer)(dict(zip(names, leaves)), x)
-    assert "_LNLSTMBackward" in _graph_nodes(loss)
+    assert _kernel_nodes([loss]) == {"_LNLSTMBackward"}
     assert_close(grad(_loss(fused_layer))(p, x), dict(zip(names, torch.autograd.grad(loss, leaves))))
 
     # Jacobians, Hessian, jvp: against torch.autograd.functional (vjps, and double backward for hessian and jvp)
@@ -268,18 +272,6 @@ def test_layernorm_lstm_transforms_equal_reverse_mode_autograd() -> None:
                  torch.stack([_run(fused_layer)(p, x) for x in xs]))
 
 
-def _graph_nodes(t: Tensor) -> set[str]:
-    """The class names of the backward nodes of ``t``'s graph."""
-    visited, stack = set(), [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
-    return {type(node).__name__ for node in visited}
-
-
 # -- the check itself --------------------------------------------------------------------------------------------
 
 
@@ -290,7 +282,7 @@ def test_the_normal_path_keeps_the_compiled_kernel() -> None:
     assert not _transformed()
     _, layer = _pair("lstm-proj-bi", None)
     out = layer(_input("layer").requires_grad_())[0]
-    assert "_LSTMBackward" in _graph_nodes(out)
+    assert _kernel_nodes([out]) == {"_LSTMBackward"}
     seen: list[bool] = []
 
     def probe(x: Tensor) -> Tensor:
