@@ -382,7 +382,8 @@ class RNNBase(nn.Module):
             ``(L*D, B, H)``; zeros if omitted.
             output: ``(T, B, D*H_out)`` (same layout conventions as input); h_n like hx.
 
-        An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn.
+        An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn. Under a torch.func transform
+        or forward-mode AD the layer runs the reference loop (see :func:`_transformed`; docs/ecosystem.md).
 
         Raises (as torch.nn, in its order; see tests/test_conformance.py):
             ValueError: input not 2-D or 3-D; input dtype other than the weights'.
