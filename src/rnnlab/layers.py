@@ -22,6 +22,7 @@ from typing import NamedTuple, Protocol, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
@@ -381,7 +382,8 @@ class RNNBase(nn.Module):
             ``(L*D, B, H)``; zeros if omitted.
             output: ``(T, B, D*H_out)`` (same layout conventions as input); h_n like hx.
 
-        An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn.
+        An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn. Under a torch.func transform
+        or forward-mode AD the layer runs the reference loop (see :func:`_transformed`; docs/ecosystem.md).
 
         Raises (as torch.nn, in its order; see tests/test_conformance.py):
             ValueError: input not 2-D or 3-D; input dtype other than the weights'.
@@ -419,9 +421,11 @@ class RNNBase(nn.Module):
         # An unpinned layer is captured by torch.compile / torch.export / torch.jit.trace through the reference
         # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
         backend = "reference" if self.backend is None and _capturing() else self.backend
-        if x.size(1) == 0:
-            # An empty batch has no work to fuse, and the compiled loops assume B >= 1: the reference loop's plain
-            # torch ops give torch.nn's empty outputs and zero parameter gradients, for every cell and option.
+        if x.size(1) == 0 or _transformed():
+            # An empty batch has no work to fuse, and the compiled loops assume B >= 1; the compiled kernels'
+            # autograd Functions have no forward-mode (jvp) or vmap rule. The reference loop's plain torch ops
+            # give torch.nn's results in both cases (empty outputs and zero parameter gradients; every torch.func
+            # transform and forward-mode AD), for every cell and option, whatever backend is pinned.
             backend = "reference"
         run_layer = resolve_backend(backend)
         # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
@@ -601,9 +605,11 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device:
         return torch.rand(shape, device=device).lt_(p).to(dtype)
     n = math.prod(shape)
     exact = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    if fused.compiled_available():
-        seed = int(torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64))
-        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, seed, torch.empty(0, dtype=exact)).view(shape)
+    seed = torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64) if fused.compiled_available() else None
+    # Under vmap(randomness="different") the draw is one seed per sample, which the C++ op cannot take: the plain
+    # path below then draws each sample's own mask (its ops are batched).
+    if seed is not None and not torch._C._functorch.is_batchedtensor(seed):
+        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, int(seed), torch.empty(0, dtype=exact)).view(shape)
     else:
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
         # The comparison in float, in place (the int16 values are exact in float32/64): one pass instead of a
@@ -635,13 +641,38 @@ def _capturing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def _transformed() -> bool:
+    """True inside a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap, functional_call under
+    one of them) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``).
+
+    The compiled kernels' autograd Functions have neither ``setup_context`` nor ``jvp``/``vmap`` rules, so
+    torch would refuse them there; the layers run the reference loop instead. Both checks read a flag (one C call
+    and one module attribute, ~0.1 us a forward): the first is torch's own test in ``autograd.Function.apply``;
+    ``forward_ad._current_level`` is -1 outside every ``dual_level`` (torch.compile guards on the same attribute).
+    """
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
 def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
-    """Pack ``padded`` (T, B, F), batch in original order, with exactly the batch layout of ``like``."""
-    if like.sorted_indices is not None:
-        padded = padded.index_select(1, like.sorted_indices)
-        lengths = lengths[like.sorted_indices.cpu()]
-    packed = pack_padded_sequence(padded, lengths, enforce_sorted=True)
-    return PackedSequence(packed.data, packed.batch_sizes, like.sorted_indices, like.unsorted_indices)
+    """Pack ``padded`` (T, B, F), batch in original order, with exactly the batch layout of ``like``.
+
+    ``pack_padded_sequence`` has no forward-mode derivative, and torch.nn's layers (which never re-pack) run
+    forward-mode AD on packed input; under a transform the rows ``like`` holds are gathered with one
+    ``index_select`` instead. Only there: building that row index takes ~2.5x a pack's time at small sizes.
+    """
+    if _transformed():
+        batch_sizes = like.batch_sizes  # (T,), CPU: packed row r is step steps[r], batch slot slot[r] (sorted)
+        steps = torch.repeat_interleave(torch.arange(batch_sizes.numel()), batch_sizes)
+        slot = torch.arange(steps.numel()) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[steps]
+        column = slot if like.sorted_indices is None else like.sorted_indices.cpu()[slot]
+        rows = (steps * padded.size(1) + column).to(padded.device)
+        data = padded.reshape(-1, padded.size(2)).index_select(0, rows)
+    else:
+        if like.sorted_indices is not None:
+            padded = padded.index_select(1, like.sorted_indices)
+            lengths = lengths[like.sorted_indices.cpu()]
+        data = pack_padded_sequence(padded, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _refuse_proj_size(name: str, options: dict) -> None:
