@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES_DIR = ROOT / "docs" / "figures"
 RESULTS_DIR = ROOT / "benchmarks" / "convergence" / "results"
 SAMPLES_JSON = ROOT / "docs" / "data" / "samples.json"  # written by scripts/make_samples.py (a short training run)
+MAIN_JOB_JSON = ROOT / "docs" / "data" / "main_job.json"  # `make run`'s validation curve and its measured times
 
 COLORS = {"rnn_tanh": "tab:red", "rnn_relu": "tab:purple", "lstm": "tab:blue", "gru": "tab:green"}
 LABELS = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
@@ -838,6 +839,16 @@ def quoted_numbers(figures_dir: Path = FIGURES_DIR, samples: Path = SAMPLES_JSON
     ``tests/test_docs.py`` checks that each page in :data:`QUOTES` contains the numbers listed for it, so a rerun
     that moves a number shows up as a failing test until the text follows. ``--numbers`` prints them."""
     out: dict[str, str] = {}
+    if MAIN_JOB_JSON.is_file():
+        job = json.loads(MAIN_JOB_JSON.read_text())
+        out["main.final"] = f"{job['final_val']:.3f}"
+        out["main.final_bits"] = f"{job['final_val'] / math.log(2):.2f}"
+        for step, loss in job["val_curve"].items():
+            out[f"main.val.{step}"] = f"{loss:.3f}"
+        for k, t in enumerate(job["timings"]):
+            out[f"main.wall.{k}"] = f"{t['wall_s'] // 60} min {t['wall_s'] % 60:02d} s"
+            out[f"main.training.{k}"] = f"{t['training_s']} s"
+            out[f"main.cpu.{k}"] = f"{t['user_cpu_s']} s"
     van = _figure_numbers("vanishing", figures_dir)
     if van:
         for h in ("64", "256"):
@@ -936,8 +947,11 @@ QUOTES: dict[str, list[str]] = {
     "docs/zh/results.md": _RESULTS + ["shakespeare.bigram", "shakespeare.lstm", "shakespeare.gru", "forget_bias.gain1",
                            "forget_bias.gain2", "forget_bias.median0", "forget_bias.median1",
                            "forget.ratio.measured", "forget.ratio.guides"],
-    "docs/training.md": ["shakespeare.bigram2"],
-    "README.md": ["shakespeare.bigram2", "samples.val", "samples.text.300.0.8"],
+    "docs/training.md": ["shakespeare.bigram2", "main.final", "main.final_bits"] + [
+        f"main.val.{step}" for step in range(100, 801, 100)] + [
+        f"main.{what}.{k}" for what in ("wall", "training", "cpu") for k in (0, 1)],
+    "README.md": ["shakespeare.bigram2", "samples.val", "samples.text.300.0.8", "main.final", "main.wall.0",
+                  "main.cpu.0", "main.wall.1", "main.cpu.1"],
 }
 
 

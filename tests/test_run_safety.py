@@ -304,6 +304,8 @@ def test_eval_works_after_the_project_moved(text_run, tmp_path):
 def test_resume_and_eval_use_the_runs_saved_vocabulary(tmp_path):
     """Changed text with fewer characters, accepted: the task is encoded with the run's vocabulary (ids keep
     their meaning), not a new one rebuilt from the text (which would shift every id after the missing one)."""
+    import torch
+
     from rnnlab.data.text import CharVocab
     from rnnlab.train.config import load_config
     from rnnlab.train.run import build_model_and_task
@@ -317,7 +319,7 @@ def test_resume_and_eval_use_the_runs_saved_vocabulary(tmp_path):
     assert rebuilt.vocab != saved_vocab  # what resume and eval used to do
     model, task = build_model_and_task(cfg, vocab=saved_vocab)  # what they do now
     assert task.vocab == saved_vocab and task.input_size == len(saved_vocab) == model.embed.num_embeddings
-    val = task.val_x.t().reshape(-1)  # (B, L) streams, in order: the validation text
+    val = torch.cat([b.x for b in task.val_batches()]).t().reshape(-1)  # the model's ids, stream after stream
     cut = int(len(changed) * (1 - cfg.task.val_fraction))
     assert "".join(saved_vocab[i] for i in val.tolist()) == changed[cut:cut + val.numel()]
 
