@@ -15,26 +15,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from _cli import rnnlab_command
 
 TINY = ["--hidden-size", "12", "--embed-size", "8", "--batch-size", "4", "--seq-len", "16", "--max-steps", "3",
         "--eval-every", "0", "--final-eval-batches", "1", "--checkpoint-every", "1", "--log-every", "1",
         "--no-progress", "--no-plots", "--no-tensorboard", "--threads", "1", "--backend", "reference",
         "--sample-length", "0"]
 TEXT = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 40
-
-
-def _rnnlab() -> list[str]:
-    """The console script installed next to this interpreter (``make setup``'s .venv), else ``python -m rnnlab``."""
-    script = Path(sys.executable).with_name("rnnlab")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("rnnlab")
-    return [found] if found else [sys.executable, "-m", "rnnlab"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -44,12 +36,12 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def rnnlab(*argv: str | Path, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*_rnnlab(), *map(str, argv)], cwd=cwd, env=_env(**env), capture_output=True,
+    return subprocess.run([*rnnlab_command(), *map(str, argv)], cwd=cwd, env=_env(**env), capture_output=True,
                           text=True, timeout=300)
 
 
 def start(*argv: str | Path, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([*_rnnlab(), *map(str, argv)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen([*rnnlab_command(), *map(str, argv)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

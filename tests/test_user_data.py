@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import signal
-import shutil
 import subprocess
 import sys
 import time
@@ -31,17 +30,10 @@ from rnnlab.errors import UserError
 from rnnlab.models import build_model, generate_text
 from rnnlab.train.config import TaskConfig, load_config
 
+from _cli import rnnlab_command
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(rnnlab.__file__).resolve().parents[1]  # the rnnlab under test, also for the subprocesses
-
-
-def _rnnlab() -> list[str]:
-    """The console script next to this interpreter (as `make setup` installs it), else on PATH, else -m."""
-    script = Path(sys.executable).with_name("rnnlab")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("rnnlab")
-    return [found] if found else [sys.executable, "-m", "rnnlab"]
 
 
 def _env() -> dict[str, str]:
@@ -53,7 +45,7 @@ def _env() -> dict[str, str]:
 
 def cli(args: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
     """Run ``rnnlab ARGS`` in ``cwd``; check the exit status and that no traceback was printed."""
-    proc = subprocess.run(_rnnlab() + args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(rnnlab_command() + args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert proc.returncode == expect, f"rnnlab {shlex.join(args)} -> {proc.returncode}\n{proc.stderr[-2000:]}"
     return proc
@@ -382,7 +374,7 @@ def test_interrupted_says_the_saved_step_and_how_to_resume(tmp_path):
     (tmp_path / "t.txt").write_text(_words(20000))
     args = ["train", "--path", "t.txt", "--name", "t", "--hidden-size", "8", "--max-steps", "100000",
             "--checkpoint-every", "1", "--eval-every", "0", "--no-progress"]
-    proc = subprocess.Popen(_rnnlab() + args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(rnnlab_command() + args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (tmp_path / "runs" / "t" / "checkpoint.json").exists() and time.monotonic() < deadline:
