@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnlab
 from rnnlab.cells import SpecCell
-from _tolerance import assert_float32_runs_close, perturb_parameters_, rounding_perturbed
+from _tolerance import assert_float32_runs_close, ulp_moved
 
 BACKENDS = rnnlab.available_backends()
 _COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
@@ -346,25 +346,35 @@ def check_variant(case: dict, backend: str) -> None:
     # float32: a layer norm over a few units (H = 2) amplifies rounding, and a compiled kernel rounds differently
     # from the unrolled cell; each is compared with the float64 result of the same weights and inputs, the
     # layer's error bounded by the unrolled float32 cell's (tests/_tolerance.py). `where` holds the case's seed.
-    args = (layer, cell_cls, x, batched, ref_states, lengths, w, names)
-    assert_float32_runs_close(ours, theirs, _unrolled_float64(*args), where, terms=case["T"] * case["B"],
-                              perturbed_run=lambda g: _unrolled_float64(*args, g=g))
+    args = (cell_cls, batched, lengths, names)
+    states64 = None if ref_states is None else [s.detach().double() for s in ref_states]
+    truth = _unrolled_run(copy.deepcopy(layer).double(), x.detach().double(), states64, w.double(), *args)
+    assert_float32_runs_close(ours, theirs, truth, where, terms=case["T"] * case["B"],
+                              perturbed_run=lambda g: _unrolled_neighbour(layer, x, ref_states, w, g, *args))
 
 
-def _unrolled_float64(layer, cell_cls, x, batched, states, lengths, w, names,
-                      g: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Outputs, final states and gradients of the unrolled cell in float64 (same weights and inputs, upcast; with
-    ``g``, each moved by one float32 rounding unit, see tests/_tolerance.py)."""
-    move = (lambda t: t.detach().double()) if g is None else (lambda t: rounding_perturbed(t, g))
-    layer64 = copy.deepcopy(layer).double()
-    if g is not None:
-        perturb_parameters_(layer64, g)
-    x64 = move(x).requires_grad_()
-    states64 = None if states is None else [move(s) for s in states]
-    out, hidden = _unrolled(layer64, cell_cls, x64 if batched else x64[:, :1], states64, lengths)
-    grads = torch.autograd.grad((out * w.double()).sum(), [x64, *layer64.parameters()], allow_unused=True)
+def _unrolled_run(layer, x, states, w, cell_cls, batched, lengths, names) -> dict[str, torch.Tensor]:
+    """Outputs, final states and gradients of the unrolled cell, in the dtype of ``layer`` and ``x``."""
+    x = x.detach().requires_grad_()
+    out, hidden = _unrolled(layer, cell_cls, x if batched else x[:, :1], states, lengths)
+    grads = torch.autograd.grad((out * w).sum(), [x, *layer.parameters()], allow_unused=True)
     return {"output": out, **{f"hidden[{k}]": h for k, h in enumerate(hidden)},
             **{n: a for n, a in zip(names, grads) if a is not None}}
+
+
+def _unrolled_neighbour(layer, x, states, w, g: torch.Generator, *args):
+    """The unrolled float32 cell and its float64 result on a neighbouring float32 problem: every input, state and
+    weight moved to a float32 neighbour (tests/_tolerance.py ulp_moved)."""
+    moved = copy.deepcopy(layer)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.copy_(ulp_moved(p, g))
+    x32 = ulp_moved(x, g)
+    s32 = None if states is None else [ulp_moved(s, g) for s in states]
+    run32 = _unrolled_run(moved, x32, s32, w, *args)
+    run64 = _unrolled_run(copy.deepcopy(moved).double(), x32.double(), None if s32 is None else
+                          [s.double() for s in s32], w.double(), *args)
+    return run32, run64
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
