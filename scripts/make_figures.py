@@ -468,23 +468,30 @@ def fig_diagram_unrolled(path: Path) -> Path:
     return _save(fig, path)
 
 
+def _carry_line(ax: Any, y: float, half: float, caption: str, caption_above: float, left: str, right: str,
+                x_mul: float, x_add: float) -> None:
+    """The highlighted carry path of a gated cell (the LSTM's cell line, the GRU's keep path): a band with its
+    caption, ``left`` -> (x) -> (+) -> ``right``, the operators at ``x_mul`` and ``x_add``."""
+    ax.add_patch(FancyBboxPatch((-0.5, y - half), 10.9, 2 * half, boxstyle="round,pad=0.02", facecolor="#fff3b0",
+                                edgecolor="none", zorder=1))
+    ax.text(-0.5, y + caption_above, caption, fontsize=9.5, color="#8a6d00")
+    ax.text(-0.75, y, left, fontsize=12, va="center")
+    ax.text(10.15, y, right, fontsize=12, va="center")
+    _op(ax, x_mul, y, "x")
+    _op(ax, x_add, y, "+")
+    ax.plot([-0.05, x_mul - 0.17], [y, y], color="#b8860b", lw=3, zorder=2)
+    ax.plot([x_mul + 0.17, x_add - 0.17], [y, y], color="#b8860b", lw=3, zorder=2)
+    _arrow(ax, (x_add + 0.17, y), (10.05, y), color="#b8860b", lw=3)
+
+
 def fig_diagram_lstm(path: Path) -> Path:
     """The LSTM cell in torch's gate order (i, f, g, o): the cell line along the top (the constant error
     carousel: dc_t/dc_{t-1} = diag(f_t), no matrix and no squashing on it) highlighted, each gate with its
     equation."""
     fig, ax = _canvas(10, 6.2, (-0.8, 10.8), (-2.6, 5.0))
     cy, hy = 3.9, 0.0  # the cell line and the hidden line
-    ax.add_patch(FancyBboxPatch((-0.5, cy - 0.28), 10.9, 0.56, boxstyle="round,pad=0.02", facecolor="#fff3b0",
-                                edgecolor="none", zorder=1))
-    ax.text(-0.5, cy + 0.45, "cell line = constant error carousel:  $\\partial c_t/\\partial c_{t-1} = "
-            "\\mathrm{diag}(f_t)$  (1997: no forget gate, exactly $I$)", fontsize=9.5, color="#8a6d00")
-    ax.text(-0.75, cy, "$c_{t-1}$", fontsize=12, va="center")
-    ax.text(10.15, cy, "$c_t$", fontsize=12, va="center")
-    _op(ax, 2.2, cy, "x")
-    _op(ax, 4.6, cy, "+")
-    ax.plot([-0.05, 2.03], [cy, cy], color="#b8860b", lw=3, zorder=2)
-    ax.plot([2.37, 4.43], [cy, cy], color="#b8860b", lw=3, zorder=2)
-    _arrow(ax, (4.77, cy), (10.05, cy), color="#b8860b", lw=3)
+    _carry_line(ax, cy, 0.28, "cell line = constant error carousel:  $\\partial c_t/\\partial c_{t-1} = "
+                "\\mathrm{diag}(f_t)$  (1997: no forget gate, exactly $I$)", 0.45, "$c_{t-1}$", "$c_t$", 2.2, 4.6)
     ax.text(-0.75, hy, "$h_{t-1}$", fontsize=12, va="center")
     ax.text(-0.75, -1.2, "$x_t$", fontsize=12, va="center")
     ax.plot([-0.05, 7.4], [hy, hy], color="0.3", lw=1.2, zorder=1)  # [h_{t-1}, x_t] feed every gate
@@ -526,17 +533,8 @@ def fig_diagram_gru(path: Path) -> Path:
     product), and z is the keep gate: h_t = (1 - z_t) n_t + z_t h_{t-1}."""
     fig, ax = _canvas(10, 5.6, (-0.8, 10.8), (-2.4, 4.6))
     hy = 3.6
-    ax.add_patch(FancyBboxPatch((-0.5, hy - 0.25), 10.9, 0.5, boxstyle="round,pad=0.02", facecolor="#fff3b0",
-                                edgecolor="none", zorder=1))
-    ax.text(-0.5, hy + 0.4, "the keep path: $\\partial h_t/\\partial h_{t-1} = \\mathrm{diag}(z_t)$ + terms "
-            "through the gates", fontsize=9.5, color="#8a6d00")
-    ax.text(-0.75, hy, "$h_{t-1}$", fontsize=12, va="center")
-    ax.text(10.15, hy, "$h_t$", fontsize=12, va="center")
-    _op(ax, 3.0, hy, "x")
-    _op(ax, 7.0, hy, "+")
-    ax.plot([-0.05, 2.83], [hy, hy], color="#b8860b", lw=3, zorder=2)
-    ax.plot([3.17, 6.83], [hy, hy], color="#b8860b", lw=3, zorder=2)
-    _arrow(ax, (7.17, hy), (10.05, hy), color="#b8860b", lw=3)
+    _carry_line(ax, hy, 0.25, "the keep path: $\\partial h_t/\\partial h_{t-1} = \\mathrm{diag}(z_t)$ + terms "
+                "through the gates", 0.4, "$h_{t-1}$", "$h_t$", 3.0, 7.0)
     ax.text(3.15, hy - 0.6, "$\\times z_t$", fontsize=10)
     ax.plot([0.3, 0.3], [hy, 0.0], color="0.3", lw=1.2, zorder=1)  # h_{t-1} down to the gates
     ax.plot([0.3, 6.0], [0.0, 0.0], color="0.3", lw=1.2, zorder=1)
