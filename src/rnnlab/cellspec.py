@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as RF
-from .kernels.reference import State
+from .sequence import SequenceResult, SequenceRun, State, masked
 
 __all__ = ["CellSpec", "SequenceRun", "SequenceResult", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPEC", "RNN_RELU_SPEC",
            "LAYER_NORM_LSTM_SPEC", "LAYER_NORM_GRU_SPEC", "PEEPHOLE_LSTM_SPEC"]
@@ -48,45 +48,6 @@ __all__ = ["CellSpec", "SequenceRun", "SequenceResult", "masked", "SPECS", "LSTM
 Params = Mapping[str, Tensor]
 # ``(input_size, hidden_size, bias, proj_size=0) -> {name: shape}`` (Callable cannot spell the default).
 ParamShapes = Callable[..., dict[str, tuple[int, ...]]]
-
-
-@dataclass(frozen=True)
-class SequenceRun:
-    """One layer-direction's whole sequence, as a layer hands it to a cell's :attr:`CellSpec.kernel`.
-
-    The random masks are drawn by the layer, the same way for the kernel and the reference loop, so one seed
-    gives the same result on both.
-
-    Attributes:
-        x: ``(T, B, I)`` inputs, time-major.
-        state: the initial state (a ``(B, H_out)`` tensor, or ``(h, c)``).
-        p: this layer-direction's parameters by base name (``weight_ih``, ...; DropConnect already applied;
-            a missing bias is absent).
-        reverse: walk ``t = T-1 .. 0``.
-        lengths: ``(B,)`` int64 on the CPU or ``None``; steps ``t >= lengths[b]`` keep row ``b``'s state and
-            output zeros, as :func:`rnnlab.kernels.reference.recurrence`.
-        h_mask: recurrent dropout, ``(B, H_out)`` (one mask for every step) multiplied into ``h`` where it enters
-            ``W_hh``, or ``None``.
-        keep: zoneout, one entry per state: ``None``, or ``(T, B, size)`` with ``state_t = keep_t * state_{t-1}
-            + (1 - keep_t) * new_t`` (0/1 in training, the rate ``z`` in eval mode).
-        record: also return every step's cell state (two-state cells) in time order.
-        gates: also return every step's gate activations (the names of :attr:`CellSpec.gates`).
-    """
-
-    x: Tensor
-    state: State
-    p: Mapping[str, Tensor]
-    reverse: bool = False
-    lengths: Tensor | None = None
-    h_mask: Tensor | None = None
-    keep: tuple[Tensor | None, ...] = ()
-    record: bool = False
-    gates: bool = False
-
-
-# ``(outputs (T, B, H_out), final state, cell states (T, B, H) or None, {gate: (T, B, H)} or None)``; values at
-# padding steps (t >= lengths[b]) of the last two are arbitrary (the layer zeroes them).
-SequenceResult = tuple[Tensor, State, Tensor | None, dict[str, Tensor] | None]
 
 
 @dataclass(frozen=True)
@@ -139,11 +100,6 @@ class CellSpec:
 
 def _builtin_spec(name: str) -> CellSpec:
     return SPECS[name]
-
-
-def masked(h: Tensor, h_mask: Tensor | None) -> Tensor:
-    """``h * h_mask`` (variational recurrent dropout), or ``h`` when there is no mask."""
-    return h if h_mask is None else h * h_mask
 
 
 def _torch_params(chunks: int, proj: bool = False) -> ParamShapes:

@@ -55,86 +55,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..sequence import GradientSink
 from . import reference
-from ._extension import load_extension
+from .common import (bias_sum, compiled_available, cpu_lengths, dense, grad_or_zeros as _grad, input_grads, ops,
+                     projection, recurrent_weight_grad, uses_compiled)
 
 __all__ = ["run_layer", "compiled_available", "uses_compiled", "GradientSink",
            # building blocks shared with the other compiled kernels (options.py, peephole.py, layernorm.py)
            "ops", "projection", "bias_sum", "cpu_lengths", "recurrent_weight_grad", "input_grads", "dense",
            "LSTMEx", "GRUEx", "RNNEx"]
-
-_COMPILED_DTYPES = (torch.float32, torch.float64)
-
-
-def compiled_available() -> bool:
-    """True when the compiled step loops are built and loaded (building them on the first call)."""
-    return load_extension()
-
-
-def uses_compiled(x: Tensor) -> bool:
-    """Whether :func:`run_layer` takes the compiled path for an input like ``x`` (CPU, float32/float64)."""
-    return x.device.type == "cpu" and x.dtype in _COMPILED_DTYPES and load_extension()
-
-
-def ops():
-    """The compiled ops (``torch.ops.rnnlab_fused``), loaded by :func:`compiled_available`."""
-    return torch.ops.rnnlab_fused
-
-
-def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
-    """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous."""
-    T, B, _ = x.shape
-    bias = None
-    for b in biases:
-        if b is not None:
-            bias = b if bias is None else bias + b
-    x2 = x.reshape(T * B, -1)
-    out = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()  # (T*B, G)
-    return out.view(T, B, -1)
-
-
-def bias_sum(w: Tensor, *biases: Tensor | None) -> Tensor:
-    """The sum of the given biases (zeros of ``w.size(0)`` if none), contiguous, for the compiled gate loop."""
-    present = [b for b in biases if b is not None]
-    if not present:
-        return w.new_zeros(w.size(0))
-    return (present[0] + present[1] if len(present) == 2 else present[0]).contiguous()
-
-
-def cpu_lengths(lengths: Tensor | None) -> Tensor | None:
-    return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64).contiguous()
-
-
-def recurrent_weight_grad(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
-    """``dW_hh = sum_t dG_t^T h_{t-1}`` as two GEMMs over slices of the outputs (no (T, B, H) copy).
-
-    ``h_{t-1}`` is the output of the previously processed step (``Y[t-1]``, or ``Y[t+1]`` in reverse) except at
-    each row's first step, where it is ``h0``. In reverse with lengths a row's first step is ``lengths[b]-1`` and
-    ``Y[lengths[b]]`` is padding (zeros), so the main term adds nothing there and the ``h0`` term supplies it.
-    Padding steps have ``dG = 0`` and contribute nothing.
-    """
-    T, B, G = dG.shape
-    if reverse:
-        main, prev = dG[:-1], Y[1:]
-        first_step = torch.full((B,), T - 1, dtype=torch.long) if lengths is None else lengths - 1
-        dG_first = dG[first_step, torch.arange(B)]  # (B, G)
-    else:
-        main, prev = dG[1:], Y[:-1]
-        dG_first = dG[0]
-    dw = dG_first.t() @ h0  # (G, P)
-    if T > 1:
-        dw = dw.addmm_(main.reshape(-1, G).t(), prev.reshape(-1, prev.size(-1)))
-    return dw
-
-
-def input_grads(ctx, dG: Tensor, x: Tensor, w_ih: Tensor, i_x: int, i_w: int) -> tuple[Tensor | None, Tensor | None]:
-    """``dX = dG W_ih`` and ``dW_ih = dG^T X``, each one GEMM over all ``T*B`` rows, when needed."""
-    T, B, G = dG.shape
-    dG2 = dG.view(T * B, G)
-    dx = (dG2 @ w_ih).view(T, B, -1) if ctx.needs_input_grad[i_x] else None
-    dw = dG2.t() @ x.reshape(T * B, -1) if ctx.needs_input_grad[i_w] else None
-    return dx, dw
-
 
 class _LSTM(torch.autograd.Function):
     """Fused LSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse``."""
@@ -237,35 +166,11 @@ class _RNN(torch.autograd.Function):
 # non-differentiable; their (absent) gradients are passed to the C++ backward as ``None``.
 
 
-class GradientSink(Protocol):
-    """Receives the per-step states and their total gradients of one layer-direction (see :func:`run_layer`)."""
-
-    def forward(self, cells: Tensor | None, gates: Tensor | None = None) -> None:
-        """Called in the forward with the detached cell states ``C`` ``(T, B, H)`` (LSTM) or ``None``, and the
-        activated gates ``(T, B, 4H)`` (LSTM ``i, f, g, o``; GRU ``r, z, n`` ``(T, B, 3H)``; the Elman cells'
-        pre-activation ``(T, B, H)``), detached views of buffers the backward never writes."""
-        ...
-
-    def backward(self, dh: Tensor, dc: Tensor | None) -> None:
-        """Called in the backward with ``dL/dh_t`` ``(T, B, H_out)`` and ``dL/dc_t`` ``(T, B, H)`` (LSTM) or ``None``."""
-        ...
-
-
-def dense(t: Tensor | None) -> Tensor | None:
-    """``t.contiguous()``, or ``None`` (the compiled ops take contiguous buffers; optional inputs may be absent)."""
-    return None if t is None else t.contiguous()
-
-
 def _empty_like_none(ctx, *outs: Tensor) -> None:
     """Mark the size-0 placeholder outputs (options not asked for) as non-differentiable."""
     empty = [o for o in outs if o.numel() == 0]
     if empty:
         ctx.mark_non_differentiable(*empty)
-
-
-def _grad(g: Tensor | None, like: Tensor) -> Tensor:
-    """An output's incoming gradient, contiguous; zeros when it had none (contiguous even for an expanded ``like``)."""
-    return like.new_zeros(like.shape) if g is None else g.contiguous()
 
 
 def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -62,9 +62,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC, SequenceResult, SequenceRun
+from ..cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC
+from ..sequence import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import bias_sum, input_grads, cpu_lengths, projection
+from .common import bias_sum, cpu_lengths, input_grads, projection
 from .reference import backward_through_loop, run_cell
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]

@@ -40,7 +40,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from ..cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC, SequenceResult, SequenceRun
+from ..cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC
+from ..sequence import SequenceResult, SequenceRun
 from . import fused
 
 __all__ = ["lstm_kernel", "gru_kernel", "rnn_kernel"]

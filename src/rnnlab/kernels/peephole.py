@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..cellspec import PEEPHOLE_LSTM_SPEC, SequenceResult, SequenceRun
+from ..cellspec import PEEPHOLE_LSTM_SPEC
+from ..sequence import SequenceResult, SequenceRun
 from ._extension import load_extension
-from .fused import bias_sum, recurrent_weight_grad, input_grads, cpu_lengths, projection
+from .common import bias_sum, cpu_lengths, input_grads, projection, recurrent_weight_grad
 from .reference import backward_through_loop, run_cell
 
 __all__ = ["peephole_kernel"]

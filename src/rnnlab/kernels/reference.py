@@ -20,23 +20,17 @@ import torch
 from torch import Tensor
 
 from .. import functional as RF
+from ..sequence import SequenceResult, SequenceRun, State, Step, hidden_of
 
 __all__ = ["State", "Step", "recurrence", "step_function", "run_layer", "hidden_of", "zoneout", "option_step",
-           "stack_trace", "run_cell", "backward_through_loop"]
+           "stack_trace", "run", "run_cell", "backward_through_loop"]
 
-State = Tensor | tuple[Tensor, ...]
-Step = Callable[[Tensor, State], State]
 # A cell's step and gates as a CellSpec has them: ``(x_t, state, p, h_mask) -> state`` and ``-> {gate: (B, H)}``
 # (typed loosely because a one-state cell's step takes a Tensor, not the union).
 CellStep = Callable[..., State]
 CellGates = Callable[..., dict[str, Tensor]]
 # What ``option_step`` records per step walked: the new state and the gates (``None`` when not asked for).
 Trace = list[tuple[State, dict[str, Tensor] | None]]
-
-
-def hidden_of(state: State) -> Tensor:
-    """The part of a state that is the cell's output: ``h`` (LSTM states are ``(h, c)``)."""
-    return state[0] if isinstance(state, tuple) else state
 
 
 def _select(mask: Tensor, new: State, old: State) -> State:
@@ -184,6 +178,29 @@ def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: Sta
     out, final = recurrence(step, x, state, reverse=reverse, lengths=lengths)
     c, g = stack_trace(trace, reverse) if record else (None, None)
     return out, final, c, g
+
+
+def run(seq: SequenceRun, wrap: Callable[[Step, State], tuple[Step, State]] | None = None) -> SequenceResult:
+    """One layer-direction of ``seq.cell`` on the loop, with every option of ``seq``: the fallback of every
+    kernel, the reference it is tested against, and its double-backward route.
+
+    ``wrap(step, state) -> (step, state)``, when given, replaces the bound step and the initial state (a step
+    observer, see :func:`rnnlab.layers.observe_steps`).
+
+    Returns:
+        :data:`rnnlab.sequence.SequenceResult`: ``(outputs (T, B, H_out), final state, cell states (T, B, H) or
+        None, {gate: (T, B, H)} or None)``; cell states only with ``seq.record``, gates only with ``seq.gates``.
+    """
+    cell = seq.cell
+    record = seq.record or seq.gates
+    step, trace = option_step(cell.step, seq.p, seq.h_mask, seq.keep, seq.x.size(0), seq.reverse, record,
+                              cell.gates if seq.gates else None)
+    state = seq.state
+    if wrap is not None:
+        step, state = wrap(step, state)
+    out, final = recurrence(step, seq.x, state, reverse=seq.reverse, lengths=seq.lengths)
+    c, g = stack_trace(trace, seq.reverse) if record else (None, None)
+    return out, final, c if seq.record else None, g
 
 
 def backward_through_loop(ctx: Any, loop: Callable[..., Sequence[Tensor | None]], inputs: Sequence[Any],
