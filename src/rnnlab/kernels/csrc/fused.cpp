@@ -51,34 +51,6 @@ struct BwdOptions {
   T* sink_c = nullptr;        // (T, B, H) out: dL/dc_t
 };
 
-template <typename T>
-const T* opt_ptr(const std::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
-// s <- k * old + (1 - k) * s: one row's zoneout update.
-template <typename T>
-inline void zoneout_row(T* __restrict s, const T* __restrict old, const T* __restrict k, int n) {
-  for (int j = 0; j < n; ++j) s[j] = k[j] * old[j] + (T(1) - k[j]) * s[j];
-}
-
-// out = a * m over n elements (the masked state that enters W_hh).
-template <typename T>
-inline void mul_into(const T* __restrict a, const T* __restrict m, T* __restrict out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = a[j] * m[j];
-}
-
-// dh += (dG W_hh) * mask for recurrent dropout, else dh += dG W_hh: the recurrent part of dL/dh_{t-1}.
-template <typename T>
-inline void recurrent_grad(const StepGemm<T>& rec, const T* dg, const T* mask, T* scratch, int64_t n, T* dh) {
-  if (mask == nullptr) {
-    rec(dg, T(1), dh);
-    return;
-  }
-  rec(dg, T(0), scratch);
-  for (int64_t j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
-}
-
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // One row of the LSTM pointwise step, in place: pre-activations -> i, f, g, o; c -> c'; m = o * tanh(c').

@@ -305,19 +305,8 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
 template <typename T>
 inline const T* masked_h(const T* h, const T* mask, int n, T* scratch) {
   if (mask == nullptr) return h;
-  for (int j = 0; j < n; ++j) scratch[j] = h[j] * mask[j];
+  mul_into(h, mask, scratch, n);
   return scratch;
-}
-
-// dh (B x P) += (dHW (B x G) W_hh) * mask: the recurrent GEMM of the backward, masked like the forward's input.
-template <typename T>
-inline void add_recurrent_grad(const StepGemm<T>& rec, const T* dhw, const T* mask, int n, T* scratch, T* dh) {
-  if (mask == nullptr) {
-    rec(dhw, T(1), dh);
-    return;
-  }
-  rec(dhw, T(0), scratch);
-  for (int j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
 }
 
 // The keep row (H) of zoneout tensor k at row tb, or a row of zeros when that state has no zoneout.
@@ -326,10 +315,6 @@ inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& ze
   return k ? k + tb * H : zeros.data();
 }
 
-template <typename T>
-const T* ptr_or_null(const std::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
 
 // The backward's dXW (T, B, G): written over the kept gates A when into_gates (each row of A is read before the
 // same row of dXW is written), which saves a fresh (T, B, G) buffer: at small sizes the cost of these loops is
@@ -576,8 +561,8 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
     ln_lstm_forward_impl<scalar_t>(
         xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
-        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
-        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask),
+        opt_ptr<scalar_t>(keep_h), opt_ptr<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(),
         Cs.data_ptr<scalar_t>(), gates ? GS.data_ptr<scalar_t>() : nullptr,
@@ -696,7 +681,7 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
       both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
                                      dgh, dxwb, dhwb, G);
     }
-    add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);  // dh_{t-1} += (d(hw) W_hh) * mask
+    recurrent_grad<T>(rec, dhw, mask, scratch.data(), static_cast<int64_t>(B) * H, dh);  // dh_{t-1} += (d(hw) W_hh) * mask
     wgrad.end_step();
   }
   wgrad.finish();
@@ -732,13 +717,13 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& dY, const std::optional<Tenso
         RH.data_ptr<scalar_t>(), NC.data_ptr<scalar_t>(), RC.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
         Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
         bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
-        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
-        ptr_or_null<scalar_t>(keep_h), ptr_or_null<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
+        g_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask),
+        opt_ptr<scalar_t>(keep_h), opt_ptr<scalar_t>(keep_c), lengths_ptr(lengths), reverse, Tn, B, H,
         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(),
         need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         db.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dgc.data_ptr<scalar_t>(),
-        dbc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dC), ptr_or_null<scalar_t>(dgates),
-        ptr_or_null<scalar_t>(A), ptr_or_null<scalar_t>(TY));
+        dbc.data_ptr<scalar_t>(), opt_ptr<scalar_t>(dC), opt_ptr<scalar_t>(dgates),
+        opt_ptr<scalar_t>(A), opt_ptr<scalar_t>(TY));
   });
   return {dXW, dW, dh, dc, db, dgx, dgh, dgc, dbc};
 }
@@ -828,7 +813,7 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_gru_forward", [&] {
     ln_gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(),
                                   b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
-                                  ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths),
+                                  opt_ptr<scalar_t>(mask), opt_ptr<scalar_t>(keep_h), lengths_ptr(lengths),
                                   reverse, Tn, B, H, train, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                   NHW.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), RH.data_ptr<scalar_t>(),
                                   gates ? GS.data_ptr<scalar_t>() : nullptr);
@@ -924,7 +909,7 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
       both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
                                     dxwb, dhwb, G);
     }
-    add_recurrent_grad<T>(rec, dhw, mask, B * H, scratch.data(), dh);
+    recurrent_grad<T>(rec, dhw, mask, scratch.data(), static_cast<int64_t>(B) * H, dh);
     wgrad.end_step();
   }
   wgrad.finish();
@@ -952,10 +937,10 @@ std::vector<Tensor> ln_gru_backward(const Tensor& dY, const std::optional<Tensor
         dY.data_ptr<scalar_t>(), NX.data_ptr<scalar_t>(), RX.data_ptr<scalar_t>(), NHW.data_ptr<scalar_t>(),
         RH.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
         b_ih.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(mask), ptr_or_null<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
+        opt_ptr<scalar_t>(mask), opt_ptr<scalar_t>(keep_h), lengths_ptr(lengths), reverse, Tn, B, H,
         dh.data_ptr<scalar_t>(), dXW.data_ptr<scalar_t>(), need_w_hh ? dW.data_ptr<scalar_t>() : nullptr,
         dbx.data_ptr<scalar_t>(), dbh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(dgates), ptr_or_null<scalar_t>(A));
+        opt_ptr<scalar_t>(dgates), opt_ptr<scalar_t>(A));
   });
   return {dXW, dW, dh, dbx, dbh, dgx, dgh};
 }

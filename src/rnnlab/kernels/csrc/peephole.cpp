@@ -96,10 +96,6 @@ void peephole_forward_dispatch(T* xw, InputChunks<T>* chunks, const T* bias, con
   else peephole_forward_impl<T, false>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
 }
 
-template <typename T>
-const T* opt_ptr(const std::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
 
 // Training (or a recorded run): xw (T,B,4H) = x W_ih^T is overwritten with the activations i, f, g, o.
 // Returns Y (T,B,H), h_n, c_n and, when train, Cs (T,B,H) = c_t of every step (padding steps: the carried c).
