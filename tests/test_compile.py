@@ -6,7 +6,7 @@ whole. Every test compares the captured model's outputs *and* gradients (input a
 execution of the same module.
 
 Backends: a layer with ``backend=None`` (the default, which runs the fused C++ kernel in eager mode) is captured
-through the reference loop (see ``rnnlab.layers._capturing``), so compiling an ordinary model just works. A layer
+through the reference loop (see ``rnnlab.kernels.capturing``), so compiling an ordinary model just works. A layer
 pinned to ``backend="fused"`` cannot be captured: its C++ ops have no fake-tensor rule. ``backend="reference"``
 captures as the default does.
 
@@ -118,8 +118,8 @@ def test_pinned_fused_backend_is_not_capturable() -> None:
     torch._dynamo.reset()
     layer = rnnlab.GRU(3, 4, backend="fused")
     # Dynamo's own "cannot trace this" error (a graph break, which fullgraph=True turns into an error), raised
-    # inside the fused backend's run_layer: not some other failure on the way there.
-    in_fused = r"(?s)from user code:.*rnnlab[/\\]kernels[/\\]fused\.py"
+    # inside the kernels: not some other failure on the way there.
+    in_fused = r"(?s)from user code:.*rnnlab[/\\]kernels[/\\]"
     with pytest.raises(torch._dynamo.exc.Unsupported, match=in_fused):
         torch.compile(layer, fullgraph=True, backend="eager")(torch.randn(3, 2, 3, requires_grad=True))
 

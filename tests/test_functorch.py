@@ -1,7 +1,7 @@
 """torch.func transforms and forward-mode AD through rnnlab's layers and cells, on every backend.
 
 The compiled kernels' autograd Functions have no ``setup_context``, ``jvp`` or ``vmap`` rule, so under a transform
-(or a ``forward_ad.dual_level``) a layer runs the reference loop (``rnnlab.layers._transformed``), whatever backend
+(or a ``forward_ad.dual_level``) a layer runs the reference loop (``rnnlab.kernels.transformed``), whatever backend
 is the default or pinned. Checked here, in float64:
 
 * Against torch.nn with copied weights, for every transform torch.nn 2.13 supports on the CPU for the six drop-in
@@ -33,7 +33,7 @@ from torch.testing import assert_close
 
 import rnnlab
 from rnnlab.kernels import get_backend
-from rnnlab.layers import _transformed
+from rnnlab.kernels import transformed as _transformed
 from test_double_backward import _kernel_nodes
 
 pytestmark = [
@@ -282,7 +282,7 @@ def test_the_normal_path_keeps_the_compiled_kernel() -> None:
     assert not _transformed()
     _, layer = _pair("lstm-proj-bi", None)
     out = layer(_input("layer").requires_grad_())[0]
-    assert _kernel_nodes([out]) == {"_LSTMBackward"}
+    assert _kernel_nodes([out]) == {"LSTMExBackward"}
     seen: list[bool] = []
 
     def probe(x: Tensor) -> Tensor:

@@ -137,7 +137,7 @@ def _run(module, x: Tensor, hx: list[Tensor], lengths: Tensor | None, grad: bool
 
 def _kernel_run(module, *args) -> dict[str, Tensor]:
     """The fused run; a layer that declined the kernel and ran on the reference loop would warn: an error here."""
-    rnnlab.layers._warned.clear()
+    rnnlab.kernels._warned.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return _run(module, *args)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compi
 def _fresh_notices(monkeypatch):
     """Forget which reference-loop notices were given, so that a declined run warns (and fails the tests that
     turn warnings into errors) even when an earlier test gave the same notice."""
-    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+    monkeypatch.setattr(rnnlab.kernels, "_warned", set())
 
 
 def _pair(cell: str, dtype=torch.float32, **options):

@@ -211,13 +211,13 @@ def test_declined_runs(monkeypatch):
     assert options.gru_kernel(SequenceRun(x.bfloat16(), h.bfloat16(), {k: v.bfloat16() for k, v in p.items()})) \
         is None
     assert options.gru_kernel(SequenceRun(x.double(), h.double(), p)) is None  # float64 input, float32 weights
-    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+    monkeypatch.setattr(rnnlab.kernels, "_warned", set())
     monkeypatch.setattr(fused, "compiled_available", lambda: False)
     assert options.gru_kernel(SequenceRun(x, h, p)) is None
     ref = copy.deepcopy(module)
     ref.backend = "reference"
     x = torch.randn(T, B, I)
-    with pytest.warns(UserWarning, match=r"GRU: GRU's kernel does not cover this run"):
+    with pytest.warns(UserWarning, match=r"GRU's kernel does not cover this run"):
         torch.manual_seed(1)
         out = module(x)[0]
     torch.manual_seed(1)

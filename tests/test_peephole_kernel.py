@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compi
 @pytest.fixture(autouse=True)
 def _no_reference_loop_warning(monkeypatch):
     """A declined run warns (once per process, hence the reset): every run here must stay on the kernel."""
-    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+    monkeypatch.setattr(rnnlab.kernels, "_warned", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield

@@ -187,14 +187,14 @@ def test_peephole_with_zero_peepholes_is_the_plain_lstm():
 
 
 def test_reference_loop_fallback_warns_once_per_reason(monkeypatch):
-    monkeypatch.setattr(rnnlab.layers, "_warned", set())
+    monkeypatch.setattr(rnnlab.kernels, "_warned", set())
     x = torch.randn(T, B, I)
     # a cell without a whole-sequence kernel: LayerNormGRU's maths with its kernel taken away
     spec = dataclasses.replace(rnnlab.cellspec.LAYER_NORM_GRU_SPEC, name="NoKernelGRU", kernel=None)
     layer = rnnlab.Recurrent(spec, I, H, backend="fused") if "fused" in rnnlab.available_backends() else None
     if layer is None:
         pytest.skip("no fused backend registered")
-    with pytest.warns(UserWarning, match=r"Recurrent: NoKernelGRU has no whole-sequence kernel, so it runs "
+    with pytest.warns(UserWarning, match=r"NoKernelGRU has no whole-sequence kernel, so it runs "
                                          r"on the reference loop instead of the 'fused' backend"):
         layer(x)
     with warnings.catch_warnings():
@@ -205,8 +205,9 @@ def test_reference_loop_fallback_warns_once_per_reason(monkeypatch):
         warnings.simplefilter("error")
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)  # the options run on LSTM_SPEC's kernel: no warning
     # a run the kernel declines (here: as if the compiled loops were missing) still warns, once
+    monkeypatch.setattr(rnnlab.kernels.common, "compiled_available", lambda: False)
     monkeypatch.setattr(rnnlab.kernels.fused, "compiled_available", lambda: False)
-    with pytest.warns(UserWarning, match=r"LSTM: LSTM's kernel does not cover this run \(dtype, device or option\), "
+    with pytest.warns(UserWarning, match=r"LSTM's kernel does not cover this run \(dtype, device or option\), "
                                          r"so it runs on the reference loop"):
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)
 
@@ -301,7 +302,7 @@ def test_zoneout_keeps_units_per_step_in_training_and_uses_the_expectation_in_ev
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["xoshiro", "torch-lanes"])
 def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges(compiled, monkeypatch):
-    from rnnlab.layers import bernoulli_mask
+    from rnnlab.kernels.masks import bernoulli_mask
 
     if compiled and not rnnlab.kernels.fused.compiled_available():
         pytest.skip("the compiled kernels are not available")

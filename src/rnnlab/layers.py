@@ -22,19 +22,18 @@ from typing import NamedTuple, Protocol, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as RF
+from . import kernels
 from ._checks import (check_input_dtype, check_positive_int, check_probability, check_same_dtype, check_type,
                       given_states)
-from .cellspec import SPECS, CellSpec, SequenceRun
-from .kernels import fused, get_backend, resolve_backend
-from .kernels.reference import State, Step, Trace, hidden_of, option_step, recurrence, stack_trace
+from .cellspec import SPECS, CellSpec
+from .kernels import capturing, transformed
+from .kernels.masks import drop_connect, sequence_masks
+from .sequence import GradientSink, SequenceResult, SequenceRun, State, Step, hidden_of
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "AllStates", "StepObserver", "observe_steps"]
-
-_warned: set[str] = set()
 
 
 class StepObserver(Protocol):
@@ -46,13 +45,8 @@ class StepObserver(Protocol):
         ...
 
 
-class KernelSink(fused.GradientSink, Protocol):
-    """Receives what the fused kernel of one layer-direction computes anyway (see :func:`observe_steps`): the
-    kernel's per-step cell states, gates and total state gradients (:class:`rnnlab.kernels.fused.GradientSink`),
-    and the layer-direction's outputs."""
-
-    def outputs(self, y: Tensor) -> None:
-        """The layer-direction's outputs ``(T, B, H_out)`` (the states ``h_t``), detached."""
+# What an observer's ``sink`` returns: a :class:`rnnlab.sequence.GradientSink` (the name of rnnlab 0.1).
+KernelSink = GradientSink
 
 
 _observer: ContextVar[StepObserver | None] = ContextVar("rnnlab_step_observer", default=None)
@@ -68,11 +62,11 @@ def observe_steps(observer: StepObserver) -> Iterator[StepObserver]:
     already applied) and its initial state; ``steps`` is T, walked from T-1 down to 0 when ``direction == 1``.
     Outside the block nothing is wrapped and it costs nothing.
 
-    An observer may also define ``sink(module, layer, direction, x, state, steps) -> (KernelSink, state) | None``.
-    It is asked first when a torch cell without step-changing options would run on the compiled fused kernel
-    with gradients: a returned :class:`KernelSink` then receives the kernel's per-step cell states and total
-    state gradients (which its backward forms anyway), so the layer keeps its fast kernel; ``None`` means: use
-    ``wrap`` and the reference loop.
+    An observer may also define ``sink(module, layer, direction, x, state, steps) -> (GradientSink, state) |
+    None``. It is asked first when a torch cell without options or lengths would run on its compiled kernel with
+    gradients: a returned :class:`rnnlab.sequence.GradientSink` then receives the kernel's per-step cell states
+    and total state gradients (which its backward forms anyway), so the layer keeps its fast kernel; ``None``
+    means: use ``wrap`` and the reference loop. The choice is made by :func:`rnnlab.kernels.run`.
 
     Raises:
         RuntimeError: an observer is already active (blocks do not nest).
@@ -84,6 +78,25 @@ def observe_steps(observer: StepObserver) -> Iterator[StepObserver]:
         yield observer
     finally:
         _observer.reset(token)
+
+
+class _BoundObserver:
+    """The active observer bound to one layer-direction of one forward (:class:`rnnlab.kernels.BoundObserver`)."""
+
+    def __init__(self, observer: StepObserver, module: "RNNBase", layer: int, direction: int, steps: int) -> None:
+        self.observer, self.module, self.layer, self.direction, self.steps = observer, module, layer, direction, steps
+
+    def wrap(self, step: Step, state: State) -> tuple[Step, State]:
+        return self.observer.wrap(self.module, self.layer, self.direction, step, state, self.steps)
+
+    def sink(self, seq: SequenceRun) -> tuple[GradientSink, State] | None:
+        sink = getattr(self.observer, "sink", None)
+        # A kernel trace follows torch's step of the cell (no options) over full-length sequences.
+        plain = (seq.cell.mode is not None and seq.lengths is None and seq.h_mask is None and not seq.record
+                 and not seq.gates and all(k is None for k in seq.keep))
+        if sink is None or not plain:
+            return None
+        return sink(self.module, self.layer, self.direction, seq.x, seq.state, self.steps)
 
 
 class AllStates(NamedTuple):
@@ -203,7 +216,7 @@ class RNNBase(nn.Module):
                 f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
                 stacklevel=3)
         if backend is not None:
-            resolve_backend(backend)  # fail now, not at the first forward
+            kernels.get_backend(backend)  # fail now (an unknown name), not at the first forward
 
         self.spec = spec
         self.mode = spec.mode or spec.name
@@ -383,7 +396,7 @@ class RNNBase(nn.Module):
             output: ``(T, B, D*H_out)`` (same layout conventions as input); h_n like hx.
 
         An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn. Under a torch.func transform
-        or forward-mode AD the layer runs the reference loop (see :func:`_transformed`; docs/ecosystem.md).
+        or forward-mode AD the layer runs the reference loop (see :func:`rnnlab.kernels.transformed`; docs/ecosystem.md).
 
         Raises (as torch.nn, in its order; see tests/test_conformance.py):
             ValueError: input not 2-D or 3-D; input dtype other than the weights'.
@@ -418,71 +431,18 @@ class RNNBase(nn.Module):
             raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of shape "
                                f"{tuple(input.shape) if isinstance(input, Tensor) else tuple(x.shape)}")
 
-        # An unpinned layer is captured by torch.compile / torch.export / torch.jit.trace through the reference
-        # loop: the default backend may be an opaque compiled kernel that graph capture cannot see into.
-        backend = "reference" if self.backend is None and _capturing() else self.backend
-        if x.size(1) == 0 or _transformed():
-            # An empty batch has no work to fuse, and the compiled loops assume B >= 1; the compiled kernels'
-            # autograd Functions have no forward-mode (jvp) or vmap rule. The reference loop's plain torch ops
-            # give torch.nn's results in both cases (empty outputs and zero parameter gradients; every torch.func
-            # transform and forward-mode AD), for every cell and option, whatever backend is pinned.
-            backend = "reference"
-        run_layer = resolve_backend(backend)
-        # Step observers are eager-mode diagnostics; Dynamo cannot trace ContextVar.get, and a captured graph has
-        # no per-step Python to observe.
-        observer = None if _capturing() else _observer.get()
-        on_loop = self._changes_step()
-        # Cells and options that change the per-step maths run on the cell's own whole-sequence kernel when it has
-        # one (and the backend is not the reference loop), else on the reference loop.
-        kernel = None
-        if on_loop and observer is None and (backend or get_backend()) != "reference":
-            kernel = self.spec.kernel
-        T = x.size(0)
+        # Step observers are eager-mode diagnostics; a captured graph has no per-step Python to observe (and
+        # Dynamo cannot trace ContextVar.get).
+        observer = None if capturing() else _observer.get()
         finals: list[State] = []
         record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
         for layer in range(self.num_layers):
-            outputs, extras = [], []
-            for direction in range(self.num_directions):
-                state = states[layer * self.num_directions + direction]
-                p = self.layer_params(layer, direction)
-                if self.weight_dropout > 0 and self.training:
-                    # DropConnect: one mask on W_hh for the whole forward (every step and sequence)
-                    p["weight_hh"] = _drop_connect(p["weight_hh"], self.weight_dropout)
-                hook = None
-                if observer is not None and not on_loop and lengths is None:
-                    hook = self._kernel_sink(observer, backend, layer, direction, x, state)
-                if hook is not None:  # the compiled kernel, feeding the observer's sink
-                    sink, state = hook
-                    out, final = fused.run_layer(cast(str, self.spec.mode), x, state,
-                                                 _kernel_weights(p, self.proj_size), reverse=direction == 1,
-                                                 lengths=lengths, sink=sink)
-                    sink.outputs(out.detach())
-                elif on_loop or observer is not None:
-                    h_mask, keep = self._masks(state, T)
-                    result = None
-                    if kernel is not None:
-                        result = kernel(SequenceRun(x, state, p, direction == 1, lengths, h_mask, keep,
-                                                    self.return_all_states, self._gates_on()))
-                    if result is None:
-                        if observer is None:
-                            self._warn_reference_loop(backend or get_backend(), kernel is not None)
-                        step, trace = self._step(p, h_mask, keep, T, direction == 1)
-                        if observer is not None:
-                            step, state = observer.wrap(self, layer, direction, step, state, T)
-                        out, final = recurrence(step, x, state, reverse=direction == 1, lengths=lengths)
-                        if self.return_all_states:
-                            extras.append(stack_trace(trace, direction == 1))
-                    else:
-                        out, final, c_seq, gate_seq = result
-                        extras.append((c_seq, gate_seq))
-                else:
-                    out, final = run_layer(self.spec.mode, x, state, _kernel_weights(p, self.proj_size),
-                                           reverse=direction == 1, lengths=lengths)
-                outputs.append(out)
-                finals.append(final)
-            x = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (T, B, D*H_out)
+            results = [self._run(x, states[layer * self.num_directions + direction], layer, direction, lengths,
+                                 observer) for direction in range(self.num_directions)]
+            finals.extend(r[1] for r in results)
+            x = torch.cat([r[0] for r in results], dim=2) if len(results) > 1 else results[0][0]  # (T, B, D*H_out)
             if self.return_all_states:
-                record.append((x, *self._join_extras(extras, lengths)))
+                record.append((x, *self._join_extras([r[2:] for r in results], lengths)))
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
@@ -501,64 +461,17 @@ class RNNBase(nn.Module):
             output = x.transpose(0, 1) if self.batch_first else x
         return (output, hidden) if extra is None else (output, hidden, extra)
 
-    # -- the options that change the per-step maths -------------------------------------------------------------
-
-    def _changes_step(self) -> bool:
-        """Whether this layer's step differs from torch's cell of its ``mode`` (so ``run_layer`` cannot run it)."""
-        return (self.spec.mode is None or self.return_all_states or any(self.zoneout)
-                or (self.recurrent_dropout > 0 and self.training))
-
-    def _kernel_sink(self, observer, backend: str | None, layer: int, direction: int, x: Tensor,
-                     state: State) -> tuple[KernelSink, State] | None:
-        """The observer's sink for a run on the compiled fused kernel, or ``None`` (the observer has no ``sink``,
-        another backend, no gradients, or it declined); the observer then gets ``wrap`` on the reference loop."""
-        sink = getattr(observer, "sink", None)
-        if (sink is None or (backend or get_backend()) != "fused" or not torch.is_grad_enabled()
-                or not fused.uses_compiled(x)):
-            return None
-        return sink(self, layer, direction, x, state, x.size(0))
-
-    def _gates_on(self) -> bool:
-        return self.return_gates and self.spec.gates is not None
-
-    def _warn_reference_loop(self, backend: str, declined: bool) -> None:
-        if backend == "reference":
-            return
-        if declined:
-            reason = f"{self.spec.name}'s kernel does not cover this run (dtype, device or option)"
-        elif self.spec.mode is None:
-            reason = f"{self.spec.name} has no whole-sequence kernel"
-        else:
-            reason = "recurrent_dropout, zoneout and return_all_states change the per-step maths"
-        key = f"{type(self).__name__}: {reason}"
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"{key}, so it runs on the reference loop instead of the {backend!r} backend "
-                          f"(slower; see docs/variants.md)", stacklevel=3)
-
-    def _masks(self, state: State, steps: int) -> tuple[Tensor | None, tuple[Tensor | None, ...]]:
-        """This layer-direction's random masks, drawn once for the whole sequence: the recurrent-dropout mask
-        ``(B, H_out)`` and, per state, the zoneout keep tensor ``(T, B, size)`` (see :class:`SequenceRun`)."""
-        h = hidden_of(state)
-        h_mask = None
-        if self.recurrent_dropout > 0 and self.training:
-            # one mask per sequence, shared by every time step (Gal & Ghahramani 2016)
-            h_mask = F.dropout(torch.ones_like(h), self.recurrent_dropout, training=True)
-        keep: list[Tensor | None] = []
-        for s, z in zip(state if isinstance(state, tuple) else (state,), self.zoneout):
-            if z == 0:
-                keep.append(None)
-            elif self.training:  # a fresh mask per step and unit (Krueger et al. 2017)
-                keep.append(bernoulli_mask((steps, *s.shape), z, s.dtype, s.device))
-            else:  # the expectation of the training-time update
-                keep.append(torch.full((steps, *s.shape), z, dtype=s.dtype, device=s.device))
-        return h_mask, tuple(keep)
-
-    def _step(self, p: dict[str, Tensor], h_mask: Tensor | None, keep: tuple[Tensor | None, ...], steps: int,
-              reverse: bool) -> tuple[Step, Trace]:
-        """This layer-direction's step: the cell's step with recurrent dropout, zoneout and recording applied."""
-        return option_step(self.spec.step, p, h_mask, keep, steps, reverse, self.return_all_states,
-                           self.spec.gates if self._gates_on() else None)
+    def _run(self, x: Tensor, state: State, layer: int, direction: int, lengths: Tensor | None,
+             observer: StepObserver | None) -> SequenceResult:
+        """One layer-direction, by the one dispatch (:func:`rnnlab.kernels.run`), with this layer's options."""
+        p = self.layer_params(layer, direction)
+        if self.weight_dropout > 0 and self.training:
+            p["weight_hh"] = drop_connect(p["weight_hh"], self.weight_dropout)
+        h_mask, keep = sequence_masks(state, x.size(0), self.recurrent_dropout, self.zoneout, self.training)
+        seq = SequenceRun(x, state, p, direction == 1, lengths, h_mask, keep, self.return_all_states,
+                          self.return_gates and self.spec.gates is not None)
+        bound = None if observer is None else _BoundObserver(observer, self, layer, direction, x.size(0))
+        return kernels.run(self.spec, seq, self.backend, bound)
 
     def _join_extras(self, extras, lengths: Tensor | None) -> tuple[Tensor | None, dict[str, Tensor] | None]:
         """The directions' cell states and gates side by side, (T, B, D*H), zero past each sequence's length."""
@@ -590,67 +503,10 @@ class RNNBase(nn.Module):
         return AllStates(h, c, gates)
 
 
-def bernoulli_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A tensor of 1s (probability ``p``) and 0s, i.i.d., as ``dtype``.
-
-    On the CPU, torch's generator costs ~3-8 ns per value, which made drawing zoneout's ``(T, B, H)`` masks 15-20%
-    of a small layer's forward + backward. With the compiled kernels the mask comes from eight xoshiro256** streams
-    in vector lanes (``csrc/masks.cpp``, ~0.35 ns per element) seeded by one 64-bit draw from torch's generator, so
-    ``torch.manual_seed`` still fixes it;
-    without them, from 16-bit lanes of torch's 64-bit integer draws (4 elements per draw). Either way ``p`` is
-    rounded to a multiple of ``2^-16`` (``torch.rand < p`` rounds it to ``2^-24``). Other devices use
-    ``torch.rand < p``.
-    """
-    if torch.device(device).type != "cpu":
-        return torch.rand(shape, device=device).lt_(p).to(dtype)
-    n = math.prod(shape)
-    exact = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    seed = torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64) if fused.compiled_available() else None
-    # Under vmap(randomness="different") the draw is one seed per sample, which the C++ op cannot take: the plain
-    # path below then draws each sample's own mask (its ops are batched).
-    if seed is not None and not torch._C._functorch.is_batchedtensor(seed):
-        mask = torch.ops.rnnlab_fused.bernoulli_mask(n, p, int(seed), torch.empty(0, dtype=exact)).view(shape)
-    else:
-        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
-        # The comparison in float, in place (the int16 values are exact in float32/64): one pass instead of a
-        # compare into bool and a cast. P(uniform int16 < threshold) = round(p * 2^16) / 2^16.
-        mask = bits.to(exact).lt_(float(round(p * 65536) - 32768)).view(shape)
-    return mask if exact == dtype else mask.to(dtype)
-
-
-def _drop_connect(w: Tensor, p: float) -> Tensor:
-    """``F.dropout(w, p)`` (zeros with probability ``p``, the rest scaled by ``1/(1-p)``) with the mask from
-    :func:`bernoulli_mask` (cheaper on the CPU; ``p`` rounded to a multiple of ``2^-16``)."""
-    if p >= 1:
-        return w * 0
-    return w * bernoulli_mask(tuple(w.shape), 1 - p, w.dtype, w.device).div_(1 - p)
-
-
 def _kernel_weights(p: dict[str, Tensor], proj_size: int) -> tuple[Tensor | None, ...]:
     """``(w_ih, w_hh, b_ih, b_hh[, w_hr])``: the weights argument of the whole-sequence kernels."""
     weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
     return weights + (p["weight_hr"],) if proj_size > 0 else weights
-
-
-def _capturing() -> bool:
-    """True while torch.compile, torch.export (and so ONNX export) or torch.jit.trace records a forward.
-
-    Capture needs every op to be traceable; the fused backend's C++ loops have no fake-tensor rule, so the
-    layers fall back to the reference loop (plain autograd ops, which torch.compile then fuses itself).
-    """
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def _transformed() -> bool:
-    """True inside a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap, functional_call under
-    one of them) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``).
-
-    The compiled kernels' autograd Functions have neither ``setup_context`` nor ``jvp``/``vmap`` rules, so
-    torch would refuse them there; the layers run the reference loop instead. Both checks read a flag (one C call
-    and one module attribute, ~0.1 us a forward): the first is torch's own test in ``autograd.Function.apply``;
-    ``forward_ad._current_level`` is -1 outside every ``dual_level`` (torch.compile guards on the same attribute).
-    """
-    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
@@ -660,7 +516,7 @@ def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequ
     forward-mode AD on packed input; under a transform the rows ``like`` holds are gathered with one
     ``index_select`` instead. Only there: building that row index takes ~2.5x a pack's time at small sizes.
     """
-    if _transformed():
+    if transformed():
         batch_sizes = like.batch_sizes  # (T,), CPU: packed row r is step steps[r], batch slot slot[r] (sorted)
         steps = torch.repeat_interleave(torch.arange(batch_sizes.numel()), batch_sizes)
         slot = torch.arange(steps.numel()) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[steps]

@@ -1,53 +1,68 @@
-"""Whole-sequence kernels behind one dispatch.
+"""The one dispatch: which code runs one layer-direction of a cell over a whole sequence.
 
-A *backend* runs one layer in one direction over a whole sequence, with the signature of
-:func:`rnnlab.kernels.reference.run_layer`::
+A layer hands every layer-direction to :func:`run` as a :class:`rnnlab.sequence.SequenceRun`. This function is
+the only place where a kernel is chosen:
 
-    run_layer(mode, x, state, weights, *, reverse=False, lengths=None) -> (outputs, final_state)
+1. the **reference loop** (:func:`rnnlab.kernels.reference.run`, wrapped by the step observer if one is active)
+   when the backend is ``"reference"``, while torch.compile / torch.export / torch.jit.trace capture a layer with
+   no backend pinned, under a torch.func transform or forward-mode AD, and for an empty batch;
+2. otherwise the cell's own whole-sequence **kernel**, ``spec.kernel(seq)`` (for torch's cells the compiled loops
+   of :mod:`rnnlab.kernels.fused`; for the variants :mod:`~rnnlab.kernels.layernorm` and
+   :mod:`~rnnlab.kernels.peephole`), with a diagnostics gradient sink passed as ``seq.sink``;
+3. where the kernel **declines** (it returns ``None``: another device or dtype, no compiler) or the cell has none,
+   the reference loop again, with a warning given once per cell and reason.
 
-``mode`` is torch's name for the cell type (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``), ``x`` is
-``(T, B, I)``, ``weights`` are ``(w_ih, w_hh, b_ih, b_hh[, w_hr])``. Layers, directions and inter-layer dropout
-are composed above this in :mod:`rnnlab.layers`, the same way for every backend.
+The reference loop is also every compiled kernel's double-backward route
+(:func:`rnnlab.kernels.reference.backward_through_loop`).
 
-The backend used by a layer is, in order of precedence: the layer's ``backend=`` argument, the process-wide
-default set with :func:`set_backend`, the environment variable ``RNNLAB_BACKEND``, and finally the best
-registered backend (see :data:`DEFAULT_ORDER`).
+The backend is, in order of precedence: the layer's ``backend=`` argument, the process-wide default set with
+:func:`set_backend`, the environment variable ``RNNLAB_BACKEND``, and finally ``"fused"``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
 
-from . import reference
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
 
-__all__ = ["register_backend", "set_backend", "get_backend", "resolve_backend", "available_backends"]
+from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
+from . import fused, reference
+from .common import covers
 
-RunLayer = Callable[..., tuple]
+__all__ = ["run", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
+           "transformed", "register_backend", "resolve_backend"]
 
-_BACKENDS: dict[str, RunLayer] = {"reference": reference.run_layer}
-# Preference order when nothing is chosen explicitly: the first registered name wins.
-DEFAULT_ORDER: list[str] = ["reference"]
+BACKENDS = ("fused", "reference")
 _default: str | None = None
+_warned: set[str] = set()
 
 
-def register_backend(name: str, run_layer: RunLayer, *, preferred: bool = False) -> None:
-    """Make ``run_layer`` selectable as ``backend=name``; ``preferred`` puts it first in the default order."""
-    _BACKENDS[name] = run_layer
-    if name not in DEFAULT_ORDER:
-        if preferred:
-            DEFAULT_ORDER.insert(0, name)
-        else:
-            DEFAULT_ORDER.append(name)
+class BoundObserver(Protocol):
+    """A step observer (:func:`rnnlab.layers.observe_steps`) bound to one layer-direction of one forward."""
+
+    def wrap(self, step: Step, state: State) -> tuple[Step, State]:
+        """The step function and initial state to run on the reference loop instead of ``step`` and ``state``."""
+        ...
+
+    def sink(self, seq: SequenceRun) -> tuple[GradientSink, State] | None:
+        """A gradient sink (and the initial state to use) that lets the run keep its compiled kernel, or
+        ``None``: observe it on the reference loop through :meth:`wrap`."""
+        ...
 
 
 def available_backends() -> list[str]:
     """Names accepted by ``backend=`` and :func:`set_backend`."""
-    return sorted(_BACKENDS)
+    return sorted(BACKENDS) + sorted(_legacy)
 
 
 def _check(name: str, where: str) -> str:
-    if name not in _BACKENDS:
+    if name not in BACKENDS and name not in _legacy:
         raise ValueError(f"{where}: unknown backend {name!r}; expected one of {available_backends()}")
     return name
 
@@ -58,22 +73,127 @@ def set_backend(name: str | None) -> None:
     _default = None if name is None else _check(name, "rnnlab.set_backend")
 
 
-def get_backend() -> str:
-    """The backend a layer with ``backend=None`` uses now."""
+def get_backend(name: str | None = None) -> str:
+    """The backend a layer with ``backend=name`` uses now (``name`` checked; ``None``: the current default)."""
+    if name is not None:
+        return _check(name, "rnnlab backend")
     if _default is not None:
         return _default
     env = os.environ.get("RNNLAB_BACKEND")
-    if env:
-        return _check(env, "RNNLAB_BACKEND")
-    return next(name for name in DEFAULT_ORDER if name in _BACKENDS)
+    return _check(env, "RNNLAB_BACKEND") if env else "fused"
 
 
-def resolve_backend(name: str | None) -> RunLayer:
-    """The ``run_layer`` function for ``name`` (or for the current default when ``name`` is None)."""
-    return _BACKENDS[_check(name, "rnnlab backend") if name is not None else get_backend()]
+def capturing() -> bool:
+    """True while torch.compile, torch.export (and so ONNX export) or torch.jit.trace records a forward.
+
+    Capture needs every op to be traceable; the compiled kernels' C++ loops have no fake-tensor rule, so a layer
+    with no pinned backend is captured through the reference loop (plain autograd ops, which torch.compile then
+    fuses itself). Step observers are eager-mode diagnostics and are not consulted then either.
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-# The fused path (compiled step loops, hand-written backward) is the default; "reference" stays selectable.
-from . import fused  # noqa: E402  (registered after the registry exists)
+def transformed() -> bool:
+    """True inside a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap, functional_call under
+    one of them) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``).
 
-register_backend("fused", fused.run_layer, preferred=True)
+    The compiled kernels' autograd Functions have neither ``setup_context`` nor ``jvp``/``vmap`` rules, so
+    torch would refuse them there; the reference loop runs instead. Both checks read a flag (one C call and one
+    module attribute, ~0.1 us a forward): the first is torch's own test in ``autograd.Function.apply``;
+    ``forward_ad._current_level`` is -1 outside every ``dual_level`` (torch.compile guards on the same attribute).
+    """
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def run(spec: Any, seq: SequenceRun, backend: str | None = None,
+        observer: BoundObserver | None = None) -> SequenceResult:
+    """Run one layer-direction of the cell ``spec`` (a :class:`rnnlab.cellspec.CellSpec`) over ``seq``.
+
+    Args:
+        spec: the cell; ``seq.cell`` is set to it.
+        seq: the sequence, its initial state, parameters and options (:class:`rnnlab.sequence.SequenceRun`).
+        backend: ``"fused"``, ``"reference"`` or ``None`` (the current default, see :func:`get_backend`).
+        observer: the active step observer bound to this layer-direction, or ``None``.
+
+    Returns:
+        :data:`rnnlab.sequence.SequenceResult`, the same (up to float rounding) whichever code ran.
+    """
+    seq = seq if seq.cell is spec else replace(seq, cell=spec)
+    name = "reference" if backend is None and capturing() else get_backend(backend)
+    wrap = None if observer is None else observer.wrap
+    if name == "reference" or transformed() or seq.x.size(1) == 0:
+        # An empty batch has no work to fuse (the compiled loops assume B >= 1); the reference loop's plain torch
+        # ops give torch.nn's results there and under every transform, for every cell and option.
+        return reference.run(seq, wrap)
+    kernel: Callable[[SequenceRun], SequenceResult | None] | None = spec.kernel
+    if name in _legacy:
+        kernel = _legacy_kernel(_legacy[name], kernel)
+    if observer is not None:
+        hook = observer.sink(seq) if kernel is not None and torch.is_grad_enabled() and covers(seq) else None
+        if hook is None:
+            return reference.run(seq, wrap)
+        sink, state = hook
+        result = kernel(replace(seq, state=state, sink=sink))  # type: ignore[misc]
+        if result is None:
+            raise RuntimeError(f"rnnlab: {spec.name}'s kernel declined a run it had accepted a gradient sink for")
+        sink.outputs(result[0].detach())
+        return result
+    result = None if kernel is None else kernel(seq)
+    if result is None:
+        _warn_reference_loop(spec.name, name, declined=kernel is not None)
+        return reference.run(seq)
+    return result
+
+
+def _warn_reference_loop(cell: str, backend: str, declined: bool) -> None:
+    reason = (f"{cell}'s kernel does not cover this run (dtype, device or option)" if declined
+              else f"{cell} has no whole-sequence kernel")
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"{reason}, so it runs on the reference loop instead of the {backend!r} backend "
+                      f"(slower; see docs/variants.md)", stacklevel=4)
+
+
+# -- deprecated: the backend registry of rnnlab 0.1 (one release) --------------------------------------------------
+
+# ``run_layer(mode, x, state, weights, *, reverse, lengths) -> (outputs, final_state)`` by name.
+_legacy: dict[str, Callable[..., tuple]] = {}
+
+
+def register_backend(name: str, run_layer: Callable[..., tuple], *, preferred: bool = False) -> None:
+    """Deprecated: make ``run_layer`` selectable as ``backend=name`` for torch's cells without options.
+
+    ``preferred`` is ignored (the default backend is ``"fused"`` unless :func:`set_backend` says otherwise).
+    """
+    warnings.warn("rnnlab.kernels.register_backend is deprecated and will be removed; a cell's whole-sequence "
+                  "kernel is CellSpec.kernel (see docs/variants.md)", DeprecationWarning, stacklevel=2)
+    _legacy[name] = run_layer
+
+
+def _legacy_kernel(run_layer: Callable[..., tuple],
+                   kernel: Callable[[SequenceRun], SequenceResult | None] | None
+                   ) -> Callable[[SequenceRun], SequenceResult | None]:
+    """A registered ``run_layer`` as a cell kernel: torch's cells without options, else the cell's own kernel."""
+
+    def legacy(seq: SequenceRun) -> SequenceResult | None:
+        mode = seq.cell.mode
+        if mode is None or seq.h_mask is not None or any(k is not None for k in seq.keep) or seq.record \
+                or seq.gates or seq.sink is not None:
+            return None if kernel is None else kernel(seq)
+        p = seq.p
+        weights: tuple[Tensor | None, ...] = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        weights += (p["weight_hr"],) if "weight_hr" in p else ()
+        out, final = run_layer(mode, seq.x, seq.state, weights, reverse=seq.reverse, lengths=seq.lengths)
+        return out, final, None, None
+
+    return legacy
+
+
+def resolve_backend(name: str | None) -> Callable[..., tuple]:
+    """Deprecated: the ``run_layer(mode, x, state, weights, *, reverse, lengths)`` function of a backend."""
+    warnings.warn("rnnlab.kernels.resolve_backend is deprecated and will be removed; use rnnlab.kernels.run",
+                  DeprecationWarning, stacklevel=2)
+    chosen = get_backend(name)
+    if chosen in _legacy:
+        return _legacy[chosen]
+    return reference.run_layer if chosen == "reference" else fused.run_layer

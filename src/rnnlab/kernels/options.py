@@ -89,7 +89,7 @@ def lstm_kernel(run: SequenceRun) -> SequenceResult | None:
     keep_h, keep_c = _keep(run, 0), _keep(run, 1)
     if _needs_grad(run):
         Y, hn, cn, C, G = fused.LSTMEx.apply(run.x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, run.reverse,
-                                             run.h_mask, keep_h, keep_c, run.record, run.gates, None,
+                                             run.h_mask, keep_h, keep_c, run.record, run.gates, run.sink,
                                              LSTM_SPEC)
     else:
         # inference: the same loops, nothing saved for a backward
@@ -114,7 +114,7 @@ def gru_kernel(run: SequenceRun) -> SequenceResult | None:
     keep_h = _keep(run, 0)
     if _needs_grad(run):
         Y, hn, G = fused.GRUEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, run.h_mask, keep_h,
-                                     run.gates, None, GRU_SPEC)
+                                     run.gates, run.sink, GRU_SPEC)
     else:
         with torch.no_grad():
             G = fused.projection(run.x, w_ih)  # (T, B, 3H), becomes r, z, n
@@ -136,7 +136,8 @@ def rnn_kernel(run: SequenceRun, *, relu: bool = False) -> SequenceResult | None
     keep_h = _keep(run, 0)
     if _needs_grad(run):
         Y, hn, pre = fused.RNNEx.apply(run.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, run.reverse, relu, run.h_mask,
-                                       keep_h, run.gates, None, RNN_RELU_SPEC if relu else RNN_TANH_SPEC)
+                                       keep_h, run.gates or run.sink is not None, run.sink,
+                                       RNN_RELU_SPEC if relu else RNN_TANH_SPEC)
     else:
         with torch.no_grad():
             Y = fused.projection(run.x, w_ih)  # (T, B, H), becomes the output in place
