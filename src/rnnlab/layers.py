@@ -4,8 +4,8 @@ Same constructor arguments, input/output shapes, parameter names (``weight_ih_l0
 ``weight_hr_l0``) and initialisation as torch.nn, so ``state_dict`` files load both ways and, with the same
 seed, a fresh rnnlab layer has exactly the weights of a fresh torch.nn layer.
 
-The structure is composition: one whole-sequence kernel runs one layer in one direction
-(:mod:`rnnlab.kernels`); a bidirectional layer concatenates a forward and a reversed run; layers feed each
+The structure is composition: the one dispatch :func:`rnnlab.kernels.run` runs one layer in one direction
+(the cell's compiled kernel or the reference loop); a bidirectional layer concatenates a forward and a reversed run; layers feed each
 other, with dropout in between in training mode. ``batch_first``, unbatched input and ``PackedSequence`` are
 converted to the canonical ``(T, B, features)`` layout here, at the public edge.
 """
@@ -142,9 +142,9 @@ class RNNBase(nn.Module):
         return_all_states: return a third output, :class:`AllStates` (``h`` and ``c`` of every step and layer).
         return_gates: also fill ``AllStates.gates`` (implies ``return_all_states``).
 
-    Options that change the per-step maths (recurrent dropout, zoneout, all-step outputs) and cells without a
-    torch ``mode`` run on the cell's own whole-sequence kernel (:attr:`CellSpec.kernel`) when it covers the run,
-    else on the reference loop; the layer warns once if another backend was selected.
+    Every layer-direction runs through the one dispatch, :func:`rnnlab.kernels.run`: the cell's own
+    whole-sequence kernel (:attr:`CellSpec.kernel`, options included) when it covers the run, else the reference
+    loop, with a warning once if another backend was selected.
     """
 
     def __init__(
@@ -404,6 +404,26 @@ class RNNBase(nn.Module):
                 an empty sequence (T = 0).
             TypeError: input or hx of the wrong type.
         """
+        x, lengths, batched, states = self._canonical(input, hx)
+        # Step observers are eager-mode diagnostics; a captured graph has no per-step Python to observe (and
+        # Dynamo cannot trace ContextVar.get).
+        observer = None if capturing() else _observer.get()
+        finals: list[State] = []
+        record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
+        for layer in range(self.num_layers):
+            results = [self._run(x, states[layer * self.num_directions + direction], layer, direction, lengths,
+                                 observer) for direction in range(self.num_directions)]
+            finals.extend(r[1] for r in results)
+            x = torch.cat([r[0] for r in results], dim=2) if len(results) > 1 else results[0][0]  # (T, B, D*H_out)
+            if self.return_all_states:
+                record.append((x, *self._join_extras([r[2:] for r in results], lengths)))
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return self._public(input, x, finals, record, lengths, batched)
+
+    def _canonical(self, input: Tensor | PackedSequence, hx) -> tuple[Tensor, Tensor | None, bool, list[State]]:
+        """The input as ``(T, B, I)`` (packed input padded, with its lengths), whether it was batched, and the
+        initial state of every layer-direction; torch.nn's checks, in its order."""
         name = type(self).__name__
         first_weight = cast(Tensor, self.weight_ih_l0)
         lengths = None
@@ -430,22 +450,11 @@ class RNNBase(nn.Module):
         if x.size(0) == 0:
             raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of shape "
                                f"{tuple(input.shape) if isinstance(input, Tensor) else tuple(x.shape)}")
+        return x, lengths, batched, states
 
-        # Step observers are eager-mode diagnostics; a captured graph has no per-step Python to observe (and
-        # Dynamo cannot trace ContextVar.get).
-        observer = None if capturing() else _observer.get()
-        finals: list[State] = []
-        record: list[tuple[Tensor, Tensor | None, dict[str, Tensor] | None]] = []  # per layer: (h, c, gates)
-        for layer in range(self.num_layers):
-            results = [self._run(x, states[layer * self.num_directions + direction], layer, direction, lengths,
-                                 observer) for direction in range(self.num_directions)]
-            finals.extend(r[1] for r in results)
-            x = torch.cat([r[0] for r in results], dim=2) if len(results) > 1 else results[0][0]  # (T, B, D*H_out)
-            if self.return_all_states:
-                record.append((x, *self._join_extras([r[2:] for r in results], lengths)))
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-
+    def _public(self, input: Tensor | PackedSequence, x: Tensor, finals: list[State], record, lengths: Tensor | None,
+                batched: bool):
+        """The last layer's outputs ``x`` ``(T, B, D*H_out)`` and the final states in the input's layout."""
         h_n = torch.stack([hidden_of(f) for f in finals])
         hidden: Tensor | tuple[Tensor, ...] = (
             (h_n, torch.stack([f[1] for f in finals])) if self.spec.n_states == 2 else h_n)
@@ -501,6 +510,17 @@ class RNNBase(nn.Module):
         if record[0][2] is not None:
             gates = {k: layout(torch.stack([r[2][k] for r in record])) for k in record[0][2]}
         return AllStates(h, c, gates)
+
+
+def __getattr__(name: str):
+    # rnnlab 0.1 names that moved to rnnlab.kernels (kept one release)
+    moved = {"bernoulli_mask": kernels.masks.bernoulli_mask, "_capturing": capturing, "_transformed": transformed}
+    if name in moved:
+        new = moved[name]
+        warnings.warn(f"rnnlab.layers.{name} is deprecated; use {new.__module__}.{new.__name__}", DeprecationWarning,
+                      stacklevel=2)
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _kernel_weights(p: dict[str, Tensor], proj_size: int) -> tuple[Tensor | None, ...]:
