@@ -230,22 +230,23 @@ def rank(name: str) -> tuple[int, str]:
 GRAPH = import_graph()
 
 
-def _explain(component: list[str], edges: dict[str, set[str]], start: str | None = None) -> str:
+def _explain(component: list[str], imports: list[Import], start: str | None = None) -> str:
     """One cycle through ``start`` (default: the component's first module) with the import lines that make it,
-    the modules on cycles with it, and their other imports of each other."""
-    cycle = cycle_through(start or component[0], edges)
+    the modules on cycles with it, their other imports of each other, and which of these go up the layers."""
+    cycle = cycle_through(start or component[0], as_edges(imports))
     lines = [f"{' -> '.join(cycle)}   (modules on cycles with it: {', '.join(component)})"]
     for a, b in zip(cycle, cycle[1:]):
-        lines += [f"    {imp}" for imp in GRAPH if imp.source == a and imp.target == b]
-    lines += [f"    also: {imp}" for imp in GRAPH if imp.source in component and imp.target in component
-              and (imp.source, imp.target) not in zip(cycle, cycle[1:])]
+        lines += [f"    {imp}" for imp in imports if imp.source == a and imp.target == b]
+    inside = [imp for imp in imports if imp.source in component and imp.target in component]
+    lines += [f"    also: {imp}" for imp in inside if (imp.source, imp.target) not in zip(cycle, cycle[1:])]
+    lines += [f"    up the layers (the imports to remove): {imp}" for imp in inside
+              if rank(imp.target)[0] > rank(imp.source)[0]]
     return "\n".join(lines)
 
 
 def test_no_import_cycle():
-    edges = as_edges(GRAPH)
-    components = strong_components(edges)
-    assert not components, "import cycles:\n" + "\n".join(_explain(c, edges) for c in components)
+    components = strong_components(as_edges(GRAPH))
+    assert not components, "import cycles:\n" + "\n".join(_explain(c, GRAPH) for c in components)
 
 
 def test_find_cycles_names_a_cycle():
@@ -265,11 +266,12 @@ def test_an_added_cycle_is_caught():
     assert extra == [Import("rnnlab.sequence", "rnnlab.layers", 2, "function")]
     assert cycle_through("rnnlab.sequence", as_edges(GRAPH)) == []
     edges = as_edges(GRAPH + extra)
-    assert any({"rnnlab.sequence", "rnnlab.layers"} <= set(c) for c in strong_components(edges))
     cycle = cycle_through("rnnlab.sequence", edges)
     assert cycle[:2] == ["rnnlab.sequence", "rnnlab.layers"] and cycle[-1] == "rnnlab.sequence", cycle
     component = next(c for c in strong_components(edges) if "rnnlab.sequence" in c)
-    assert _explain(component, edges, "rnnlab.sequence").startswith("rnnlab.sequence -> rnnlab.layers -> ")
+    assert "rnnlab.layers" in component
+    message = _explain(component, GRAPH + extra)
+    assert f"up the layers (the imports to remove): {extra[0]}" in message, message
 
 
 def test_what_counts_as_an_import():
@@ -345,29 +347,42 @@ def test_deprecated_tracking_path_warns_and_gives_the_same_objects():
 
 # ---- the layout in src/rnnlab/__init__.py's docstring ----
 
-def documented_modules() -> set[str]:
-    """The modules named in the layout tree of ``rnnlab.__init__``'s docstring: a line ``name.py``/``name/``
-    under a package line ``pkg/`` (indented deeper), read from the source text (not by importing)."""
+def documented_modules() -> list[tuple[str, bool]]:
+    """``(module, top level?)`` for every module the layout tree of ``rnnlab/__init__.py``'s docstring names, in
+    order. The tree is the docstring's last literal block (after ``::``): a line ``name.py`` or ``name/`` (a
+    package), children indented under their package; other lines (descriptions, ``csrc/*.cpp``) name no module.
+    Read from the source text, not by importing."""
     doc = ast.get_docstring(ast.parse((SRC / "__init__.py").read_text())) or ""
-    tree = doc.split("Layout", 1)[1]
-    names: set[str] = set()
+    tree = doc.rsplit("::\n", 1)[-1]
+    names: list[tuple[str, bool]] = []
     parents: list[tuple[int, str]] = [(-1, "rnnlab")]
     for line in tree.splitlines():
-        m = re.match(r"^(\s*)(?:[|`+\\-]+\s*)?([A-Za-z_][\w]*)(\.py|/)(?=\s|$)", line)
+        m = re.match(r"^(\s*)([A-Za-z_]\w*)(\.py|/)(?=\s|$)", line)
         if not m:
             continue
         indent, stem, kind = len(m.group(1)), m.group(2), m.group(3)
         while parents[-1][0] >= indent:
             parents.pop()
         name = f"{parents[-1][1]}.{stem}" if stem != "__init__" else parents[-1][1]
-        names.add(name)
+        names.append((name, len(parents) == 1))
         if kind == "/":
             parents.append((indent, name))
     return names
 
 
 def test_layout_docstring_names_every_module():
-    documented = documented_modules()
-    on_disk = set(MODULES) - {"rnnlab"}
-    assert not documented - on_disk, f"named in rnnlab/__init__.py but not on disk: {sorted(documented - on_disk)}"
-    assert not on_disk - documented, f"on disk but not in rnnlab/__init__.py's layout: {sorted(on_disk - documented)}"
+    """The tree in rnnlab/__init__.py names every module on disk and no other (kernels/options.py, merged into
+    fused.py, is gone), each once."""
+    documented = [name for name, _ in documented_modules()]
+    assert len(documented) == len(set(documented)), f"named twice: {sorted(documented)}"
+    missing, extra = set(MODULES) - set(documented), set(documented) - set(MODULES)
+    assert not extra, f"named in rnnlab/__init__.py but not on disk: {sorted(extra)}"
+    assert not missing, f"on disk but not in rnnlab/__init__.py's layout: {sorted(missing)}"
+
+
+def test_layout_docstring_lists_the_layers_bottom_up():
+    """The tree's top-level entries come in the order of :data:`LAYERS` (so reading it down is reading up the
+    imports)."""
+    top = [name for name, is_top in documented_modules() if is_top]
+    ranks = [rank(name)[0] for name in top]
+    assert ranks == sorted(ranks), [f"{name}: {r}" for name, r in zip(top, ranks)]
