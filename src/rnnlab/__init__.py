@@ -12,7 +12,7 @@ bottom layer up, and imports run one way: a module imports from its own layer an
 never from one listed after it; the modules inside a package import each other without a cycle::
 
     sequence <- functional <- kernels <- cellspec <- cells <- layers <- variants, init <- diagnostics
-             <- models, bench, export <- train <- report <- commands <- cli
+             <- models, bench, export, convert <- train <- report <- commands <- cli
 
 ``errors`` and ``_checks`` sit at the bottom (everything may use them); ``data/`` sits low and imports no model
 code; ``diagnostics/`` measures and returns data, importing neither ``train/`` nor ``data/``. Every import counts,
