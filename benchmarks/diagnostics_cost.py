@@ -4,7 +4,7 @@ For each cell, on one adding-problem batch (T steps, B rows, H units, a linear r
 
 * ``plain``: one training step with the default backend: forward, backward, clip, Adam step.
 * ``plain_reference``: the same step on the reference loop (``backend="reference"``), for scale.
-* ``tracked``: a training step tracked by :class:`rnnlab.diagnostics.tracking.GradientTracker` with
+* ``tracked``: a training step tracked by :class:`rnnlab.train.tracking.GradientTracker` with
   ``source="step"`` (the default): the step's own forward and backward on the fused kernel, which hands over
   ``dL/dh_t`` of every step (``record(..., retain_grad=True, kernel=True)``), then clip and Adam as in ``plain``,
   plus the profile read-out, scalar gate statistics (8 rows), ``rho(W_hh)`` (float32) and per-layer gradient
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from rnnlab.diagnostics import (analyse, gate_stats, profile_from_grads, profile_from_recording, record,
                                 recurrent_spectra)
 from rnnlab.diagnostics.tasks import LastStepRegressor, adding_batch
-from rnnlab.diagnostics.tracking import layer_grad_norms
+from rnnlab.train.tracking import layer_grad_norms
 from rnnlab.kernels import get_backend
 
 

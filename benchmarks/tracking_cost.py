@@ -1,7 +1,7 @@
 """What gradient tracking costs inside the real :class:`rnnlab.train.Trainer`, per training step.
 
 For each cell, four short runs of the adding problem (T=100, B=32, H=128, one layer, Adam, norm clipping) from
-the same seed: no tracker; :class:`rnnlab.diagnostics.tracking.GradientTracker` ``(every=1)`` with its defaults
+the same seed: no tracker; :class:`rnnlab.train.tracking.GradientTracker` ``(every=1)`` with its defaults
 (every step tracked: profile from the step's own fused backward, scalar gate statistics, per-layer norms, and
 ``rho(W_hh)`` at every 10th record); the same with ``rho`` at every record (``spectra_every=1``); and without
 ``rho`` (``spectra_every`` larger than the run). Reported: process-CPU milliseconds per trainer step (step end to
@@ -23,9 +23,9 @@ import time
 import torch
 
 from rnnlab.data import build_task
-from rnnlab.diagnostics.tracking import GradientTracker
 from rnnlab.models import build_model
 from rnnlab.train.config import load_config
+from rnnlab.train.tracking import GradientTracker
 from rnnlab.train.trainer import Callback, Trainer
 
 

@@ -10,9 +10,9 @@ import torch
 
 from rnnlab.data import build_task
 from rnnlab.diagnostics import gradient_profile
-from rnnlab.diagnostics.tracking import GradientTracker, layer_grad_norms
 from rnnlab.models import build_model
 from rnnlab.train.config import load_config
+from rnnlab.train.tracking import GradientTracker, layer_grad_norms
 from rnnlab.train.trainer import Callback, Trainer
 
 

@@ -30,43 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..errors import UserError
+from . import builtin  # noqa: F401  (registers the shipped tasks)
 from .base import Batch, Task, seeded_generator
+from .registry import TASKS, available_tasks, build_task, register_task
 
 __all__ = ["Batch", "Task", "TASKS", "register_task", "build_task", "available_tasks", "seeded_generator"]
-
-Builder = Callable[..., Task]
-TASKS: dict[str, Builder] = {}
-
-
-def register_task(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder(cfg, seed) -> Task`` available as task ``name``."""
-
-    def deco(builder: Builder) -> Builder:
-        TASKS[name] = builder
-        return builder
-
-    return deco
-
-
-def available_tasks() -> list[str]:
-    return sorted(TASKS)
-
-
-def build_task(cfg, seed: int) -> Task:
-    """Build the task named ``cfg.name`` with the options of ``cfg`` (a :class:`rnnlab.train.config.TaskConfig`).
-
-    Raises:
-        UserError: unknown task name, bad option, or missing data package.
-    """
-    if cfg.name not in TASKS:
-        raise UserError(f"unknown task {cfg.name!r}; expected one of {available_tasks()}")
-    if cfg.batch_size < 1 or cfg.seq_len < 1:
-        raise UserError(f"task {cfg.name}: batch_size and seq_len must be >= 1, got {cfg.batch_size} and "
-                        f"{cfg.seq_len}")
-    return TASKS[cfg.name](cfg, seed)
-
-
-from . import builtin  # noqa: E402,F401  (registers the shipped tasks)

@@ -3,8 +3,8 @@ only matters to the task that needs it)."""
 
 from __future__ import annotations
 
-from . import register_task
 from .base import Task
+from .registry import register_task
 
 
 @register_task("shakespeare")

@@ -1,7 +1,7 @@
 """The ``rnnlab compare`` report: RNN (tanh), LSTM and GRU trained on the same task, seed, init and budget.
 
 Each cell is trained with the standard trainer (:func:`rnnlab.train.run.setup_run`, so every run folder is a normal
-rnnlab run with its ``config.json``, metrics and checkpoint) plus a :class:`rnnlab.diagnostics.GradientTracker`.
+rnnlab run with its ``config.json``, metrics and checkpoint) plus a :class:`rnnlab.train.tracking.GradientTracker`.
 The page shows the loss curves, the final metrics, the gradient profiles at step 0 and at the end side by side,
 the gradient norms and ``rho(W_hh)`` during training; with ``lags`` it repeats the comparison at several sequence
 lengths and reports the largest one each cell solves.
@@ -20,11 +20,11 @@ import torch
 from matplotlib.figure import Figure
 
 from ..diagnostics.tasks import ADDING_BASELINE_MSE, CELLS, cell_name
-from ..diagnostics.tracking import GradientTracker
 from ..errors import UserError
 from ..init import INIT_PRESETS, apply_init
 from ..train.config import load_config
 from ..train.run import setup_run
+from ..train.tracking import GradientTracker
 from ..train.trainer import Callback, Trainer
 from .figures import _TINY, plot_curves, save
 from .html import Section, write_html

@@ -1,4 +1,5 @@
-"""Training: configs, the :class:`Trainer` (truncated BPTT, clipping, non-finite guard), callbacks, checkpoints.
+"""Training: configs, the :class:`Trainer` (truncated BPTT, clipping, non-finite guard), callbacks (gradient
+tracking among them: :class:`GradientTracker`), checkpoints.
 
 Build a run from a config with :func:`rnnlab.train.run.setup_run` (model + task + trainer + callbacks) or by
 hand::
@@ -16,9 +17,11 @@ from .config import (Config, ModelConfig, OptimConfig, RunConfig, TaskConfig, Tr
                      config_to_dict, load_config)
 from .guard import clip_gradients
 from .schedules import LRSchedule
+from .tracking import GradientTracker
 from .trainer import Callback, Trainer, build_optimizer
 
 __all__ = ["Config", "ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "load_config",
            "config_from_dict", "config_to_dict", "Trainer", "Callback", "build_optimizer", "LRSchedule",
            "clip_gradients", "save_checkpoint", "load_checkpoint", "EvalCallback", "EarlyStopping", "MetricsLogger",
-           "TensorBoardLogger", "ProgressBar", "CheckpointCallback", "PlotCallback", "default_callbacks"]
+           "TensorBoardLogger", "ProgressBar", "CheckpointCallback", "PlotCallback", "default_callbacks",
+           "GradientTracker"]

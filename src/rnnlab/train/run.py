@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_json, config_to_dict
 from .preflight import check_memory, data_identity
 from .runfolder import atomic_write, claim_run_dir, lock_run
+from .tracking import GradientTracker
 from .trainer import Callback, Trainer
 
 __all__ = ["build_model_and_task", "setup_run", "tracking_callbacks", "run_name", "task_info", "load_run",
@@ -66,15 +67,13 @@ def tracking_callbacks(cfg: Config) -> list[Callback]:
     """``[GradientTracker(every=cfg.train.track_every, spectra_every=cfg.train.track_spectra_every)]`` when
     tracking is on, else ``[]``.
 
-    The tracker (:mod:`rnnlab.diagnostics.tracking`, docs/gradflow.md) appends one JSON line per tracked step to
+    The tracker (:mod:`rnnlab.train.tracking`, docs/gradflow.md) appends one JSON line per tracked step to
     ``<run>/diagnostics.jsonl``: pre/post-clip global and per-layer gradient norms, ``rho(W_hh)``, the gradient
     profile and gate statistics. It comes after the default callbacks, so the evaluation of a step has run before
     it arms its recorder for the next training step.
     """
     if cfg.train.track_every <= 0:
         return []
-    from ..diagnostics.tracking import GradientTracker  # lazy: it imports the trainer, which imports this package
-
     return [GradientTracker(every=cfg.train.track_every, spectra_every=cfg.train.track_spectra_every)]
 
 
