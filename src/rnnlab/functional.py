@@ -119,7 +119,7 @@ def lstm_gates(
 
 
 def _lstm_activations(a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o))`` of the pre-activations ``a`` ``(B, 4H)`` (order i, f, g, o)."""
+    """``(sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o))`` of the pre-activations ``a`` ``(B, 4H)`` (i, f, g, o)."""
     i, f, g, o = a.chunk(4, dim=1)
     return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
 
@@ -195,13 +195,7 @@ def layer_norm(v: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def layer_norm_lstm_gates(
-    x: Tensor,
-    h: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Tensor | None,
-    ln_ih_weight: Tensor,
-    ln_hh_weight: Tensor,
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor | None, ln_ih_weight: Tensor, ln_hh_weight: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The four activated gates ``(i, f, g, o)``, each ``(B, H)``, of :func:`layer_norm_lstm_step`.
 
@@ -232,7 +226,7 @@ def layer_norm_lstm_step(
     r"""One step of the layer-normalised LSTM (Ba, Kiros & Hinton 2016, section 3.1 and the LSTM appendix).
 
     .. math::
-        i, f, g, o &= \text{the gates of } \mathrm{LN}(W_{ih} x; \gamma_{ih}) + \mathrm{LN}(W_{hh} h; \gamma_{hh}) + b \\
+        i, f, g, o &= \text{gates of } \mathrm{LN}(W_{ih} x; \gamma_{ih}) + \mathrm{LN}(W_{hh} h; \gamma_{hh}) + b \\
         c' &= f \odot c + i \odot g \\
         h' &= o \odot \tanh(\mathrm{LN}(c'; \gamma_c, \beta_c))
 
@@ -255,14 +249,8 @@ def layer_norm_lstm_step(
 
 
 def layer_norm_gru_gates(
-    x: Tensor,
-    h: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    ln_ih_weight: Tensor,
-    ln_hh_weight: Tensor,
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih_weight: Tensor,
+    ln_hh_weight: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""The activated gates ``(r, z, n)``, each ``(B, H)``, of :func:`layer_norm_gru_step`; ``h`` is the state as it
     enters ``W_hh``.
@@ -311,15 +299,8 @@ def layer_norm_gru_step(
 
 
 def peephole_lstm_gates(
-    x: Tensor,
-    state: tuple[Tensor, Tensor],
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_ci: Tensor,
-    w_cf: Tensor,
-    w_co: Tensor,
+    x: Tensor, state: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+    w_ci: Tensor, w_cf: Tensor, w_co: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     r"""The gates ``(i, f, g, o)`` of :func:`peephole_lstm_step` and the new cell ``c'`` they make, each ``(B, H)``.
 
