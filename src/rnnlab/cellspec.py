@@ -290,9 +290,10 @@ def _peephole_step(x: Tensor, state: State, p: Params, h_mask: Tensor | None) ->
 
 def _peephole_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
     h, c = state
-    return dict(zip(LSTM_GATES, RF.peephole_lstm_gates(x, (masked(h, h_mask), c), p["weight_ih"], p["weight_hh"],
-                                                       p.get("bias_ih"), p.get("bias_hh"), p["weight_ci"],
-                                                       p["weight_cf"], p["weight_co"])))  # (i, f, g, o); not c'
+    i, f, g, o, _ = RF.peephole_lstm_gates(x, (masked(h, h_mask), c), p["weight_ih"], p["weight_hh"],
+                                           p.get("bias_ih"), p.get("bias_hh"), p["weight_ci"], p["weight_cf"],
+                                           p["weight_co"])  # and the new cell, which is the step's business
+    return dict(zip(LSTM_GATES, (i, f, g, o)))
 
 
 def _peephole_kernel(run: SequenceRun) -> SequenceResult | None:
