@@ -142,3 +142,69 @@ def test_lstm_step_projection():
     h_proj, c_proj = RF.lstm_step(x, (h, c), w_ih, w_hh, w_hr=w_hr)
     assert torch.equal(c_plain, c_proj)
     assert torch.allclose(h_proj, h_plain @ w_hr.T, atol=1e-6)
+
+
+def test_gru_step_recurrent_dropout_masks_only_the_recurrent_matmul():
+    """Gal & Ghahramani (2016): the mask multiplies ``h`` where it enters ``W_hh``; the carry ``z * h`` keeps the
+    whole state (for the GRU and the layer-normalised GRU alike)."""
+    B, I, H = 3, 4, 5
+    x, h = torch.randn(B, I), torch.randn(B, H)
+    w_ih, w_hh, b_ih, b_hh = torch.randn(3 * H, I), torch.randn(3 * H, H), torch.randn(3 * H), torch.randn(3 * H)
+    mask = (torch.rand(B, H) > 0.5).float() * 2
+    r, z, n = RF.gru_gates(x, h * mask, w_ih, w_hh, b_ih, b_hh)
+    assert torch.equal(RF.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, mask), (1 - z) * n + z * h)
+    assert not torch.allclose(RF.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, mask),
+                              RF.gru_step(x, h * mask, w_ih, w_hh, b_ih, b_hh), atol=1e-3)
+    g_ih, g_hh = torch.rand(3 * H) + 0.5, torch.rand(3 * H) + 0.5
+    r, z, n = RF.layer_norm_gru_gates(x, h * mask, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh)
+    assert torch.equal(RF.layer_norm_gru_step(x, h, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask), (1 - z) * n + z * h)
+
+
+def _layer_norm_written_out(v, gain, bias=None, eps=1e-5):
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)  # the biased variance, as torch.nn.LayerNorm
+    out = (v - mean) / torch.sqrt(var + eps) * gain
+    return out if bias is None else out + bias
+
+
+def test_layer_norm_is_the_written_equation_with_eps_1e_5():
+    v, gain, bias = torch.randn(3, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64), torch.randn(8)
+    torch.testing.assert_close(RF.layer_norm(v, gain, bias.double()), _layer_norm_written_out(v, gain, bias.double()),
+                               rtol=1e-12, atol=1e-12)
+    assert RF.LAYER_NORM_EPS == 1e-5
+    flat = torch.full((1, 4), 3.0, dtype=torch.float64)  # zero variance: eps alone keeps it finite, the result 0
+    assert torch.equal(RF.layer_norm(flat, torch.ones(4, dtype=torch.float64)), torch.zeros(1, 4, dtype=torch.float64))
+
+
+def test_layer_norm_lstm_step_is_the_written_equations():
+    B, I, H = 3, 4, 5
+    d = torch.float64
+    x, h, c = torch.randn(B, I, dtype=d), torch.randn(B, H, dtype=d), torch.randn(B, H, dtype=d)
+    w_ih, w_hh, b = torch.randn(4 * H, I, dtype=d), torch.randn(4 * H, H, dtype=d), torch.randn(4 * H, dtype=d)
+    g_ih, g_hh, g_c, b_c = (torch.rand(n, dtype=d) + 0.5 for n in (4 * H, 4 * H, H, H))
+    a = _layer_norm_written_out(x @ w_ih.T, g_ih) + _layer_norm_written_out(h @ w_hh.T, g_hh) + b
+    i, f, g, o = a[:, :H].sigmoid(), a[:, H:2 * H].sigmoid(), a[:, 2 * H:3 * H].tanh(), a[:, 3 * H:].sigmoid()
+    c_expected = f * c + i * g
+    h_expected = o * torch.tanh(_layer_norm_written_out(c_expected, g_c, b_c))
+    h1, c1 = RF.layer_norm_lstm_step(x, (h, c), w_ih, w_hh, b, g_ih, g_hh, g_c, b_c)
+    torch.testing.assert_close((h1, c1), (h_expected, c_expected), rtol=1e-12, atol=1e-12)
+    for got, want in zip(RF.layer_norm_lstm_gates(x, h, w_ih, w_hh, b, g_ih, g_hh), (i, f, g, o)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_peephole_step_is_the_written_equations_and_the_lstm_without_peepholes():
+    B, I, H = 3, 4, 5
+    x, h, c = torch.randn(B, I), torch.randn(B, H), torch.randn(B, H)
+    w_ih, w_hh, b_ih, b_hh = torch.randn(4 * H, I), torch.randn(4 * H, H), torch.randn(4 * H), torch.randn(4 * H)
+    w_ci, w_cf, w_co = torch.randn(H), torch.randn(H), torch.randn(H)
+    a = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+    i = torch.sigmoid(a[:, :H] + w_ci * c)
+    f = torch.sigmoid(a[:, H:2 * H] + w_cf * c)
+    c_expected = f * c + i * torch.tanh(a[:, 2 * H:3 * H])
+    h_expected = torch.sigmoid(a[:, 3 * H:] + w_co * c_expected) * torch.tanh(c_expected)
+    h1, c1 = RF.peephole_lstm_step(x, (h, c), w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co)
+    assert torch.allclose(h1, h_expected, atol=1e-6) and torch.allclose(c1, c_expected, atol=1e-6)
+    zero = torch.zeros(H)
+    h0, c0 = RF.peephole_lstm_step(x, (h, c), w_ih, w_hh, b_ih, b_hh, zero, zero, zero)
+    h2, c2 = RF.lstm_step(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+    assert torch.equal(h0, h2) and torch.equal(c0, c2)  # a + 0 * c is a, bit for bit

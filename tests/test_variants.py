@@ -421,3 +421,30 @@ def test_observe_steps_sees_every_step_of_every_cell_and_changes_nothing():
         assert observer.calls == {(type(layer).__name__, l, d): T for l in range(2) for d in range(2)}
     layer(x)  # outside the block: no observer is called
     assert all(v == T for v in observer.calls.values())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_classes_are_written_out_and_pickle(name):
+    """Real classes: torch's signature and a docstring with the equations, Args, Shape and an example; they pickle
+    (a DataLoader worker or torch.save of a whole module) and refuse projections as before."""
+    import inspect
+    import pickle
+
+    layer_cls, cell_cls, _ = VARIANTS[name]
+    assert list(inspect.signature(layer_cls).parameters)[:7] == ["input_size", "hidden_size", "num_layers", "bias",
+                                                                 "batch_first", "dropout", "bidirectional"]
+    assert list(inspect.signature(cell_cls).parameters)[:3] == ["input_size", "hidden_size", "bias"]
+    for cls in (layer_cls, cell_cls):
+        assert cls.__module__ == "rnnlab.variants" and cls.__qualname__ == cls.__name__
+        assert all(part in (cls.__doc__ or "") for part in ("Args:", "Shape", "Example:")), cls
+    assert ".. math::" in (layer_cls.__doc__ or "")
+    layer, cell = layer_cls(I, H, num_layers=2), cell_cls(I, H)
+    x = torch.randn(T, B, I)
+    for module, call in ((layer, lambda m: m(x)[0]), (cell, lambda m: m(x[0]))):
+        copy_ = pickle.loads(pickle.dumps(module))
+        assert type(copy_) is type(module) and copy_.spec is module.spec
+        got, want = call(copy_), call(module)
+        assert torch.equal(got[0] if isinstance(got, tuple) else got, want[0] if isinstance(want, tuple) else want)
+    with pytest.raises(ValueError, match=rf"^{layer_cls.__name__}: proj_size is not supported by "
+                                         rf"{layer.spec.name}$"):
+        layer_cls(I, H, proj_size=2)

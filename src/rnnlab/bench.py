@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cellspec import SPECS
 from .errors import UserError
 
 __all__ = ["Size", "SIZES", "CELLS", "PASSES", "TARGETS", "BenchConfig", "run", "format_table", "gemm_peak",
@@ -60,7 +61,20 @@ SIZES: dict[str, Size] = {
     "S3": Size(B=1, T=500, I=256, H=256),
     "S4": Size(B=8, T=50, I=32, H=64),
 }
-CELLS: dict[str, tuple[str, int]] = {"lstm": ("LSTM", 4), "gru": ("GRU", 3), "rnn": ("RNN", 1)}  # class, gates
+# The cells torch.nn has, by the class name torch.nn and rnnlab share (lower-cased: "lstm", "gru", "rnn"):
+# {name: (class name, gate blocks)}, from the specs of rnnlab.cellspec.SPECS with a torch ``mode``. Only these have
+# a torch.nn twin to be measured against (benchmarks/variants.py measures the variants). torch's two Elman cells are
+# one class, measured with its default nonlinearity, tanh (the first of the two in SPECS).
+def _torch_cells() -> dict[str, tuple[str, int]]:
+    cells: dict[str, tuple[str, int]] = {}
+    for spec in SPECS.values():
+        if spec.mode is not None:
+            cls = spec.mode.split("_")[0]  # "RNN_TANH" -> "RNN"
+            cells.setdefault(cls.lower(), (cls, len(spec.gate_names)))
+    return cells
+
+
+CELLS = _torch_cells()
 PASSES = ("fwd", "fwdbwd")
 
 # The targets: ratio rnnlab / torch.nn must be at most this (torch.nn.LSTM uses oneDNN on the CPU;

@@ -11,7 +11,8 @@ Writing a new cell
 A step function takes the input ``x`` ``(B, I)``, the state (a tensor ``(B, H)``, or a tuple such as ``(h, c)``),
 a mapping ``p`` from parameter names to tensors (one layer and direction; a missing bias reads as ``None``) and an
 optional recurrent dropout mask ``h_mask`` ``(B, H)`` to multiply into ``h`` where it enters the recurrent matmul.
-It returns the new state. The parameter function returns the shapes, in registration order::
+It returns the new state. The parameter function returns the shapes, in registration order. With the public API
+alone (nothing to edit in rnnlab)::
 
     def params(input_size, hidden_size, bias, proj_size):
         return {"weight_ih": (hidden_size, input_size), "weight_hh": (hidden_size, hidden_size),
@@ -22,6 +23,18 @@ It returns the new state. The parameter function returns the shapes, in registra
 
     MY_RNN = CellSpec("MyRNN", params, step)
     layer = rnnlab.Recurrent(MY_RNN, input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
+
+Such a cell runs on the reference loop (with a warning, once, when a faster backend was selected). A built-in cell
+with a compiled fast path is four files, and nothing else lists cells:
+
+1. its step (and gates) in :mod:`rnnlab.functional`, written like the equations;
+2. one entry in :data:`SPECS` below: the adapters that bind ``p`` to that step, and the spec with its
+   ``config_name`` (``--cell`` and the model zoo take it from here), ``gate_names`` and ``kernel``;
+3. ``rnnlab/kernels/<cell>.py``: the kernel ``(SequenceRun) -> SequenceResult | None`` and its autograd Function;
+4. ``rnnlab/kernels/csrc/<cell>.cpp``: the compiled forward and backward loops.
+
+To make it public, add its written-out classes (layer and cell, in :mod:`rnnlab.variants`) and export them in
+``rnnlab/__init__.py``. docs/variants.md, "Writing a new cell", walks through the peephole LSTM this way.
 
 Parameters are initialised ``U(-1/sqrt(H), 1/sqrt(H))`` like torch.nn unless ``constant_init`` names a value.
 A spec with a ``mode`` (torch's cell types) runs on a fused whole-sequence backend. A spec may also bring its own
@@ -35,15 +48,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as RF
 from .sequence import SequenceResult, SequenceRun, State, masked
 
-__all__ = ["CellSpec", "SequenceRun", "SequenceResult", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPEC", "RNN_RELU_SPEC",
-           "LAYER_NORM_LSTM_SPEC", "LAYER_NORM_GRU_SPEC", "PEEPHOLE_LSTM_SPEC"]
+__all__ = ["CellSpec", "SequenceRun", "SequenceResult", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPEC",
+           "RNN_RELU_SPEC", "LAYER_NORM_LSTM_SPEC", "LAYER_NORM_GRU_SPEC", "PEEPHOLE_LSTM_SPEC", "LSTM_GATES",
+           "GRU_GATES", "ELMAN_GATES"]
 
 Params = Mapping[str, Tensor]
 # ``(input_size, hidden_size, bias, proj_size=0) -> {name: shape}`` (Callable cannot spell the default).
@@ -58,8 +70,9 @@ class CellSpec:
         name: shown in messages (``"LayerNormLSTM"``).
         params: ``(input_size, hidden_size, bias, proj_size) -> {name: shape}`` for one layer and direction.
         step: ``(x, state, p, h_mask) -> state``, one time step.
-        gates: optional ``(x, state, p, h_mask) -> {gate name: activation (B, H)}`` for ``return_gates``.
-        state_sizes: names of the state tensors, ``("h",)`` or ``("h", "c")``.
+        gates: optional ``(x, state, p, h_mask) -> {gate name: activation (B, H)}`` for ``return_gates``, keyed
+            by ``gate_names``.
+        state_names: names of the state tensors, ``("h",)`` or ``("h", "c")``.
         mode: torch's cell type (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``) when the parameters are
             exactly torch's, so a whole-sequence backend can run it; ``None`` otherwise.
         forget_gate: ``(bias name, chunk, chunks)``: where ``forget_bias`` writes (``None``: no such gate).
@@ -72,6 +85,12 @@ class CellSpec:
             declines a run it does not cover (a dtype, a device, an option), which then runs on the reference
             loop. A kernel with a hand-written backward must also support ``create_graph=True``: the built-in
             ones differentiate the reference loop then (:func:`rnnlab.kernels.reference.backward_through_loop`).
+        gate_names: the gates in the order of their blocks in ``W_ih`` and ``W_hh`` (``("i", "f", "g", "o")``,
+            ``("r", "z", "n")``, ``("pre",)`` for an Elman cell's pre-activation); the keys of ``gates``, and the
+            labels the diagnostics give each block of ``W_hh``. Empty for a cell that names none.
+        config_name: the cell's name in configs, on the command line (``--cell``) and in the model zoo
+            (:data:`rnnlab.models.CELLS`); the name lower-cased when not given (``"lstm"``, ``"rnn_tanh"``).
+        label: the cell's name in reports and figures (``"RNN (tanh)"``); the name when not given.
     """
 
     name: str
@@ -85,6 +104,14 @@ class CellSpec:
     constant_init: dict[str, float] = field(default_factory=dict)
     supports_proj: bool = False
     kernel: Callable[[SequenceRun], SequenceResult | None] | None = None
+    gate_names: tuple[str, ...] = ()
+    config_name: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        # the defaults of the two names follow ``name`` (a frozen dataclass sets them through object.__setattr__)
+        object.__setattr__(self, "config_name", self.config_name or self.name.lower())
+        object.__setattr__(self, "label", self.label or self.name)
 
     @property
     def n_states(self) -> int:
@@ -117,7 +144,12 @@ def _torch_params(chunks: int, proj: bool = False) -> ParamShapes:
     return params
 
 
-# -- torch.nn's cells ------------------------------------------------------------------------------------------
+# -- torch.nn's cells: adapters from the parameter dict to rnnlab.functional -------------------------------------
+
+LSTM_GATES = ("i", "f", "g", "o")
+GRU_GATES = ("r", "z", "n")
+ELMAN_GATES = ("pre",)  # an Elman cell has no gates; its pre-activation is what saturates or explodes
+
 
 def _lstm_step(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> State:
     h, c = state
@@ -126,23 +158,17 @@ def _lstm_step(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> Sta
 
 
 def _lstm_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-    i, f, g, o = RF.lstm_gates(x, masked(state[0], h_mask), p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                               p.get("bias_hh"))
-    return {"i": i, "f": f, "g": g, "o": o}
+    return dict(zip(LSTM_GATES, RF.lstm_gates(x, masked(state[0], h_mask), p["weight_ih"], p["weight_hh"],
+                                              p.get("bias_ih"), p.get("bias_hh"))))
 
 
 def _gru_step(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> Tensor:
-    if h_mask is None:
-        return RF.gru_step(x, h, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
-    # Gal & Ghahramani (2016) drop h only where it enters W_hh; the carry term z * h keeps the whole state.
-    r, z, n = RF.gru_gates(x, h * h_mask, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
-    return (1 - z) * n + z * h
+    return RF.gru_step(x, h, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), h_mask)
 
 
 def _gru_gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-    r, z, n = RF.gru_gates(x, masked(h, h_mask), p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                           p.get("bias_hh"))
-    return {"r": r, "z": z, "n": n}
+    return dict(zip(GRU_GATES, RF.gru_gates(x, masked(h, h_mask), p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                            p.get("bias_hh"))))
 
 
 def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[str, Tensor]]]:
@@ -151,10 +177,8 @@ def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[st
                            p.get("bias_hh"), nonlinearity)
 
     def gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-        # An Elman cell has no gates; its pre-activation is what saturates (tanh) or explodes (relu).
-        pre = F.linear(x, p["weight_ih"], p.get("bias_ih")) + F.linear(masked(h, h_mask), p["weight_hh"],
-                                                                         p.get("bias_hh"))
-        return {"pre": pre}
+        return dict(zip(ELMAN_GATES, (RF.preactivation(x, masked(h, h_mask), p["weight_ih"], p["weight_hh"],
+                                                       p.get("bias_ih"), p.get("bias_hh")),)))
 
     return step, gates
 
@@ -182,19 +206,16 @@ def _rnn_relu_kernel(run: SequenceRun) -> SequenceResult | None:
 
 
 LSTM_SPEC = CellSpec("LSTM", _torch_params(4, proj=True), _lstm_step, _lstm_gates, ("h", "c"), mode="LSTM",
-                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=_lstm_kernel)
+                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=_lstm_kernel, gate_names=LSTM_GATES)
 GRU_SPEC = CellSpec("GRU", _torch_params(3), _gru_step, _gru_gates, mode="GRU", forget_gate=("bias_ih", 1, 3),
-                    kernel=_gru_kernel)
-RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=_rnn_tanh_kernel)
-RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=_rnn_relu_kernel)
+                    kernel=_gru_kernel, gate_names=GRU_GATES)
+RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=_rnn_tanh_kernel,
+                         gate_names=ELMAN_GATES, label="RNN (tanh)")
+RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=_rnn_relu_kernel,
+                         gate_names=ELMAN_GATES, label="RNN (relu)")
 
 
 # -- layer-normalised cells (Ba, Kiros & Hinton 2016, "Layer Normalization", section 3.1 and appendix) ---------
-
-def _ln(v: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Layer normalisation over the features of each row (eps 1e-5, as torch.nn.LayerNorm)."""
-    return F.layer_norm(v, v.shape[-1:], gain, bias, eps=1e-5)
-
 
 def _ln_lstm_params(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> dict:
     H = hidden_size
@@ -204,23 +225,16 @@ def _ln_lstm_params(input_size: int, hidden_size: int, bias: bool, proj_size: in
     return shapes | {"ln_ih_weight": (4 * H,), "ln_hh_weight": (4 * H,), "ln_c_weight": (H,), "ln_c_bias": (H,)}
 
 
-def _ln_lstm_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-    h = masked(state[0], h_mask)
-    gates = (_ln(F.linear(x, p["weight_ih"]), p["ln_ih_weight"])
-             + _ln(F.linear(h, p["weight_hh"]), p["ln_hh_weight"]))  # (B, 4H)
-    if p.get("bias") is not None:
-        gates = gates + p["bias"]
-    i, f, g, o = gates.chunk(4, dim=1)
-    return {"i": torch.sigmoid(i), "f": torch.sigmoid(f), "g": torch.tanh(g), "o": torch.sigmoid(o)}
-
-
 def _ln_lstm_step(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> State:
-    r"""``gates = LN(W_ih x) + LN(W_hh h) + b``; ``c' = f c + i g``; ``h' = o tanh(LN(c'))``."""
-    gates = _ln_lstm_gates(x, state, p, h_mask)
-    i, f, g, o = gates["i"], gates["f"], gates["g"], gates["o"]
-    c = f * state[1] + i * g
-    h = o * torch.tanh(_ln(c, p["ln_c_weight"], p["ln_c_bias"]))
-    return h, c
+    h, c = state
+    return RF.layer_norm_lstm_step(x, (masked(h, h_mask), c), p["weight_ih"], p["weight_hh"], p.get("bias"),
+                                   p["ln_ih_weight"], p["ln_hh_weight"], p["ln_c_weight"], p["ln_c_bias"])
+
+
+def _ln_lstm_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
+    return dict(zip(LSTM_GATES, RF.layer_norm_lstm_gates(x, masked(state[0], h_mask), p["weight_ih"],
+                                                         p["weight_hh"], p.get("bias"), p["ln_ih_weight"],
+                                                         p["ln_hh_weight"])))
 
 
 def _ln_gru_params(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> dict:
@@ -228,21 +242,15 @@ def _ln_gru_params(input_size: int, hidden_size: int, bias: bool, proj_size: int
     return shapes | {"ln_ih_weight": (3 * hidden_size,), "ln_hh_weight": (3 * hidden_size,)}
 
 
-def _ln_gru_gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-    xs = _ln(F.linear(x, p["weight_ih"]), p["ln_ih_weight"])  # (B, 3H)
-    hs = _ln(F.linear(masked(h, h_mask), p["weight_hh"]), p["ln_hh_weight"])  # (B, 3H)
-    if p.get("bias_ih") is not None:
-        xs, hs = xs + p["bias_ih"], hs + p["bias_hh"]
-    x_r, x_z, x_n = xs.chunk(3, dim=1)
-    h_r, h_z, h_n = hs.chunk(3, dim=1)
-    r = torch.sigmoid(x_r + h_r)
-    return {"r": r, "z": torch.sigmoid(x_z + h_z), "n": torch.tanh(x_n + r * h_n)}
-
-
 def _ln_gru_step(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> Tensor:
-    r"""``[r, z, n]`` from ``LN(W_ih x) + b_ih`` and ``LN(W_hh h) + b_hh`` as in torch's GRU; ``h' = (1-z) n + z h``."""
-    gates = _ln_gru_gates(x, h, p, h_mask)
-    return (1 - gates["z"]) * gates["n"] + gates["z"] * h
+    return RF.layer_norm_gru_step(x, h, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"),
+                                  p["ln_ih_weight"], p["ln_hh_weight"], h_mask)
+
+
+def _ln_gru_gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
+    return dict(zip(GRU_GATES, RF.layer_norm_gru_gates(x, masked(h, h_mask), p["weight_ih"], p["weight_hh"],
+                                                       p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
+                                                       p["ln_hh_weight"])))
 
 
 def _ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
@@ -260,10 +268,11 @@ def _ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
 LAYER_NORM_LSTM_SPEC = CellSpec(
     "LayerNormLSTM", _ln_lstm_params, _ln_lstm_step, _ln_lstm_gates, ("h", "c"), forget_gate=("bias", 1, 4),
     constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0, "ln_c_weight": 1.0, "ln_c_bias": 0.0},
-    kernel=_ln_lstm_kernel)
+    kernel=_ln_lstm_kernel, gate_names=LSTM_GATES, config_name="layernorm_lstm")
 LAYER_NORM_GRU_SPEC = CellSpec(
     "LayerNormGRU", _ln_gru_params, _ln_gru_step, _ln_gru_gates, forget_gate=("bias_ih", 1, 3),
-    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0}, kernel=_ln_gru_kernel)
+    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0}, kernel=_ln_gru_kernel, gate_names=GRU_GATES,
+    config_name="layernorm_gru")
 
 
 # -- peephole LSTM (Gers & Schmidhuber 2000, "Recurrent nets that time and count") -----------------------------
@@ -273,27 +282,18 @@ def _peephole_params(input_size: int, hidden_size: int, bias: bool, proj_size: i
     return shapes | {"weight_ci": (hidden_size,), "weight_cf": (hidden_size,), "weight_co": (hidden_size,)}
 
 
-def _peephole_parts(x: Tensor, state: State, p: Params, h_mask: Tensor | None):
-    h, c = state
-    a = F.linear(x, p["weight_ih"], p.get("bias_ih")) + F.linear(masked(h, h_mask), p["weight_hh"],
-                                                                   p.get("bias_hh"))  # (B, 4H)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
-    i = torch.sigmoid(a_i + p["weight_ci"] * c)  # the input and forget gates look at the old cell
-    f = torch.sigmoid(a_f + p["weight_cf"] * c)
-    g = torch.tanh(a_g)
-    c = f * c + i * g
-    o = torch.sigmoid(a_o + p["weight_co"] * c)  # the output gate looks at the new cell
-    return i, f, g, o, c
-
-
 def _peephole_step(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> State:
-    r"""``i = σ(a_i + w_ci c)``, ``f = σ(a_f + w_cf c)``, ``c' = f c + i g``, ``o = σ(a_o + w_co c')``, ``h' = o tanh(c')``."""
-    i, f, g, o, c = _peephole_parts(x, state, p, h_mask)
-    return o * torch.tanh(c), c
+    h, c = state
+    return RF.peephole_lstm_step(x, (masked(h, h_mask), c), p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                 p.get("bias_hh"), p["weight_ci"], p["weight_cf"], p["weight_co"])
 
 
 def _peephole_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -> dict[str, Tensor]:
-    return dict(zip("ifgo", _peephole_parts(x, state, p, h_mask)[:4]))
+    h, c = state
+    i, f, g, o, _ = RF.peephole_lstm_gates(x, (masked(h, h_mask), c), p["weight_ih"], p["weight_hh"],
+                                           p.get("bias_ih"), p.get("bias_hh"), p["weight_ci"], p["weight_cf"],
+                                           p["weight_co"])  # and the new cell, which is the step's business
+    return dict(zip(LSTM_GATES, (i, f, g, o)))
 
 
 def _peephole_kernel(run: SequenceRun) -> SequenceResult | None:
@@ -303,7 +303,8 @@ def _peephole_kernel(run: SequenceRun) -> SequenceResult | None:
 
 
 PEEPHOLE_LSTM_SPEC = CellSpec("PeepholeLSTM", _peephole_params, _peephole_step, _peephole_gates, ("h", "c"),
-                              forget_gate=("bias_ih", 1, 4), kernel=_peephole_kernel)
+                              forget_gate=("bias_ih", 1, 4), kernel=_peephole_kernel, gate_names=LSTM_GATES,
+                              config_name="peephole_lstm")
 
 SPECS: dict[str, CellSpec] = {s.name: s for s in (LSTM_SPEC, GRU_SPEC, RNN_TANH_SPEC, RNN_RELU_SPEC,
                                                    LAYER_NORM_LSTM_SPEC, LAYER_NORM_GRU_SPEC, PEEPHOLE_LSTM_SPEC)}

@@ -14,24 +14,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
+from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cellspec import SPECS, CellSpec
 from .errors import UserError
-from .layers import GRU, LSTM, RNN, RNNBase
-from .variants import LayerNormGRU, LayerNormLSTM, PeepholeLSTM
+from .variants import layer_class
 
 __all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", "build_model", "make_layer",
            "generate_text", "detach_state", "layer_options", "CELLS"]
 
-# The variants (rnnlab.variants, docs/variants.md) take the same constructor as LSTM/GRU; an LSTM-like cell's
-# state is (h, c), a GRU-like or Elman cell's is h alone, exactly as for torch's cells.
-_LAYERS: dict[str, Callable[..., RNNBase]] = {"lstm": LSTM, "gru": GRU, "layernorm_lstm": LayerNormLSTM,
-                                     "layernorm_gru": LayerNormGRU, "peephole_lstm": PeepholeLSTM}
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "layernorm_lstm", "layernorm_gru", "peephole_lstm")
+# Every cell of rnnlab.cellspec.SPECS, by its config name ("lstm", "rnn_tanh", "layernorm_lstm", ...), in SPECS'
+# order: a new entry there is a new choice here, in configs and on the command line.
+_SPECS: dict[str, CellSpec] = {spec.config_name: spec for spec in SPECS.values()}
+CELLS = tuple(_SPECS)
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
@@ -39,8 +37,7 @@ def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1
     """The rnnlab layer for a cell name (one of :data:`CELLS`), time-major.
 
     Args:
-        cell: ``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``, ``layernorm_lstm``, ``layernorm_gru`` or
-            ``peephole_lstm``.
+        cell: a cell's config name (:data:`CELLS`: ``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu`` and the variants).
         dropout: between stacked layers (ignored for one layer, where torch would only warn).
         options: :class:`rnnlab.RNNBase` keyword options (``recurrent_dropout``, ``zoneout``, ``weight_dropout``,
             ``forget_bias``, ``learn_init``).
@@ -53,10 +50,8 @@ def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1
         raise UserError(f"model: unknown cell {cell!r}; expected one of {list(CELLS)}")
     between = dropout if num_layers > 1 else 0.0
     try:
-        if cell in _LAYERS:
-            return _LAYERS[cell](input_size, hidden_size, num_layers, dropout=between, backend=backend, **options)
-        return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:], dropout=between, backend=backend,
-                   **options)
+        return layer_class(_SPECS[cell])(input_size, hidden_size, num_layers, dropout=between, backend=backend,
+                                         **options)
     except ValueError as err:  # the layer's own check, e.g. "forget_bias needs a cell with a forget gate"
         raise UserError(f"model: {err}") from None
 
@@ -74,8 +69,8 @@ class RecurrentNet(nn.Module):
     """``[embedding] -> recurrent layer -> dropout -> Linear`` at every step.
 
     Args:
-        cell: a name in :data:`CELLS` (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu`` and the variants
-            ``layernorm_lstm``, ``layernorm_gru``, ``peephole_lstm``).
+        cell: a name in :data:`CELLS` (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu`` and the variants, such as
+            ``layernorm_lstm``; every cell of :data:`rnnlab.cellspec.SPECS`).
         input_size: features per step, or the vocabulary size when ``embed_size`` is used with token ids.
         hidden_size, num_layers: of the recurrent layer. output_size: of the head.
         tokens: inputs are int64 token ids: embedded with ``embed_size`` (or one-hot when ``embed_size`` is 0).

@@ -15,6 +15,7 @@ is sufficient for vanishing gradients.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,23 @@ from ..kernels.reference import State, Step
 from .probe import LayerTrace, rnn_layers, state_tensors
 
 __all__ = ["JacobianSpectrum", "WeightSpectrum", "step_jacobians", "trace_jacobians", "product_spectrum",
-           "jacobian_spectrum", "recurrent_spectra", "GATE_NAMES"]
+           "jacobian_spectrum", "recurrent_spectra", "block_names"]
 
-GATE_NAMES = {"LSTM": ["i", "f", "g", "o"], "GRU": ["r", "z", "n"], "RNN_TANH": ["hh"], "RNN_RELU": ["hh"]}
+
+def block_names(gate_names: Sequence[str]) -> tuple[str, ...]:
+    """The labels of the gate blocks of ``W_hh``: the cell's gate names (``CellSpec.gate_names``), or ``"hh"`` for
+    a cell with one block (an Elman cell's is the whole ``W_hh``, whatever its one "gate" is called)."""
+    return tuple(gate_names) if len(gate_names) > 1 else ("hh",)
+
+
+def __getattr__(name: str):
+    if name == "GATE_NAMES":  # the table this module kept before the gate names moved into the specs
+        warnings.warn("rnnlab.diagnostics.jacobian.GATE_NAMES is deprecated; the gate names are in the cell specs "
+                      "(rnnlab.cellspec.CellSpec.gate_names, block_names)", DeprecationWarning, stacklevel=2)
+        from ..cellspec import SPECS
+
+        return {spec.mode: list(block_names(spec.gate_names)) for spec in SPECS.values() if spec.mode}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -177,17 +192,18 @@ def recurrent_spectra(model: nn.Module, *, singular_values: bool = True,
     """
     out = []
     for mname, module in rnn_layers(model):
-        if module.mode not in GATE_NAMES:  # a custom cell (rnnlab.cellspec) without torch's weight layout
+        if module.spec.mode is None:  # a cell without torch's weight layout (a variant, a custom cell)
             continue
+        gates = block_names(module.spec.gate_names)
         for layer in range(module.num_layers):
             for direction in range(module.num_directions):
                 weights = module.layer_weights(layer, direction)
                 assert weights[1] is not None  # W_hh always exists; only biases and W_hr are optional
                 w_hh = weights[1].detach().to(dtype)
-                blocks = w_hh.chunk(len(GATE_NAMES[module.mode]), dim=0)
+                blocks = w_hh.chunk(len(gates), dim=0)
                 label = f"l{layer}" + ("_reverse" if direction else "")
                 ws = WeightSpectrum(f"{mname}.{label}" if mname else label, module.mode, {}, {}, {})
-                for gate, block in zip(GATE_NAMES[module.mode], blocks):
+                for gate, block in zip(gates, blocks):
                     if len(weights) > 4 and weights[4] is not None:
                         block = block @ weights[4].detach().to(dtype)  # (H, P) @ (P, H)
                     eig = torch.linalg.eigvals(block)

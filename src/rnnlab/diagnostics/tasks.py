@@ -12,13 +12,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..layers import GRU, LSTM, RNN
+from ..cellspec import SPECS, CellSpec
+from ..variants import layer_class
 
 __all__ = ["adding_batch", "ADDING_BASELINE_MSE", "LastStepRegressor", "make_layer", "cell_name", "CELLS"]
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
-# Cell names as rnnlab.models spells them; "rnn" is accepted for "rnn_tanh".
-CELLS = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
+# The cells the diagnostics report on: those of rnnlab.cellspec.SPECS with torch's weight layout (a ``mode``), whose
+# gates and W_hh blocks the gate statistics and weight spectra read. {config name (as rnnlab.models spells it):
+# label}, the Elman cells first, as the reports compare them; "rnn" is accepted for "rnn_tanh".
+_SPECS: dict[str, CellSpec] = {spec.config_name: spec for spec in sorted(
+    (spec for spec in SPECS.values() if spec.mode is not None), key=lambda spec: len(spec.gate_names) > 1)}
+CELLS = {name: spec.label for name, spec in _SPECS.items()}
 
 
 def cell_name(cell: str) -> str:
@@ -59,17 +64,12 @@ def adding_batch(seq_len: int, batch_size: int, generator: torch.Generator | Non
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1) -> nn.Module:
-    """An rnnlab layer for a cell name (``rnn_tanh`` or ``rnn``, ``rnn_relu``, ``lstm``, ``gru``).
+    """An rnnlab layer for a cell name (one of :data:`CELLS`, or ``rnn`` for ``rnn_tanh``).
 
     Raises:
         ValueError: unknown cell name.
     """
-    cell = cell_name(cell)
-    if cell == "lstm":
-        return LSTM(input_size, hidden_size, num_layers)
-    if cell == "gru":
-        return GRU(input_size, hidden_size, num_layers)
-    return RNN(input_size, hidden_size, num_layers, nonlinearity=cell[4:])
+    return layer_class(_SPECS[cell_name(cell)])(input_size, hidden_size, num_layers)
 
 
 class LastStepRegressor(nn.Module):

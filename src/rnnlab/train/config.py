@@ -27,12 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cellspec import SPECS
 from ..errors import UserError
 from .runfolder import atomic_write
 
 __all__ = ["ModelConfig", "TaskConfig", "OptimConfig", "TrainConfig", "RunConfig", "Config", "SECTIONS",
            "load_config", "config_from_dict", "config_to_dict", "field_flag", "iter_fields", "validate_config",
            "optional_base", "config_json", "save_config"]
+
+
+def _one_of(names: list[str]) -> str:
+    """``"a, b or c"``."""
+    return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
 
 
 def _f(default: Any, help: str, flag: str | None = None) -> Any:
@@ -49,8 +55,8 @@ def _f(default: Any, help: str, flag: str | None = None) -> Any:
 class ModelConfig:
     """The network: an rnnlab recurrent layer with the task's head (see :mod:`rnnlab.models`)."""
 
-    cell: str = _f("lstm", "recurrent cell: lstm, gru, rnn_tanh, rnn_relu, layernorm_lstm, layernorm_gru or "
-                           "peephole_lstm (see docs/variants.md)")
+    cell: str = _f("lstm", f"recurrent cell: {_one_of([spec.config_name for spec in SPECS.values()])} "
+                           "(see docs/variants.md)")
     hidden_size: int = _f(512, "hidden units per layer")
     num_layers: int = _f(1, "stacked recurrent layers")
     embed_size: int = _f(64, "character-model input embedding width (0 = one-hot input)")
