@@ -29,7 +29,7 @@ from torch.utils.cpp_extension import load
 
 import rnnlab
 from rnnlab.bench import SIZES
-from rnnlab.cellspec import SequenceRun
+from rnnlab.sequence import SequenceRun
 from rnnlab.kernels import _extension
 
 ROOT = Path(__file__).resolve().parents[1]

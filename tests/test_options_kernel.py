@@ -19,7 +19,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from rnnlab.cellspec import SequenceRun
+from rnnlab.sequence import SequenceRun
 from rnnlab.diagnostics import record
 from rnnlab.kernels import fused, options
 from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed

@@ -17,7 +17,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from rnnlab.cellspec import PEEPHOLE_LSTM_SPEC, SequenceRun
+from rnnlab.cellspec import PEEPHOLE_LSTM_SPEC
+from rnnlab.sequence import SequenceRun
 from rnnlab.kernels.peephole import peephole_kernel
 from rnnlab.kernels.reference import recurrence
 from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed

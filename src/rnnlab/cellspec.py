@@ -45,15 +45,20 @@ the reference loop, and the layer says so once with a warning when a faster back
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from . import functional as RF
-from .sequence import SequenceResult, SequenceRun, State, masked
+from .sequence import State, masked
 
-__all__ = ["CellSpec", "SequenceRun", "SequenceResult", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPEC",
+if TYPE_CHECKING:
+    from .sequence import SequenceResult, SequenceRun
+
+__all__ = ["CellSpec", "masked", "SPECS", "LSTM_SPEC", "GRU_SPEC", "RNN_TANH_SPEC",
            "RNN_RELU_SPEC", "LAYER_NORM_LSTM_SPEC", "LAYER_NORM_GRU_SPEC", "PEEPHOLE_LSTM_SPEC", "LSTM_GATES",
            "GRU_GATES", "ELMAN_GATES"]
 
@@ -308,3 +313,14 @@ PEEPHOLE_LSTM_SPEC = CellSpec("PeepholeLSTM", _peephole_params, _peephole_step, 
 
 SPECS: dict[str, CellSpec] = {s.name: s for s in (LSTM_SPEC, GRU_SPEC, RNN_TANH_SPEC, RNN_RELU_SPEC,
                                                    LAYER_NORM_LSTM_SPEC, LAYER_NORM_GRU_SPEC, PEEPHOLE_LSTM_SPEC)}
+
+
+def __getattr__(name: str):
+    # rnnlab 0.1 kept the sequence types here; they moved below the kernels (kept one release)
+    if name in ("SequenceRun", "SequenceResult"):
+        from . import sequence
+
+        warnings.warn(f"rnnlab.cellspec.{name} is deprecated; use rnnlab.sequence.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(sequence, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -129,7 +129,7 @@ def option_step(cell_step: CellStep, p: Mapping[str, Tensor | None], h_mask: Ten
     """A cell's step bound to one layer-direction's parameters ``p`` (a missing bias absent or ``None``), with the
     layer options applied.
 
-    The options are :class:`rnnlab.cellspec.SequenceRun`'s: the recurrent-dropout mask ``h_mask`` (passed to the
+    The options are :class:`rnnlab.sequence.SequenceRun`'s: the recurrent-dropout mask ``h_mask`` (passed to the
     cell's step, which knows where ``h`` enters ``W_hh``), the zoneout keep tensors ``keep`` (one per state,
     ``(T, B, size)`` or ``None``) and, with ``record``, every step's new state and (with ``gates``, the cell's
     gate function) its gates, appended to the returned trace in the order the loop walks (``reverse``: from
@@ -172,7 +172,7 @@ def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: Sta
 
     Returns:
         ``(outputs (T, B, H_out), final state, cell states (T, B, H) or None, {gate: (T, B, H)} or None)``
-        (:data:`rnnlab.cellspec.SequenceResult`); the last two only with ``record`` (gates only with ``gates``).
+        (:data:`rnnlab.sequence.SequenceResult`); the last two only with ``record`` (gates only with ``gates``).
     """
     step, trace = option_step(cell_step, p, h_mask, keep, x.size(0), reverse, record, gates)
     out, final = recurrence(step, x, state, reverse=reverse, lengths=lengths)
