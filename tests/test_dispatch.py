@@ -1,0 +1,193 @@
+"""The one dispatch, :func:`rnnlab.kernels.run`: which code runs a layer-direction, and nothing else chooses.
+
+Each route is checked by what actually ran (a kernel that records its calls, or the autograd node a compiled kernel
+leaves), and the results by the reference loop's. Also: the structure the dispatch keeps small (at most six
+autograd Functions, at most eight C++ ops for torch's three cells) and the deprecated names of rnnlab 0.1.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import kernels
+from rnnlab.cellspec import GRU_SPEC, LSTM_SPEC
+from rnnlab.kernels import common, reference
+from rnnlab.sequence import SequenceRun
+
+SRC = Path(rnnlab.__file__).parent
+T, B, I, H = 5, 3, 4, 6
+
+
+def _spy(spec, answer=None):
+    """``spec`` with a kernel that records each call and returns ``answer(seq)`` (``None``: declines)."""
+    calls: list[SequenceRun] = []
+
+    def kernel(seq):
+        calls.append(seq)
+        return None if answer is None else answer(seq)
+
+    return dataclasses.replace(spec, name=f"Spy{spec.name}{id(calls)}", kernel=kernel), calls
+
+
+def _seq(spec=LSTM_SPEC, batch=B, **options) -> SequenceRun:
+    torch.manual_seed(0)
+    p = {k: torch.randn(s, dtype=torch.float64) * 0.3 for k, s in spec.params(I, H, True, 0).items()}
+    state = tuple(torch.zeros(batch, H, dtype=torch.float64) for _ in spec.state_names)
+    return SequenceRun(torch.randn(T, batch, I, dtype=torch.float64), state if len(state) > 1 else state[0], p,
+                       **options)
+
+
+def _same(a, b) -> None:
+    torch.testing.assert_close(a[0], b[0])
+    for s, r in zip(a[1] if isinstance(a[1], tuple) else (a[1],), b[1] if isinstance(b[1], tuple) else (b[1],)):
+        torch.testing.assert_close(s, r)
+
+
+def test_the_kernel_runs_when_it_covers_the_run_and_gets_the_spec():
+    spec, calls = _spy(LSTM_SPEC, lambda seq: reference.run(seq))
+    seq = _seq()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = kernels.run(spec, seq, "fused")
+    assert len(calls) == 1 and calls[0].cell is spec
+    _same(out, reference.run(dataclasses.replace(seq, cell=LSTM_SPEC)))
+
+
+@pytest.mark.parametrize("route", ["reference", "empty batch", "transform"])
+def test_the_reference_loop_runs_without_asking_the_kernel(route):
+    spec, calls = _spy(GRU_SPEC, lambda seq: pytest.fail("the kernel was asked"))
+    seq = _seq(GRU_SPEC, batch=0 if route == "empty batch" else B)
+    if route == "transform":
+        x = seq.x
+
+        def f(x):
+            return kernels.run(spec, dataclasses.replace(seq, x=x), "fused")[0].sum()
+
+        torch.func.grad(f)(x)
+    else:
+        kernels.run(spec, seq, "fused" if route == "empty batch" else "reference")
+    assert calls == []
+
+
+def test_a_declined_run_takes_the_reference_loop_and_warns_once(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    spec, calls = _spy(LSTM_SPEC)  # declines everything
+    seq = _seq()
+    with pytest.warns(UserWarning, match=rf"{spec.name}'s kernel does not cover this run .* reference loop"):
+        out = kernels.run(spec, seq, "fused")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.run(spec, seq, "fused")  # once per cell and reason
+    assert len(calls) == 2
+    _same(out, reference.run(dataclasses.replace(seq, cell=LSTM_SPEC)))
+
+
+def test_an_observer_without_a_sink_sees_the_reference_loop():
+    spec, calls = _spy(LSTM_SPEC, lambda seq: pytest.fail("the kernel was asked"))
+    wrapped = []
+
+    class Observer:
+        def wrap(self, step, state):
+            wrapped.append(True)
+            return step, state
+
+        def sink(self, seq):
+            return None
+
+    kernels.run(spec, _seq(), "fused", Observer())
+    assert wrapped == [True] and calls == []
+
+
+@pytest.mark.skipif(not common.compiled_available(), reason="needs the compiled kernels")
+def test_an_observer_sink_keeps_the_kernel_and_gets_the_outputs():
+    got = {}
+
+    class Sink:
+        def forward(self, cells, gates=None):
+            got["cells"] = cells
+
+        def backward(self, dh, dc):
+            got["dh"] = dh
+
+        def outputs(self, y):
+            got["y"] = y
+
+    class Observer:
+        def wrap(self, step, state):
+            raise AssertionError("the reference loop ran")
+
+        def sink(self, seq):
+            return Sink(), seq.state
+
+    seq = _seq()
+    seq = dataclasses.replace(seq, x=seq.x.requires_grad_())
+    out = kernels.run(LSTM_SPEC, seq, "fused", Observer())
+    out[0].sum().backward()
+    torch.testing.assert_close(got["y"], out[0].detach())
+    assert got["cells"].shape == (T, B, H) and got["dh"].shape == (T, B, H)
+
+
+def test_a_layer_pinned_to_an_unknown_backend_fails_at_construction():
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'; expected one of \['fused', 'reference'\]"):
+        rnnlab.LSTM(I, H, backend="fast")
+
+
+# -- the structure the dispatch keeps small ----------------------------------------------------------------------
+
+def _function_classes() -> list[str]:
+    found = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("autograd.Function") for b in node.bases):
+                found.append(f"{path.relative_to(SRC)}:{node.name}")
+    return found
+
+
+def test_at_most_six_autograd_functions_one_per_cell_family():
+    found = _function_classes()
+    assert len(found) <= 6, found
+
+
+def test_at_most_eight_ops_for_torchs_three_cells():
+    text = (SRC / "kernels" / "csrc" / "fused.cpp").read_text()
+    ops = re.findall(r'm\.def\("(\w+)\(', text)
+    assert len(ops) <= 8, ops
+
+
+# -- rnnlab 0.1's names: still working for one release, with a DeprecationWarning -----------------------------------
+
+def test_moved_names_warn_and_still_work():
+    with pytest.warns(DeprecationWarning, match=r"rnnlab\.sequence\.SequenceRun"):
+        from rnnlab.cellspec import SequenceRun as old
+    assert old is SequenceRun
+    with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.masks\.bernoulli_mask"):
+        from rnnlab.layers import bernoulli_mask
+    assert bernoulli_mask((4,), 1.0, torch.float32, torch.device("cpu")).sum() == 4
+
+
+def test_a_registered_backend_still_runs_torchs_cells(monkeypatch):
+    monkeypatch.setattr(kernels, "_legacy", {})
+    seen = []
+
+    def run_layer(mode, x, state, weights, *, reverse=False, lengths=None):
+        seen.append(mode)
+        return reference.run_layer(mode, x, state, weights, reverse=reverse, lengths=lengths)
+
+    with pytest.warns(DeprecationWarning, match="register_backend is deprecated"):
+        kernels.register_backend("mine", run_layer)
+    layer = rnnlab.GRU(I, H, backend="mine").double()
+    plain = rnnlab.GRU(I, H, backend="reference").double()
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.testing.assert_close(layer(x)[0], plain(x)[0])
+    assert seen and set(seen) == {"GRU"}
+    with pytest.warns(DeprecationWarning, match="resolve_backend is deprecated"):
+        assert kernels.resolve_backend("mine") is run_layer
