@@ -136,8 +136,57 @@ def test_an_observer_sink_keeps_the_kernel_and_gets_the_outputs():
 
 
 def test_a_layer_pinned_to_an_unknown_backend_fails_at_construction():
-    with pytest.raises(ValueError, match=r"unknown backend 'fast'; expected one of \['fused', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'; expected one of \['fused', 'reference', 'torch'\]"):
         rnnlab.LSTM(I, H, backend="fast")
+
+
+# -- backend="torch": torch's own op (what torch.nn runs, cuDNN on a GPU), tested on its CPU kernel -------------
+
+TORCH_CASES = {"lstm-proj-bi-2": (rnnlab.LSTM, torch.nn.LSTM, dict(num_layers=2, bidirectional=True, proj_size=3)),
+               "gru-bi": (rnnlab.GRU, torch.nn.GRU, dict(bidirectional=True)),
+               "rnn-relu-nobias": (rnnlab.RNN, torch.nn.RNN, dict(nonlinearity="relu", bias=False))}
+
+
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_the_torch_backend_equals_torch_nn_to_the_second_derivative(case):
+    ours_cls, theirs_cls, kw = TORCH_CASES[case]
+    torch.manual_seed(1)
+    theirs = theirs_cls(I, H, dtype=torch.float64, **kw)
+    ours = ours_cls(I, H, dtype=torch.float64, backend="torch", **kw)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # covered: no fallback warning
+        y = ours(x)[0]
+    torch.testing.assert_close(y, theirs(x)[0])
+    assert not any("rnnlab" in type(n).__module__ for n in _nodes(y))  # torch's op ran, not one of ours
+    g_ours = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)[0]
+    g_theirs = torch.autograd.grad(theirs(x)[0].pow(2).sum(), x, create_graph=True)[0]
+    torch.testing.assert_close(g_ours, g_theirs)
+    torch.testing.assert_close(torch.autograd.grad(g_ours.sum(), x)[0], torch.autograd.grad(g_theirs.sum(), x)[0])
+
+
+def _nodes(t):
+    seen, todo = [], [t.grad_fn]
+    while todo:
+        n = todo.pop()
+        if n is not None and n not in seen:
+            seen.append(n)
+            todo.extend(f for f, _ in n.next_functions)
+    return seen
+
+
+def test_the_torch_backend_leaves_options_and_variants_to_the_reference_loop(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    x = torch.randn(T, B, I)
+    with pytest.warns(UserWarning, match=r"torch's own op runs torch's cells without options, lengths or sinks, "
+                                         r"not this LayerNormLSTM run, so it runs on the reference loop"):
+        rnnlab.LayerNormLSTM(I, H, backend="torch")(x)
+    layer = rnnlab.LSTM(I, H, zoneout=0.2, backend="torch").eval()
+    reference_layer = rnnlab.LSTM(I, H, zoneout=0.2, backend="reference").eval()
+    reference_layer.load_state_dict(layer.state_dict())
+    with pytest.warns(UserWarning, match="not this LSTM run"):
+        torch.testing.assert_close(layer(x)[0], reference_layer(x)[0])
 
 
 # -- the structure the dispatch keeps small ----------------------------------------------------------------------

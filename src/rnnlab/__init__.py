@@ -40,6 +40,7 @@ checks that this list names every module::
         reference.py     the reference time loop: the truth every fast path is tested against, the fallback
         common.py        the compiled kernels' shared glue: the extension's ops, coverage, the GEMMs around a loop
         masks.py         the layer options' random masks (recurrent dropout, zoneout, DropConnect)
+        native.py        torch's own fused op (cuDNN on a GPU) for torch's cells: backend "torch", GPUs
         fused.py         torch's three cells (LSTM, GRU, Elman) and the layer options on compiled step loops
         layernorm.py     the layer-normalised LSTM and GRU
         peephole.py      the peephole LSTM

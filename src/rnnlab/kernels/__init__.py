@@ -8,7 +8,9 @@ the only place where a kernel is chosen:
    no backend pinned, under a torch.func transform or forward-mode AD, and for an empty batch;
 2. otherwise the cell's own whole-sequence **kernel**, ``spec.kernel(seq)`` (for torch's cells the compiled loops
    of :mod:`rnnlab.kernels.fused`; for the variants :mod:`~rnnlab.kernels.layernorm` and
-   :mod:`~rnnlab.kernels.peephole`), with a diagnostics gradient sink passed as ``seq.sink``;
+   :mod:`~rnnlab.kernels.peephole`), with a diagnostics gradient sink passed as ``seq.sink``; with the backend
+   ``"torch"``, torch's own fused op instead (:mod:`rnnlab.kernels.native`: what torch.nn runs, for measuring
+   against it on the same model);
 3. where the kernel **declines** (it returns ``None``: another device or dtype, no compiler) or the cell has none,
    the reference loop again, with a warning given once per cell and reason.
 
@@ -32,13 +34,13 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
-from . import fused, reference
+from . import fused, native, reference
 from .common import covers
 
 __all__ = ["run", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
            "transformed", "register_backend", "resolve_backend"]
 
-BACKENDS = ("fused", "reference")
+BACKENDS = ("fused", "reference", "torch")
 _default: str | None = None
 _warned: set[str] = set()
 
@@ -126,7 +128,9 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
         # ops give torch.nn's results there and under every transform, for every cell and option.
         return reference.run(seq, wrap)
     kernel: Callable[[SequenceRun], SequenceResult | None] | None = spec.kernel
-    if name in _legacy:
+    if name == "torch":
+        kernel = native.native_kernel
+    elif name in _legacy:
         kernel = _legacy_kernel(_legacy[name], kernel)
     if observer is not None:
         hook = observer.sink(seq) if kernel is not None and torch.is_grad_enabled() and covers(seq) else None
@@ -146,8 +150,12 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
 
 
 def _warn_reference_loop(cell: str, backend: str, declined: bool) -> None:
-    reason = (f"{cell}'s kernel does not cover this run (dtype, device or option)" if declined
-              else f"{cell} has no whole-sequence kernel")
+    if backend == "torch":
+        reason = (f"torch's own op runs torch's cells without options, lengths or sinks, not this {cell} run")
+    elif declined:
+        reason = f"{cell}'s kernel does not cover this run (dtype, device or option)"
+    else:
+        reason = f"{cell} has no whole-sequence kernel"
     if reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"{reason}, so it runs on the reference loop instead of the {backend!r} backend "
