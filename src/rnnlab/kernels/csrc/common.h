@@ -121,14 +121,16 @@ class StepGemm<float> {
  public:
   StepGemm(const float* w, bool trans, int m, int n, int k) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {
     const PackedApi& api = packed_api();
-    if (!api.ok() || w == nullptr) return;  // no W: an unused product (e.g. no projection)
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
     // and loses below 512x128 (2x slower at H=64: the packed call's fixed cost dominates tiny products).
-    if (static_cast<int64_t>(n) * k < min_packed_weights()) return;
-    packed_.resize(api.get_size(kBMatrix, m, n, k) / sizeof(float) + 1);
-    api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, m, n, k, 1.0f, w, trans ? k : n, packed_.data());
+    // No W: an unused product (e.g. no projection).
+    packable_ = api.ok() && w != nullptr && static_cast<int64_t>(n) * k >= min_packed_weights();
   }
   void operator()(const float* a, float beta, float* c) const {
+    // Packing costs about as much as several products, so it pays only over a sequence long enough: the first
+    // kPackAfter calls use plain sgemm, and W is packed at the next. A short run (generation steps one character
+    // at a time: T = 1) never packs; it took 10x longer with W_hh packed on every call (LSTM(64, 512), 1 thread).
+    if (packable_ && packed_.empty() && ++calls_ > kPackAfter) pack();
     if (packed_.empty()) {
       if (trans_) mm_nt<float>(m_, n_, k_, a, w_, beta, c);
       else mm_nn<float>(m_, n_, k_, a, w_, beta, c);
@@ -138,10 +140,19 @@ class StepGemm<float> {
   }
 
  private:
+  static constexpr int kPackAfter = 4;
+  void pack() const {
+    const PackedApi& api = packed_api();
+    packed_.resize(api.get_size(kBMatrix, m_, n_, k_) / sizeof(float) + 1);
+    api.pack(kRowMajor, kBMatrix, trans_ ? kTrans : kNoTrans, m_, n_, k_, 1.0f, w_, trans_ ? k_ : n_,
+             packed_.data());
+  }
   const float* w_;
   bool trans_;
   int m_, n_, k_;
-  std::vector<float> packed_;
+  bool packable_ = false;
+  mutable int calls_ = 0;                   // the products so far (a StepGemm serves one sequence, one thread)
+  mutable std::vector<float> packed_;
 };
 
 // ---- activations ----------------------------------------------------------------------------------------------
