@@ -33,7 +33,7 @@ the reference loop, and the layer says so once with a warning when a faster back
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -159,26 +159,26 @@ def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[st
     return step, gates
 
 
-# The options' kernels (recurrent dropout, zoneout, all-step outputs on the compiled loops), imported on first
-# use: rnnlab.kernels.options imports this module.
+# torch's cells' kernels (rnnlab.kernels.fused: the plain runs and the options on the compiled loops), imported on
+# first use; a run without a cell gets this one (the double-backward route reruns it).
 def _lstm_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import lstm_kernel
-    return lstm_kernel(run)
+    from .kernels.fused import lstm_kernel
+    return lstm_kernel(run if run.cell is not None else replace(run, cell=LSTM_SPEC))
 
 
 def _gru_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import gru_kernel
-    return gru_kernel(run)
+    from .kernels.fused import gru_kernel
+    return gru_kernel(run if run.cell is not None else replace(run, cell=GRU_SPEC))
 
 
 def _rnn_tanh_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import rnn_kernel
-    return rnn_kernel(run, relu=False)
+    from .kernels.fused import rnn_tanh_kernel
+    return rnn_tanh_kernel(run if run.cell is not None else replace(run, cell=RNN_TANH_SPEC))
 
 
 def _rnn_relu_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import rnn_kernel
-    return rnn_kernel(run, relu=True)
+    from .kernels.fused import rnn_relu_kernel
+    return rnn_relu_kernel(run if run.cell is not None else replace(run, cell=RNN_RELU_SPEC))
 
 
 LSTM_SPEC = CellSpec("LSTM", _torch_params(4, proj=True), _lstm_step, _lstm_gates, ("h", "c"), mode="LSTM",

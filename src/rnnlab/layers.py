@@ -453,9 +453,9 @@ class RNNBase(nn.Module):
                     hook = self._kernel_sink(observer, backend, layer, direction, x, state)
                 if hook is not None:  # the compiled kernel, feeding the observer's sink
                     sink, state = hook
-                    out, final = fused.run_layer(cast(str, self.spec.mode), x, state,
-                                                 _kernel_weights(p, self.proj_size), reverse=direction == 1,
-                                                 lengths=lengths, sink=sink)
+                    out, final = fused._run_layer(cast(str, self.spec.mode), x, state,
+                                                  _kernel_weights(p, self.proj_size), reverse=direction == 1,
+                                                  lengths=lengths, sink=sink)
                     sink.outputs(out.detach())
                 elif on_loop or observer is not None:
                     h_mask, keep = self._masks(state, T)

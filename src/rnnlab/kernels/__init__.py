@@ -76,4 +76,4 @@ def resolve_backend(name: str | None) -> RunLayer:
 # The fused path (compiled step loops, hand-written backward) is the default; "reference" stays selectable.
 from . import fused  # noqa: E402  (registered after the registry exists)
 
-register_backend("fused", fused.run_layer, preferred=True)
+register_backend("fused", fused._run_layer, preferred=True)  # until rnnlab.kernels.run
