@@ -183,7 +183,7 @@ class LSTM(torch.autograd.Function):
         xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates
         Y, hn, cn, C, M, CR = ops().lstm_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
                                                  w_hh.contiguous(), dense(w_hr), lengths, reverse, True,
-                                                 dense(h_mask), keep_h, keep_c, record)
+                                                 dense(h_mask), dense(keep_h), dense(keep_c), record)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, xw, C, M, CR, Y, lengths, h_mask, keep_h, keep_c, b_ih,
                               b_hh)
         ctx.reverse, ctx.sink, ctx.record, ctx.gates, ctx.cell = reverse, sink, record, gates, cell
@@ -206,8 +206,8 @@ class LSTM(torch.autograd.Function):
         h0c = h0.contiguous()
         dG, dh0, dc0, dH, db, sink_h, sink_c = ops().lstm_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), grad_or_zeros(dcn, c0), gates, C, _incoming(CR),
-            c0.contiguous(), w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), keep_h, keep_c,
-            _incoming(dC), _incoming(dGates), ctx.sink is not None)
+            c0.contiguous(), w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), dense(keep_h),
+            dense(keep_c), _incoming(dC), _incoming(dGates), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, sink_c)
         T, B, _ = dG.shape
@@ -234,7 +234,7 @@ class GRU(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         xw = projection(x, w_ih)  # (T, B, 3H), becomes r, z, n
         Y, hn, HN = ops().gru_forward(xw, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
-                                      bias_sum(w_hh, b_hh), lengths, reverse, True, dense(h_mask), keep_h)
+                                      bias_sum(w_hh, b_hh), lengths, reverse, True, dense(h_mask), dense(keep_h))
         ctx.save_for_backward(x, h0, w_ih, w_hh, xw, HN, Y, lengths, h_mask, keep_h, b_ih, b_hh)
         ctx.reverse, ctx.sink, ctx.gates, ctx.cell = reverse, sink, gates, cell
         if sink is not None:
@@ -254,7 +254,7 @@ class GRU(torch.autograd.Function):
         h0c = h0.contiguous()
         dGx, dHn, dh0, db_ih, db_hh, sink_h = ops().gru_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse,
-            dense(h_mask), keep_h, _incoming(dGates), ctx.sink is not None)
+            dense(h_mask), dense(keep_h), _incoming(dGates), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
         dx, dw_ih = input_grads(ctx, dGx, x, w_ih, 0, 2)
@@ -283,7 +283,7 @@ class Elman(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         Y = projection(x, w_ih)  # (T, B, H), becomes the output in place
         hn, HR, PRE = ops().rnn_forward(Y, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), w_hh.contiguous(), relu,
-                                        lengths, reverse, True, dense(h_mask), keep_h, gates or sink is not None)
+                                        lengths, reverse, True, dense(h_mask), dense(keep_h), gates or sink is not None)
         ctx.save_for_backward(x, h0, w_ih, w_hh, Y, HR, lengths, h_mask, keep_h, b_ih, b_hh)
         ctx.reverse, ctx.relu, ctx.sink, ctx.gates, ctx.cell = reverse, relu, sink, gates, cell
         ctx.has_b = (b_ih is not None, b_hh is not None)
@@ -303,7 +303,7 @@ class Elman(torch.autograd.Function):
                 ctx.cell), (dY, dhn, dPre))
         dG, dh0, db, sink_h = ops().rnn_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), Y, _incoming(HR), w_hh.contiguous(), ctx.relu, lengths,
-            ctx.reverse, dense(h_mask), keep_h, _incoming(dPre), ctx.sink is not None)
+            ctx.reverse, dense(h_mask), dense(keep_h), _incoming(dPre), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
         dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)
