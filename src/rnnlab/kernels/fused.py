@@ -105,19 +105,6 @@ def _plain(seq: SequenceRun) -> bool:
     return seq.h_mask is None and all(k is None for k in seq.keep) and not seq.gates
 
 
-def _placeholders(ctx: Any, *outs: Tensor) -> None:
-    """Mark the size-0 placeholder outputs (options not asked for) as non-differentiable."""
-    empty = [o for o in outs if o.numel() == 0]
-    if empty:
-        ctx.mark_non_differentiable(*empty)
-
-
-def _incoming(g: Tensor | None) -> Tensor | None:
-    """A recorded output's incoming gradient for the compiled backward: ``None`` when it has none (or the output
-    was a placeholder), else contiguous."""
-    return None if g is None or g.numel() == 0 else g.contiguous()
-
-
 def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """The states as they enter W_hh: ``(Y * mask, h0 * mask)`` with recurrent dropout, else ``(Y, h0)``."""
     if h_mask is None:
@@ -173,8 +160,8 @@ def _elman_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask, k
 class LSTM(torch.autograd.Function):
     """LSTM layer-direction (projections included); inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
     reverse, h_mask, keep_h, keep_c, record, gates, sink, cell`` (an option that is off: ``None``/``False``);
-    outputs ``Y, h_n, c_n, C (T,B,H) or empty, gates (T,B,4H) or empty``. ``cell`` is the spec whose step the
-    double-backward route reruns."""
+    outputs ``Y, h_n, c_n, C (T,B,H) or None, gates (T,B,4H) or None`` (an output not asked for is ``None``, and
+    so is its incoming gradient). ``cell`` is the spec whose step the double-backward route reruns."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, keep_h, keep_c,  # type: ignore[override]
@@ -190,10 +177,7 @@ class LSTM(torch.autograd.Function):
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
             sink.forward(C.detach(), xw.detach())
-        C_out = C if record else C.new_empty(0)
-        G_out = xw if gates else xw.new_empty(0)
-        _placeholders(ctx, C_out, G_out)
-        return Y, hn, cn, C_out, G_out
+        return Y, hn, cn, C if record else None, xw if gates else None
 
     @staticmethod
     def backward(ctx, dY, dhn, dcn, dC, dGates):  # type: ignore[override]
@@ -205,9 +189,9 @@ class LSTM(torch.autograd.Function):
                 ctx.gates, ctx.sink, ctx.cell), (dY, dhn, dcn, dC, dGates))
         h0c = h0.contiguous()
         dG, dh0, dc0, dH, db, sink_h, sink_c = ops().lstm_backward(
-            grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), grad_or_zeros(dcn, c0), gates, C, _incoming(CR),
+            grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), grad_or_zeros(dcn, c0), gates, C, CR,
             c0.contiguous(), w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), dense(keep_h),
-            dense(keep_c), _incoming(dC), _incoming(dGates), ctx.sink is not None)
+            dense(keep_c), dense(dC), dense(dGates), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, sink_c)
         T, B, _ = dG.shape
@@ -226,7 +210,7 @@ class LSTM(torch.autograd.Function):
 
 class GRU(torch.autograd.Function):
     """GRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink,
-    cell``; outputs ``Y, h_n, gates (T,B,3H) or empty`` (see :class:`LSTM`)."""
+    cell``; outputs ``Y, h_n, gates (T,B,3H) or None`` (see :class:`LSTM`)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink,  # type: ignore[override]
@@ -239,9 +223,7 @@ class GRU(torch.autograd.Function):
         ctx.reverse, ctx.sink, ctx.gates, ctx.cell = reverse, sink, gates, cell
         if sink is not None:
             sink.forward(None, xw.detach())
-        G_out = xw if gates else xw.new_empty(0)
-        _placeholders(ctx, G_out)
-        return Y, hn, G_out
+        return Y, hn, xw if gates else None
 
     @staticmethod
     def backward(ctx, dY, dhn, dGates):  # type: ignore[override]
@@ -254,7 +236,7 @@ class GRU(torch.autograd.Function):
         h0c = h0.contiguous()
         dGx, dHn, dh0, db_ih, db_hh, sink_h = ops().gru_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse,
-            dense(h_mask), dense(keep_h), _incoming(dGates), ctx.sink is not None)
+            dense(h_mask), dense(keep_h), dense(dGates), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
         dx, dw_ih = input_grads(ctx, dGx, x, w_ih, 0, 2)
@@ -273,7 +255,7 @@ class GRU(torch.autograd.Function):
 
 class Elman(torch.autograd.Function):
     """Elman (tanh, or relu with ``relu``) layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, lengths,
-    reverse, relu, h_mask, keep_h, gates, sink, cell``; outputs ``Y, h_n, pre-activation (T,B,H) or empty`` (see
+    reverse, relu, h_mask, keep_h, gates, sink, cell``; outputs ``Y, h_n, pre-activation (T,B,H) or None`` (see
     :class:`LSTM`). With a sink the pre-activation is formed for the sink's gate statistics even when not asked
     for."""
 
@@ -289,9 +271,7 @@ class Elman(torch.autograd.Function):
         ctx.has_b = (b_ih is not None, b_hh is not None)
         if sink is not None:
             sink.forward(None, PRE.detach())
-        pre = PRE if gates else PRE.new_empty(0)
-        _placeholders(ctx, pre)
-        return Y, hn, pre
+        return Y, hn, PRE if gates else None
 
     @staticmethod
     def backward(ctx, dY, dhn, dPre):  # type: ignore[override]
@@ -302,8 +282,8 @@ class Elman(torch.autograd.Function):
                 x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.relu, h_mask, keep_h, ctx.gates, ctx.sink,
                 ctx.cell), (dY, dhn, dPre))
         dG, dh0, db, sink_h = ops().rnn_backward(
-            grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), Y, _incoming(HR), w_hh.contiguous(), ctx.relu, lengths,
-            ctx.reverse, dense(h_mask), dense(keep_h), _incoming(dPre), ctx.sink is not None)
+            grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), Y, HR, w_hh.contiguous(), ctx.relu, lengths, ctx.reverse,
+            dense(h_mask), dense(keep_h), dense(dPre), ctx.sink is not None)
         if ctx.sink is not None:
             ctx.sink.backward(sink_h, None)
         dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)

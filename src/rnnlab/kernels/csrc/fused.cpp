@@ -15,7 +15,8 @@
 // reference loop.
 //
 // One op per cell and pass (forward, backward; and a cache-resident inference forward without options): the
-// layer options and the gradient sink are its trailing arguments, None/false when off.
+// layer options and the gradient sink are its trailing arguments, None/false when off, and an output that is not
+// asked for is None (nothing allocated).
 #include "common.h"
 
 #include <type_traits>
@@ -69,6 +70,18 @@ inline void with_options(bool on, F&& f) {
 
 // Whether an optional tensor argument is given (an option that is off is None, or an undefined tensor).
 inline bool given(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// An (n, B, F) output when it is asked for, else an undefined tensor (None in Python): an output of an option
+// that is off costs nothing.
+inline Tensor output_if(bool wanted, int n, int B, int F, const Tensor& like) {
+  return wanted ? at::empty({n, B, F}, like.options()) : Tensor();
+}
+
+// The data of an output from output_if, or nullptr.
+template <typename T>
+T* out_ptr(Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
@@ -153,7 +166,7 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
 
 // xw (T,B,4H) is x W_ih^T, overwritten with the activated gates i,f,g,o (the recorded gates); bias (4H,) = b_ih +
 // b_hh is added in the gate loop (no broadcast copy). The options (FwdOptions) are None when off.
-// Returns Y (T,B,P) (the blended h), h_n, c_n, and (else empty): C (T,B,H) every step's c_t (blended; padding steps
+// Returns Y (T,B,P) (the blended h), h_n, c_n, and (else None): C (T,B,H) every step's c_t (blended; padding steps
 // hold the carried state) when train or record; M = o*tanh(c~) (T,B,H) with projections when train; CR = c~_t
 // (un-blended) when train with zoneout on c.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
@@ -165,21 +178,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const bool proj = given(w_hr), zc = given(keep_c);
   Tensor Y = at::empty({Tn, B, P}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
-  Tensor Cs = at::empty({train || record ? Tn : 0, B, H}, xw.options());
-  Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
-  Tensor CR = at::empty({train && zc ? Tn : 0, B, H}, xw.options());
+  Tensor Cs = output_if(train || record, Tn, B, H, xw);
+  Tensor Ms = output_if(train && proj, Tn, B, H, xw);
+  Tensor CR = output_if(train && zc, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
     FwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
     opt.keep_c = opt_ptr<scalar_t>(keep_c);
-    opt.raw = train && zc ? CR.data_ptr<scalar_t>() : nullptr;
+    opt.raw = out_ptr<scalar_t>(CR);
     with_options(opt.h_mask || opt.keep_h || opt.keep_c, [&](auto ex) {
       lstm_forward_impl<scalar_t, decltype(ex)::value>(
           xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
           opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
-          h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), train || record ? Cs.data_ptr<scalar_t>() : nullptr,
-          train && proj ? Ms.data_ptr<scalar_t>() : nullptr, opt);
+          h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), out_ptr<scalar_t>(Cs), out_ptr<scalar_t>(Ms), opt);
     });
   });
   return {Y, h, c, Cs, Ms, CR};
@@ -343,7 +355,7 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
 
 // Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0, with
 // projections dH (T,B,P) = dL/dh~_t for every step (for dW_hr; after zoneout's 1 - k), db (4H,) = sum of dG over T
-// and B, and, when sink, the per-step totals dL/dh_t (T,B,P) and dL/dc_t (T,B,H) (else empty). The options
+// and B, and, when sink, the per-step totals dL/dh_t (T,B,P) and dL/dc_t (T,B,H) (else None). The options
 // (BwdOptions) are None when off: CR (c~, with zoneout on c), the masks, the recorded outputs' incoming gradients
 // dC (T,B,H) and dgates (T,B,4H).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
@@ -356,10 +368,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const bool proj = given(w_hr);
   Tensor dh = dhn.clone(), dc = dcn.clone();
   Tensor dG = at::empty_like(gates);
-  Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
+  Tensor dHs = output_if(proj, Tn, B, P, gates);
   Tensor db = at::zeros({4 * H}, gates.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, P}, gates.options());
-  Tensor sink_c = at::empty({sink ? Tn : 0, B, H}, gates.options());
+  Tensor sink_h = output_if(sink, Tn, B, P, gates), sink_c = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
@@ -368,14 +379,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     opt.raw = opt_ptr<scalar_t>(CR);
     opt.dC = opt_ptr<scalar_t>(dC);
     opt.dgates = opt_ptr<scalar_t>(dgates);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
-    opt.sink_c = sink ? sink_c.data_ptr<scalar_t>() : nullptr;
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
+    opt.sink_c = out_ptr<scalar_t>(sink_c);
     with_options(opt.h_mask || opt.keep_h || opt.keep_c || opt.raw || opt.dC || opt.dgates || sink, [&](auto ex) {
       lstm_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
           w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P,
           dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-          proj ? dHs.data_ptr<scalar_t>() : nullptr, db.data_ptr<scalar_t>(), opt);
+          out_ptr<scalar_t>(dHs), db.data_ptr<scalar_t>(), opt);
     });
   });
   return {dG, dh, dc, dHs, db, sink_h, sink_c};
@@ -455,7 +466,7 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
 
 // xw (T,B,3H) is x W_ih^T, overwritten with r, z, n (the recorded gates); the biases are added in the gate loop.
 // The options (FwdOptions: h_mask, keep_h) are None when off. Returns Y (T,B,H) (the blended h), h_n and, when
-// train, HN (T,B,H) = W_hn (h_{t-1} * mask) + b_hn (else empty).
+// train, HN (T,B,H) = W_hn (h_{t-1} * mask) + b_hn (else None).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, const Tensor& h0, const Tensor& w_hh,
                                                const Tensor& b_hh, const std::optional<Tensor>& lengths, bool reverse,
                                                bool train, const std::optional<Tensor>& h_mask,
@@ -463,7 +474,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
-  Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
+  Tensor HN = output_if(train, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
     FwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
@@ -472,7 +483,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
       gru_forward_impl<scalar_t, decltype(ex)::value>(
           xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
           b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
-          h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr, opt);
+          h.data_ptr<scalar_t>(), out_ptr<scalar_t>(HN), opt);
     });
   });
   return {Y, h, HN};
@@ -604,7 +615,7 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
 
 // Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dHn (T,B,H) (of W_hn h + b_hn; the r, z blocks of the
 // gradient of h W_hh^T + b_hh are dGx's), dh0, db_ih, db_hh and, when sink, dL/dh_t (T,B,H) of every step (else
-// empty). The options (BwdOptions: the masks, the recorded gates' incoming gradient dgates (T,B,3H)) are None when
+// None). The options (BwdOptions: the masks, the recorded gates' incoming gradient dgates (T,B,3H)) are None when
 // off.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& dY, const Tensor& dhn, const Tensor& gates, const Tensor& HN, const Tensor& Y, const Tensor& h0,
@@ -614,13 +625,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh = dhn.clone();
   Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, gates.options());
+  Tensor sink_h = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
     opt.dgates = opt_ptr<scalar_t>(dgates);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
     with_options(opt.h_mask || opt.keep_h || opt.dgates || sink, [&](auto ex) {
       gru_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
@@ -693,7 +704,7 @@ void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64
 
 // xw (T,B,H) is x W_ih^T and becomes the output Y (the blended h) in place; bias (H,) = b_ih + b_hh. The options
 // (FwdOptions: h_mask, keep_h) are None when off. Returns h_n, HR (T,B,H) = the activated h~_t when train with
-// zoneout, and PRE (T,B,H) the pre-activation when pre (each else empty).
+// zoneout, and PRE (T,B,H) the pre-activation when pre (each else None).
 std::tuple<Tensor, Tensor, Tensor> rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh,
                                                bool relu, const std::optional<Tensor>& lengths, bool reverse,
                                                bool train, const std::optional<Tensor>& h_mask,
@@ -701,14 +712,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(Tensor xw, const Tensor& bias, co
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
   const bool zh = given(keep_h);
   Tensor h = h0.clone();
-  Tensor HR = at::empty({train && zh ? Tn : 0, B, H}, xw.options());
-  Tensor PRE = at::empty({pre ? Tn : 0, B, H}, xw.options());
+  Tensor HR = output_if(train && zh, Tn, B, H, xw), PRE = output_if(pre, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
     FwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    opt.raw = train && zh ? HR.data_ptr<scalar_t>() : nullptr;
-    opt.pre = pre ? PRE.data_ptr<scalar_t>() : nullptr;
+    opt.raw = out_ptr<scalar_t>(HR);
+    opt.pre = out_ptr<scalar_t>(PRE);
     with_options(opt.h_mask || opt.keep_h || opt.pre, [&](auto ex) {
       rnn_forward_impl<scalar_t, decltype(ex)::value>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                                                       w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths), reverse,
@@ -787,7 +797,7 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
 }
 
 // Returns dG (T,B,H) (gradient of the pre-activation), dh0, db (H,) and, when sink, dL/dh_t (T,B,H) of every step
-// (else empty). The options (BwdOptions: HR (h~, with zoneout), the masks, the recorded pre-activation's incoming
+// (else None). The options (BwdOptions: HR (h~, with zoneout), the masks, the recorded pre-activation's incoming
 // gradient dpre (T,B,H)) are None when off.
 std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
                                                         const std::optional<Tensor>& HR, const Tensor& w_hh,
@@ -799,14 +809,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const 
   Tensor dh = dhn.clone();
   Tensor dG = at::empty_like(Y);
   Tensor db = at::zeros({H}, Y.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, Y.options());
+  Tensor sink_h = output_if(sink, Tn, B, H, Y);
   AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
     opt.raw = opt_ptr<scalar_t>(HR);
     opt.dgates = opt_ptr<scalar_t>(dpre);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
     with_options(opt.h_mask || opt.keep_h || opt.raw || opt.dgates || sink, [&](auto ex) {
       rnn_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
