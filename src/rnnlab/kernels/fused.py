@@ -147,11 +147,8 @@ def _gru_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, g
     return Y, hn, G
 
 
-def _elman_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, h_mask, keep_h, gates, sink,
-                cell) -> tuple[Tensor | None, ...]:
-    Y, hn, _, G = _on_loop(cell, x, h0, _params(w_ih, w_hh, b_ih, b_hh), reverse, lengths, h_mask, (keep_h,), False,
-                           gates)
-    return Y, hn, G
+def _elman_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, *options) -> tuple[Tensor | None, ...]:
+    return _gru_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, *options)  # the cell knows its activation
 
 
 # -- the autograd Functions: one per cell family, one op per pass --------------------------------------------------
