@@ -205,7 +205,7 @@ def test_reference_loop_fallback_warns_once_per_reason(monkeypatch):
         warnings.simplefilter("error")
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)  # the options run on LSTM_SPEC's kernel: no warning
     # a run the kernel declines (here: as if the compiled loops were missing) still warns, once
-    monkeypatch.setattr(rnnlab.kernels.fused, "compiled_available", lambda: False)
+    monkeypatch.setattr(rnnlab.kernels.common, "compiled_available", lambda: False)
     with pytest.warns(UserWarning, match=r"LSTM: LSTM's kernel does not cover this run \(dtype, device or option\), "
                                          r"so it runs on the reference loop"):
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)
