@@ -189,6 +189,20 @@ def test_the_torch_backend_leaves_options_and_variants_to_the_reference_loop(mon
         torch.testing.assert_close(layer(x)[0], reference_layer(x)[0])
 
 
+def test_torchs_cells_on_another_device_hand_over_to_torchs_op(monkeypatch):
+    """A plain layer moved to a GPU runs cuDNN, not the Python loop. No GPU here: the routing is checked on
+    tensors of the meta device (the compiled loops decline it), with torch's op replaced by a spy."""
+    from rnnlab.kernels import fused, native
+
+    seen = []
+    monkeypatch.setattr(native, "native_kernel", lambda seq: seen.append(seq.cell.mode) or "torch's op")
+    seq = _seq()
+    meta = dataclasses.replace(seq, x=seq.x.to("meta"), state=tuple(s.to("meta") for s in seq.state),
+                               p={k: v.to("meta") for k, v in seq.p.items()}, cell=LSTM_SPEC)
+    assert fused.lstm_kernel(meta) == "torch's op" and seen == ["LSTM"]
+    assert fused.lstm_kernel(dataclasses.replace(seq, x=seq.x.bfloat16(), cell=LSTM_SPEC)) is None  # CPU: declined
+
+
 # -- the structure the dispatch keeps small ----------------------------------------------------------------------
 
 def _function_classes() -> list[str]:

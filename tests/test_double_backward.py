@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -34,8 +34,9 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from rnnlab.cellspec import RNN_TANH_SPEC
-from rnnlab.kernels import fused, reference
+from rnnlab.cellspec import RNN_TANH_SPEC, SPECS
+from rnnlab.kernels import common, fused, reference
+from rnnlab.sequence import SequenceRun
 
 pytestmark = pytest.mark.usefixtures("compiled_kernels")  # the fused cases must run the compiled kernels
 
@@ -44,8 +45,9 @@ LENGTHS = torch.tensor([1, 3])  # unequal and unsorted (enforce_sorted=False)
 BACKENDS = ("fused", "reference")
 F64 = torch.float64
 # the autograd Functions of the compiled kernels, as their backward nodes are named in a graph
-KERNEL_NODES = {f"{name}Backward" for name in ("_LSTM", "_GRU", "_RNN", "LSTMEx", "GRUEx", "RNNEx", "_LNLSTM",
-                                                 "_LNGRU", "_Peephole")}
+KERNEL_NODES = {f"{name}Backward" for name in ("LSTM", "GRU", "Elman", "_LNLSTM", "_LNGRU", "_Peephole")}
+KERNELS = {"LSTM": fused.lstm_kernel, "GRU": fused.gru_kernel, "RNN_TANH": fused.rnn_tanh_kernel,
+           "RNN_RELU": fused.rnn_relu_kernel}
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,10 @@ def test_gradient_sink_under_create_graph(mode: str) -> None:
         sink = _Sink()
         s = state if mode == "LSTM" else state[0]
         if run == "fused":
-            Y, _ = fused.run_layer(mode, x, s, weights, reverse=True, lengths=LENGTHS, sink=sink)
+            p = dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), weights))
+            result = KERNELS[mode](SequenceRun(x, s, p, True, LENGTHS, sink=sink, cell=SPECS[mode]))
+            assert result is not None
+            Y = result[0]
         else:
             Y, _ = reference.run_layer(mode, x, s, weights, reverse=True, lengths=LENGTHS)
         dx, = torch.autograd.grad((Y * probe).sum(), x, create_graph=create_graph)
@@ -380,16 +385,21 @@ def test_gradient_sink_under_create_graph(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_RELU"])
-def test_pure_pytorch_fallback(mode: str) -> None:
-    """The fused backend without its compiled loops (no compiler, another dtype or device) is autograd ops: its
-    second derivatives equal the reference loop's too."""
+@pytest.mark.parametrize("covered", [True, False])
+@pytest.mark.filterwarnings("ignore:rnnlab.kernels.fused.run_layer is deprecated:DeprecationWarning")
+def test_deprecated_run_layer(mode: str, covered: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deprecated ``fused.run_layer`` (no cell spec: its runs rerun torch's step of ``mode``), on a kernel and
+    where the kernel declines (no compiler, another dtype or device: the reference loop): its second derivatives
+    equal the reference loop's."""
+    if not covered:
+        monkeypatch.setattr(common, "compiled_available", lambda: False)
     layer = {"LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU, "RNN_RELU": rnnlab.RNN}[mode](2, 3, dtype=F64)
     weights = [w.detach().requires_grad_() for w in layer.layer_weights(0)]
     g = torch.Generator().manual_seed(9)
     x0 = torch.randn(T, B, I, generator=g, dtype=F64)
     state = tuple(torch.randn(B, H + 1, generator=g, dtype=F64) for _ in range(1 + (mode == "LSTM")))
     results = []
-    for run in (fused._run_fallback, reference.run_layer):
+    for run in (fused.run_layer, reference.run_layer):
         x = x0.clone().requires_grad_()
         s = state if mode == "LSTM" else state[0]
         Y, _ = run(mode, x, s, weights, reverse=True, lengths=LENGTHS)
@@ -401,16 +411,17 @@ def test_pure_pytorch_fallback(mode: str) -> None:
 
 def test_an_output_the_loop_does_not_compute_raises() -> None:
     """The guard: an output with a gradient that the reference loop does not rerun raises, never a silent zero
-    (the sink's Elman run returns the pre-activation for the sink's statistics, with no cell to rerun it)."""
+    (here the recorded pre-activation of an Elman run whose cell has no gate function to rerun it)."""
     layer = rnnlab.RNN(2, 3, dtype=F64)
     w_ih, w_hh, b_ih, b_hh = (w.detach().requires_grad_() for w in layer.layer_weights(0))
     x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
     h0 = torch.zeros(B, 3, dtype=F64)
-    Y, _, pre = fused.RNNEx.apply(x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False, None, None, True, None, None)
+    no_gates = replace(RNN_TANH_SPEC, gates=None)
+    Y, _, pre = fused.Elman.apply(x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False, None, None, True, None, no_gates)
     with pytest.raises(RuntimeError, match="does not compute output 2"):
         torch.autograd.grad((Y.sum() + pre.pow(2).sum()), x, create_graph=True)
     # with the cell it reruns the pre-activation too
-    Y, _, pre = fused.RNNEx.apply(x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False, None, None, True, None,
+    Y, _, pre = fused.Elman.apply(x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False, None, None, True, None,
                                   RNN_TANH_SPEC)
     dx, = torch.autograd.grad((Y.sum() + pre.pow(2).sum()), x, create_graph=True)
     plain, = torch.autograd.grad((Y.sum() + pre.pow(2).sum()), x)

@@ -1,8 +1,10 @@
-"""The fused backend against the reference loop: outputs, final states and every gradient, on the same weights.
+"""torch's cells' kernels (rnnlab.kernels.fused) against the reference loop: outputs, final states and every
+gradient, on the same weights.
 
-The compiled step loops (C++, built on first use) and the pure-PyTorch fallback are both checked; the
-hand-written backward is also checked by gradcheck in float64. tests/test_layers.py separately runs the whole
-torch.nn equivalence grid on every registered backend, "fused" included.
+The kernels run the compiled step loops (C++, built on first use); where those do not cover a run, a kernel
+declines and the reference loop runs it (checked too). The hand-written backward is also checked by gradcheck in
+float64. The options on the same kernels: tests/test_options_kernel.py. tests/test_layers.py separately runs the
+whole torch.nn equivalence grid on every registered backend, "fused" included.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnlab
-from rnnlab.kernels import _extension, fused, get_backend, reference, resolve_backend
+from rnnlab.cellspec import SPECS
+from rnnlab.kernels import _extension, common, fused, get_backend, reference, resolve_backend
+from rnnlab.sequence import SequenceRun
 from _tolerance import assert_float32_runs_close, rounding_perturbed
 
 TOL = 1e-5
 MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+KERNELS = {"LSTM": fused.lstm_kernel, "GRU": fused.gru_kernel, "RNN_TANH": fused.rnn_tanh_kernel,
+           "RNN_RELU": fused.rnn_relu_kernel}
+NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def kernel_run(mode, x, state, weights, *, reverse=False, lengths=None):
+    """One layer-direction on ``mode``'s kernel, with torch's cell as the run's ``cell``; it must cover the run."""
+    p = {name: w for name, w in zip(NAMES, weights) if w is not None}
+    result = KERNELS[mode](SequenceRun(x, state, p, reverse, lengths, cell=SPECS[mode]))
+    assert result is not None, "the kernel declined"
+    return result[0], result[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +85,7 @@ def _assert_close(a, b, tol=TOL, what=""):
 
 
 def _assert_same_as_reference(mode, x, state, weights, reverse, lengths, wanted, what="") -> None:
-    """fused.run_layer against reference.run_layer (float32): outputs, final states and the wanted gradients,
+    """The kernel against reference.run_layer (float32): outputs, final states and the wanted gradients,
     bounded against the reference loop's float64 run on the same values as tests/_tolerance.py describes."""
     def named(run: tuple) -> dict[str, torch.Tensor]:
         return {"outputs": run[0], **{f"final state {k}": f for k, f in enumerate(run[1])},
@@ -82,7 +97,7 @@ def _assert_same_as_reference(mode, x, state, weights, reverse, lengths, wanted,
         return named(_run_with_grads(reference.run_layer, mode, move(x), state64 if len(state64) == 2 else state64[0],
                                      [None if w is None else move(w) for w in weights], reverse, lengths, wanted))
 
-    got = named(_run_with_grads(fused.run_layer, mode, x, state, weights, reverse, lengths, wanted))
+    got = named(_run_with_grads(kernel_run, mode, x, state, weights, reverse, lengths, wanted))
     want = named(_run_with_grads(reference.run_layer, mode, x, state, weights, reverse, lengths, wanted))
     assert_float32_runs_close(got, want, float64_run(None), f"{mode} {what}", terms=x.size(0) * x.size(1),
                               perturbed_run=float64_run)
@@ -107,7 +122,7 @@ def test_fused_equals_reference_outputs_and_all_gradients(mode, P, bias, reverse
     everything = set(range(1 + len(_flat(state)) + len(weights))) - {
         i for i, w in enumerate(weights, start=1 + len(_flat(state))) if w is None}
     _assert_same_as_reference(mode, x, state, weights, reverse, lengths, everything)
-    got = _run_with_grads(fused.run_layer, mode, x, state, weights, reverse, lengths, set())
+    got = _run_with_grads(kernel_run, mode, x, state, weights, reverse, lengths, set())
     if use_lengths:  # padded steps output exactly zero
         for b_, n in enumerate(lengths.tolist()):
             assert torch.all(got[0][n:, b_] == 0)
@@ -122,7 +137,7 @@ def test_requires_grad_on_any_subset(mode):
     lengths = torch.tensor([5, 2, 4])
     subsets = [{0}, {1}, {n - 1}, {0, 2}, set(range(1, n)), set(range(n)), set()]
     for wanted in subsets:
-        got = _run_with_grads(fused.run_layer, mode, x, state, weights, True, lengths, wanted)
+        got = _run_with_grads(kernel_run, mode, x, state, weights, True, lengths, wanted)
         assert len(got[2]) == len(wanted)
         _assert_same_as_reference(mode, x, state, weights, True, lengths, wanted, f"grads wanted {wanted}")
 
@@ -153,7 +168,7 @@ def test_gradcheck_fused_float64(mode, reverse, use_lengths):
 
     def f(x, *rest):
         st = tuple(rest[:len(state)]) if mode == "LSTM" else rest[0]
-        out, final = fused.run_layer(mode, x, st, list(rest[len(state):]), reverse=reverse, lengths=lengths)
+        out, final = kernel_run(mode, x, st, list(rest[len(state):]), reverse=reverse, lengths=lengths)
         return (out, *_flat(final))
 
     assert torch.autograd.gradcheck(f, (x, *state, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -202,12 +217,13 @@ def test_layers_fused_equal_reference_with_all_gradients(cls, cfg_name, packed):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_inference_path_equals_training_path(mode):
-    """Under no_grad the kernel skips saving activations; the numbers must not change."""
+    """Under no_grad the kernel skips saving activations (the chunked inference ops); the numbers must not
+    change."""
     x, state, weights = torch.randn(6, 3, 4), _state(mode, 3, 5), _weights(mode, 4, 5)
     lengths = torch.tensor([6, 2, 5])
     with torch.no_grad():
-        y0, s0 = fused.run_layer(mode, x, state, weights, reverse=True, lengths=lengths)
-    y1, s1 = fused.run_layer(mode, x.requires_grad_(), state, weights, reverse=True, lengths=lengths)
+        y0, s0 = kernel_run(mode, x, state, weights, reverse=True, lengths=lengths)
+    y1, s1 = kernel_run(mode, x.requires_grad_(), state, weights, reverse=True, lengths=lengths)
     assert y1.requires_grad
     _assert_close(y0, y1.detach(), tol=1e-6, what="outputs")
     for a, b in zip(_flat(s0), _flat(s1)):
@@ -215,17 +231,36 @@ def test_inference_path_equals_training_path(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_pure_pytorch_fallback_equals_reference(mode, monkeypatch):
-    """The no-compiler path (forced here) gives the reference numbers and gradients."""
-    monkeypatch.setattr(fused, "uses_compiled", lambda x: False)
+def test_a_run_the_loops_do_not_cover_is_declined(mode, monkeypatch):
+    """A kernel declines (None) a dtype, a mix of dtypes, or no compiled extension; the reference loop is the only
+    fallback."""
+    x, state, weights = torch.randn(3, 2, 4), _state(mode, 2, 5), _weights(mode, 4, 5)
+    p = dict(zip(NAMES, weights))
+    kernel = KERNELS[mode]
+    assert kernel(SequenceRun(x, state, p)) is not None
+    assert kernel(SequenceRun(x.bfloat16(), state, p)) is None
+    assert kernel(SequenceRun(x.double(), state, p)) is None  # float64 input, float32 weights and state
+    monkeypatch.setattr(common, "compiled_available", lambda: False)
+    assert kernel(SequenceRun(x, state, p)) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deprecated_run_layer(mode, monkeypatch):
+    """``fused.run_layer`` stays for one release with a DeprecationWarning: the kernel's numbers and gradients, or,
+    where the kernel declines (forced here), the reference loop's."""
     P = 2 if mode == "LSTM" else 0
     x, state, weights = torch.randn(5, 3, 4), _state(mode, 3, 5, P), _weights(mode, 4, 5, P)
     lengths = torch.tensor([5, 1, 3])
     wanted = set(range(1 + len(_flat(state)) + len(weights)))
     ref = _run_with_grads(reference.run_layer, mode, x, state, weights, True, lengths, wanted)
-    got = _run_with_grads(fused.run_layer, mode, x, state, weights, True, lengths, wanted)
-    for a, b in zip([got[0], *got[1], *got[2]], [ref[0], *ref[1], *ref[2]]):
-        _assert_close(a, b)
+    for covered in (True, False):
+        if not covered:
+            monkeypatch.setattr(common, "compiled_available", lambda: False)
+        with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.fused\.run_layer is deprecated; use "
+                                                    r"rnnlab\.kernels\.run"):
+            got = _run_with_grads(fused.run_layer, mode, x, state, weights, True, lengths, wanted)
+        for a, b in zip([got[0], *got[1], *got[2]], [ref[0], *ref[1], *ref[2]]):
+            _assert_close(a, b, tol=TOL if covered else 0.0)
 
 
 def test_no_compiler_warns_once_and_falls_back(monkeypatch):
@@ -246,7 +281,7 @@ def test_float64_and_noncontiguous_inputs():
     h = torch.randn(5, 3, dtype=torch.float64).t()  # (B=3, H=5), non-contiguous
     weights = _weights(mode, 4, 5, dtype=torch.float64)
     y_ref, h_ref = reference.run_layer(mode, x, h, weights)
-    y, hn = fused.run_layer(mode, x, h, weights)
+    y, hn = kernel_run(mode, x, h, weights)
     _assert_close(y, y_ref, tol=1e-12)
     _assert_close(hn, h_ref, tol=1e-12)
 
@@ -270,7 +305,7 @@ def test_long_sequence_backward_is_linear_in_T():
     assert long / short < 8.0, f"T=4000 took {long / short:.1f}x T=1000 (linear: 4x, quadratic: 16x)"
     x = torch.randn(4000, 2, 8)
     y_ref, _ = reference.run_layer("LSTM", x, (torch.zeros(2, 8), torch.zeros(2, 8)), lstm.layer_weights(0))
-    y, _ = fused.run_layer("LSTM", x, (torch.zeros(2, 8), torch.zeros(2, 8)), lstm.layer_weights(0))
+    y, _ = kernel_run("LSTM", x, (torch.zeros(2, 8), torch.zeros(2, 8)), lstm.layer_weights(0))
     _assert_close(y.detach(), y_ref.detach(), what="T=4000 outputs")
 
 
@@ -278,8 +313,10 @@ def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
     monkeypatch.delenv("RNNLAB_BACKEND", raising=False)
     rnnlab.set_backend(None)
     assert get_backend() == "fused"
-    assert resolve_backend(None) is fused.run_layer
-    assert resolve_backend("reference") is reference.run_layer
+    with pytest.warns(DeprecationWarning, match="resolve_backend is deprecated"):
+        assert resolve_backend(None) is fused.run_layer
+    with pytest.warns(DeprecationWarning, match="resolve_backend is deprecated"):
+        assert resolve_backend("reference") is reference.run_layer
     monkeypatch.setenv("RNNLAB_BACKEND", "reference")
     assert get_backend() == "reference"
     rnnlab.set_backend("fused")
@@ -290,7 +327,8 @@ def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
 
 
 def test_unknown_mode_is_an_error():
-    with pytest.raises(ValueError, match=r"fused backend: unknown RNN mode 'LSTMX'; expected 'LSTM'"):
+    with pytest.raises(ValueError, match=r"fused backend: unknown RNN mode 'LSTMX'; expected 'LSTM'"), \
+            pytest.warns(DeprecationWarning):
         fused.run_layer("LSTMX", torch.randn(2, 1, 3), torch.zeros(1, 3), _weights("RNN_TANH", 3, 3))
 
 

@@ -209,7 +209,7 @@ VARIANT_CASES = [
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "backward"])
 @pytest.mark.parametrize("layer_cls,mode,options", VARIANT_CASES)
 def test_kernels_with_options_and_variants_at_size(layer_cls, mode, options, grad):
-    """Recurrent dropout and zoneout (csrc/fused.cpp's "_ex" loops), LayerNormLSTM (csrc/layernorm.cpp) and
+    """Recurrent dropout and zoneout (csrc/fused.cpp's option loops), LayerNormLSTM (csrc/layernorm.cpp) and
     PeepholeLSTM (csrc/peephole.cpp, which has a chunked inference of its own) at H = 256, in training mode (the
     masks are drawn; the same seed gives every run the same ones)."""
     _check(layer_cls, mode, 256, grad, **options)

@@ -1,17 +1,18 @@
-"""The layer options on the compiled loops (rnnlab.kernels.options) against the reference loop of the cell's step.
+"""The layer options on the compiled loops (rnnlab.kernels.fused) against the reference loop of the cell's step.
 
 Recurrent dropout, zoneout and the all-step outputs run on LSTM_SPEC/GRU_SPEC/RNN_*_SPEC's ``kernel`` when the
 backend is not "reference". Each test runs one module twice, on the fused backend and on the reference loop, with
 the same weights and the same seed before each forward (the layer draws the masks, so both get the same ones), and
 compares outputs, final states, all-step states and gates, and the gradient of every parameter, input and initial
 state. The hand-written backward is also checked by gradcheck in float64 with fixed masks, and the per-step
-gradients of ``fused.run_layer(..., sink=...)`` against the reference loop's retained ``.grad``.
+gradients of a kernel's run with a ``sink`` against the reference loop's retained ``.grad``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -19,15 +20,17 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
-from rnnlab.sequence import SequenceRun
+from rnnlab.cellspec import SPECS
 from rnnlab.diagnostics import record
-from rnnlab.kernels import fused, options
+from rnnlab.kernels import common, fused
+from rnnlab.sequence import SequenceRun
 from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
 T, B, I, H, P = 7, 4, 5, 6, 3
 LENGTHS = torch.tensor([7, 3, 5, 1])
 CLASSES = {"LSTM": rnnlab.LSTM, "GRU": rnnlab.GRU, "RNN_TANH": rnnlab.RNN, "RNN_RELU": rnnlab.RNN}
+KERNELS = {"LSTM": "lstm_kernel", "GRU": "gru_kernel", "RNN_TANH": "rnn_tanh_kernel", "RNN_RELU": "rnn_relu_kernel"}
 OPTIONS = {
     "recurrent_dropout": {"recurrent_dropout": 0.4},
     "zoneout": {"zoneout": 0.3},
@@ -76,29 +79,30 @@ def _run(module, x, hx, lengths, seed: int):
 
 
 @contextlib.contextmanager
-def _kernel_calls(monkeypatch: pytest.MonkeyPatch):
-    """Count the option kernels' calls and the runs they covered (the specs import them on every call)."""
+def _kernel_calls(module):
+    """Count the calls of the module's kernel and the runs it covered (its spec's kernel, wrapped meanwhile)."""
     calls = {"called": 0, "covered": 0}
+    spec, kernel = module.spec, module.spec.kernel
+    assert kernel is getattr(fused, KERNELS[spec.name])
 
-    def counting(kernel):
-        def wrapper(run, **kw):
-            result = kernel(run, **kw)
-            calls["called"] += 1
-            calls["covered"] += result is not None
-            return result
-        return wrapper
+    def counting(run):
+        result = kernel(run)
+        calls["called"] += 1
+        calls["covered"] += result is not None
+        return result
 
-    with monkeypatch.context() as m:
-        for name in ("lstm_kernel", "gru_kernel", "rnn_kernel"):
-            m.setattr(options, name, counting(getattr(options, name)))
+    module.spec = dataclasses.replace(spec, kernel=counting)
+    try:
         yield calls
+    finally:
+        module.spec = spec
 
 
 def _compare(module, x, hx, lengths=None, seed=3):
     """The module on the fused backend (its kernel) against a copy on the reference loop; nothing may warn."""
     ref = copy.deepcopy(module)
     ref.backend = "reference"
-    with warnings.catch_warnings(), _kernel_calls(pytest.MonkeyPatch()) as calls:
+    with warnings.catch_warnings(), _kernel_calls(module) as calls:
         warnings.simplefilter("error")  # the kernel covers the run: no "runs on the reference loop" warning
         outs, grads = _run(module, x, hx, lengths, seed)
     # every layer-direction ran on the kernel, and it covered the run
@@ -207,13 +211,13 @@ def test_declined_runs(monkeypatch):
     module = _make("GRU", OPTIONS["zoneout"])
     p = dict(module.layer_params(0))
     x, h = torch.randn(2, 1, I), torch.zeros(1, H)
-    assert options.gru_kernel(SequenceRun(x, h, p)) is not None
-    assert options.gru_kernel(SequenceRun(x.bfloat16(), h.bfloat16(), {k: v.bfloat16() for k, v in p.items()})) \
+    assert fused.gru_kernel(SequenceRun(x, h, p)) is not None
+    assert fused.gru_kernel(SequenceRun(x.bfloat16(), h.bfloat16(), {k: v.bfloat16() for k, v in p.items()})) \
         is None
-    assert options.gru_kernel(SequenceRun(x.double(), h.double(), p)) is None  # float64 input, float32 weights
+    assert fused.gru_kernel(SequenceRun(x.double(), h.double(), p)) is None  # float64 input, float32 weights
     monkeypatch.setattr(rnnlab.kernels, "_warned", set())
-    monkeypatch.setattr(fused, "compiled_available", lambda: False)
-    assert options.gru_kernel(SequenceRun(x, h, p)) is None
+    monkeypatch.setattr(common, "compiled_available", lambda: False)
+    assert fused.gru_kernel(SequenceRun(x, h, p)) is None
     ref = copy.deepcopy(module)
     ref.backend = "reference"
     x = torch.randn(T, B, I)
@@ -248,14 +252,13 @@ def test_gradcheck_float64(mode, reverse):
     h_mask = (torch.rand(Bn, Hout, generator=g) < 0.7).to(dtype) / 0.7
     lengths = torch.tensor([4, 2, 3])
     valid = (torch.arange(Tn).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(dtype)  # (T, B, 1)
-    kernel = {"LSTM": options.lstm_kernel, "GRU": options.gru_kernel, "RNN_TANH": options.rnn_kernel,
-              "RNN_RELU": lambda run: options.rnn_kernel(run, relu=True)}[mode]
+    kernel = getattr(fused, KERNELS[mode])
 
     def f(x, *tensors):
         st = tensors[:len(state)]
         p = dict(zip(names, tensors[len(state):]))
         run = SequenceRun(x, tuple(st) if len(st) == 2 else st[0], p, reverse, lengths, h_mask, tuple(keep),
-                          True, True)
+                          True, True, cell=SPECS[mode])
         result = kernel(run)
         assert result is not None
         out, final, c, gates = result
@@ -266,7 +269,7 @@ def test_gradcheck_float64(mode, reverse):
     assert torch.autograd.gradcheck(f, (x, *state, *params))
 
 
-# -- the per-step gradient sink of fused.run_layer ---------------------------------------------------------------
+# -- the per-step gradient sink of the kernels ---------------------------------------------------------------------
 
 class _Sink:
     def __init__(self) -> None:
@@ -303,8 +306,11 @@ def test_sink_gradients_equal_autograd(mode):
     for direction in range(2):
         sink = _Sink()
         state = tuple(s[direction] for s in hx) if mode == "LSTM" else hx[0][direction]
-        weights = module.layer_weights(0, direction)
-        Y, final = fused.run_layer(mode, x, state, weights, reverse=direction == 1, lengths=LENGTHS, sink=sink)
+        seq = SequenceRun(x, state, module.layer_params(0, direction), direction == 1, LENGTHS, sink=sink,
+                          cell=SPECS[mode])
+        result = getattr(fused, KERNELS[mode])(seq)
+        assert result is not None
+        Y, final = result[0], result[1]
         outs.append(Y)
         finals.append(final)
         sinks.append(sink)

@@ -206,7 +206,6 @@ def test_reference_loop_fallback_warns_once_per_reason(monkeypatch):
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)  # the options run on LSTM_SPEC's kernel: no warning
     # a run the kernel declines (here: as if the compiled loops were missing) still warns, once
     monkeypatch.setattr(rnnlab.kernels.common, "compiled_available", lambda: False)
-    monkeypatch.setattr(rnnlab.kernels.fused, "compiled_available", lambda: False)
     with pytest.warns(UserWarning, match=r"LSTM's kernel does not cover this run \(dtype, device or option\), "
                                          r"so it runs on the reference loop"):
         rnnlab.LSTM(I, H, zoneout=0.1, backend="fused")(x)
@@ -307,7 +306,7 @@ def test_bernoulli_mask_has_the_rate_independent_elements_and_exact_edges(compil
     if compiled and not rnnlab.kernels.fused.compiled_available():
         pytest.skip("the compiled kernels are not available")
     if not compiled:
-        monkeypatch.setattr(rnnlab.kernels.fused, "compiled_available", lambda: False)
+        monkeypatch.setattr(rnnlab.kernels.masks, "compiled_available", lambda: False)
     cpu = torch.device("cpu")
     assert bernoulli_mask((7, 3, 5), 0.0, torch.float32, cpu).sum() == 0
     assert bernoulli_mask((7, 3, 5), 1.0, torch.float64, cpu).sum() == 105

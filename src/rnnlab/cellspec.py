@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from . import functional as RF
+from .kernels import fused
 from .sequence import State, masked
 
 if TYPE_CHECKING:
@@ -188,35 +189,13 @@ def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[st
     return step, gates
 
 
-# The options' kernels (recurrent dropout, zoneout, all-step outputs on the compiled loops), imported on first
-# use: rnnlab.kernels.options imports this module.
-def _lstm_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import lstm_kernel
-    return lstm_kernel(run)
-
-
-def _gru_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import gru_kernel
-    return gru_kernel(run)
-
-
-def _rnn_tanh_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import rnn_kernel
-    return rnn_kernel(run, relu=False)
-
-
-def _rnn_relu_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.options import rnn_kernel
-    return rnn_kernel(run, relu=True)
-
-
 LSTM_SPEC = CellSpec("LSTM", _torch_params(4, proj=True), _lstm_step, _lstm_gates, ("h", "c"), mode="LSTM",
-                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=_lstm_kernel, gate_names=LSTM_GATES)
+                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=fused.lstm_kernel, gate_names=LSTM_GATES)
 GRU_SPEC = CellSpec("GRU", _torch_params(3), _gru_step, _gru_gates, mode="GRU", forget_gate=("bias_ih", 1, 3),
-                    kernel=_gru_kernel, gate_names=GRU_GATES)
-RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=_rnn_tanh_kernel,
+                    kernel=fused.gru_kernel, gate_names=GRU_GATES)
+RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=fused.rnn_tanh_kernel,
                          gate_names=ELMAN_GATES, label="RNN (tanh)")
-RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=_rnn_relu_kernel,
+RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=fused.rnn_relu_kernel,
                          gate_names=ELMAN_GATES, label="RNN (relu)")
 
 

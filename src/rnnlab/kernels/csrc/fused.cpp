@@ -11,18 +11,25 @@
 // unchanged and output zeros, exactly as rnnlab.kernels.reference.recurrence. `reverse` walks t = T-1 .. 0.
 //
 // Only the BLAS symbols torch itself links (sgemm_/dgemm_, MKL on x86 wheels) and ATen headers are used, so the
-// build needs nothing beyond a C++ compiler; if it fails, fused.py falls back to a pure-PyTorch loop.
+// build needs nothing beyond a C++ compiler; if it fails, the kernels in fused.py decline and every run takes the
+// reference loop.
+//
+// One op per cell and pass (forward, backward; and a cache-resident inference forward without options): the
+// layer options and the gradient sink are its trailing arguments, None/false when off, and an output that is not
+// asked for is None (nothing allocated).
 #include "common.h"
+
+#include <type_traits>
 
 namespace {
 
 using namespace rnnlab_kernels;
 
-// ---- the layer options (the "_ex" ops) -------------------------------------------------------------------------
+// ---- the layer options ---------------------------------------------------------------------------------------
 //
 // The same loops run the options of rnnlab's layers when instantiated with EX = true (a template flag, so the
-// plain instantiation compiles to the same code as before): every pointer below may be null (option off), and is
-// tested once per step or row, never per element.
+// plain instantiation, which a run with every option off takes, has no option code at all): every pointer below
+// may be null (option off), and is tested once per step or row, never per element.
 //   recurrent dropout (Gal & Ghahramani 2016): h_{t-1} * mask enters W_hh; the backward multiplies the GEMM part
 //     of dL/dh_{t-1} by the same mask: dh_{t-1} = (dG_t W_hh) * mask + (direct terms).
 //   zoneout (Krueger et al. 2017): s_t = k_t * s_{t-1} + (1 - k_t) * s~_t for a state s with new value s~_t; so
@@ -50,6 +57,31 @@ struct BwdOptions {
   T* sink_h = nullptr;        // (T, B, P) out: dL/dh_t, the state after step t (direct dY_t + later steps)
   T* sink_c = nullptr;        // (T, B, H) out: dL/dc_t
 };
+
+// Calls f(std::true_type{}) when an option is on, else f(std::false_type{}): one entry point per pass, and a run
+// with every option off takes the plain instantiation (EX = false), the same code as a loop without options.
+template <typename F>
+inline void with_options(bool on, F&& f) {
+  if (on)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
+// Whether an optional tensor argument is given (an option that is off is None, or an undefined tensor).
+inline bool given(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// An (n, B, F) output when it is asked for, else an undefined tensor (None in Python): an output of an option
+// that is off costs nothing.
+inline Tensor output_if(bool wanted, int n, int B, int F, const Tensor& like) {
+  return wanted ? at::empty({n, B, F}, like.options()) : Tensor();
+}
+
+// The data of an output from output_if, or nullptr.
+template <typename T>
+T* out_ptr(Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
@@ -132,28 +164,37 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
   }
 }
 
-// xw (T,B,4H) is x W_ih^T; bias (4H,) = b_ih + b_hh is added in the gate loop (no broadcast copy).
-// Returns Y (T,B,P), h_n, c_n and, when train, the cell states C (T,B,H) (padding steps hold the carried state)
-// and, with projections, m = o*tanh(c) (T,B,H). xw (T,B,4H) is overwritten with the activated gates i,f,g,o.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(Tensor xw, const Tensor& bias, const Tensor& h0,
-                                                                const Tensor& c0, const Tensor& w_hh,
-                                                                const std::optional<Tensor>& w_hr,
-                                                                const std::optional<Tensor>& lengths, bool reverse,
-                                                                bool train) {
+// xw (T,B,4H) is x W_ih^T, overwritten with the activated gates i,f,g,o (the recorded gates); bias (4H,) = b_ih +
+// b_hh is added in the gate loop (no broadcast copy). The options (FwdOptions) are None when off.
+// Returns Y (T,B,P) (the blended h), h_n, c_n, and (else None): C (T,B,H) every step's c_t (blended; padding steps
+// hold the carried state) when train or record; M = o*tanh(c~) (T,B,H) with projections when train; CR = c~_t
+// (un-blended) when train with zoneout on c.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse, bool train,
+    const std::optional<Tensor>& h_mask, const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
+    bool record) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4, P = h0.size(1);
-  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool proj = given(w_hr), zc = given(keep_c);
   Tensor Y = at::empty({Tn, B, P}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
-  Tensor Cs = at::empty({train ? Tn : 0, B, H}, xw.options());
-  Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
+  Tensor Cs = output_if(train || record, Tn, B, H, xw);
+  Tensor Ms = output_if(train && proj, Tn, B, H, xw);
+  Tensor CR = output_if(train && zc, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
-    lstm_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
-                                H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
-                                train ? Cs.data_ptr<scalar_t>() : nullptr,
-                                train && proj ? Ms.data_ptr<scalar_t>() : nullptr);
+    FwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    opt.keep_c = opt_ptr<scalar_t>(keep_c);
+    opt.raw = out_ptr<scalar_t>(CR);
+    with_options(opt.h_mask || opt.keep_h || opt.keep_c, [&](auto ex) {
+      lstm_forward_impl<scalar_t, decltype(ex)::value>(
+          xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+          opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
+          h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), out_ptr<scalar_t>(Cs), out_ptr<scalar_t>(Ms), opt);
+    });
   });
-  return {Y, h, c, Cs, Ms};
+  return {Y, h, c, Cs, Ms, CR};
 }
 
 // Inference: x (T,B,I) and W_ih instead of a precomputed projection; returns Y, h_n, c_n and saves nothing.
@@ -162,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_i
                                               const std::optional<Tensor>& w_hr,
                                               const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4, P = h0.size(1);
-  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool proj = given(w_hr);
   Tensor Y = at::empty({Tn, B, P}, x.options());
   Tensor h = h0.clone(), c = c0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab lstm_infer", [&] {
@@ -173,37 +214,6 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_i
                                 nullptr, nullptr);
   });
   return {Y, h, c};
-}
-
-// The layer options' forward (FwdOptions): also returns every step's c_t (C, blended) even without train (it
-// is the recorded cell state), M = o*tanh(c~) with projections and train, and CR = c~_t (un-blended) when train
-// with zoneout on c. xw (T,B,4H) is overwritten with the activated gates i,f,g,o (the recorded gates).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_ex(
-    Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-    const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse,
-    const std::optional<Tensor>& h_mask, const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c,
-    bool train) {
-  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4, P = h0.size(1);
-  const bool proj = w_hr.has_value() && w_hr->defined();
-  const bool zc = keep_c.has_value() && keep_c->defined();
-  Tensor Y = at::empty({Tn, B, P}, xw.options());
-  Tensor h = h0.clone(), c = c0.clone();
-  Tensor Cs = at::empty({Tn, B, H}, xw.options());
-  Tensor Ms = at::empty({train && proj ? Tn : 0, B, H}, xw.options());
-  Tensor CR = at::empty({train && zc ? Tn : 0, B, H}, xw.options());
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward_ex", [&] {
-    FwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    opt.keep_c = opt_ptr<scalar_t>(keep_c);
-    opt.raw = train && zc ? CR.data_ptr<scalar_t>() : nullptr;
-    lstm_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(),
-                                      w_hh.data_ptr<scalar_t>(), proj ? w_hr->data_ptr<scalar_t>() : nullptr,
-                                      lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
-                                      h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
-                                      train && proj ? Ms.data_ptr<scalar_t>() : nullptr, opt);
-  });
-  return {Y, h, c, Cs, Ms, CR};
 }
 
 // One row of the LSTM derivative with the options: dm = dL/dh~_t (after projection and zoneout scaling),
@@ -344,45 +354,24 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
 }
 
 // Returns dG (T,B,4H) (pre-activation gate gradients, for the big weight/input GEMMs), dh0, dc0, with
-// projections dH (T,B,P) = dL/dh_t for every step (for dW_hr), and db (4H,) = sum of dG over T and B.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dY, const Tensor& dhn, const Tensor& dcn,
-                                                                 const Tensor& gates, const Tensor& Cs, const Tensor& c0,
-                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                                                                 const std::optional<Tensor>& lengths, bool reverse) {
-  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
-  const bool proj = w_hr.has_value() && w_hr->defined();
-  Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dG = at::empty_like(gates);
-  Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
-  Tensor db = at::zeros({4 * H}, gates.options());
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
-    lstm_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
-                                 c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                 proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
-                                 H, P, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-                                 proj ? dHs.data_ptr<scalar_t>() : nullptr, db.data_ptr<scalar_t>());
-  });
-  return {dG, dh, dc, dHs, db};
-}
-
-// The layer options' backward: as lstm_backward, plus CR (c~, with zoneout on c), the masks, the recorded
-// outputs' incoming gradients dC (T,B,H) and dgates (T,B,4H), and, when sink, the per-step totals dL/dh_t
-// (T,B,P) and dL/dc_t (T,B,H) (else empty).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_ex(
+// projections dH (T,B,P) = dL/dh~_t for every step (for dW_hr; after zoneout's 1 - k), db (4H,) = sum of dG over T
+// and B, and, when sink, the per-step totals dL/dh_t (T,B,P) and dL/dc_t (T,B,H) (else None). The options
+// (BwdOptions) are None when off: CR (c~, with zoneout on c), the masks, the recorded outputs' incoming gradients
+// dC (T,B,H) and dgates (T,B,4H).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& dY, const Tensor& dhn, const Tensor& dcn, const Tensor& gates, const Tensor& Cs,
     const std::optional<Tensor>& CR, const Tensor& c0, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& lengths, bool reverse, const std::optional<Tensor>& h_mask,
     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& keep_c, const std::optional<Tensor>& dC,
     const std::optional<Tensor>& dgates, bool sink) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
-  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool proj = given(w_hr);
   Tensor dh = dhn.clone(), dc = dcn.clone();
   Tensor dG = at::empty_like(gates);
-  Tensor dHs = at::empty({proj ? Tn : 0, B, P}, gates.options());
+  Tensor dHs = output_if(proj, Tn, B, P, gates);
   Tensor db = at::zeros({4 * H}, gates.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, P}, gates.options());
-  Tensor sink_c = at::empty({sink ? Tn : 0, B, H}, gates.options());
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward_ex", [&] {
+  Tensor sink_h = output_if(sink, Tn, B, P, gates), sink_c = output_if(sink, Tn, B, H, gates);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
@@ -390,14 +379,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     opt.raw = opt_ptr<scalar_t>(CR);
     opt.dC = opt_ptr<scalar_t>(dC);
     opt.dgates = opt_ptr<scalar_t>(dgates);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
-    opt.sink_c = sink ? sink_c.data_ptr<scalar_t>() : nullptr;
-    lstm_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(),
-                                       c0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                       proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse,
-                                       Tn, B, H, P, dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
-                                       dG.data_ptr<scalar_t>(), proj ? dHs.data_ptr<scalar_t>() : nullptr,
-                                       db.data_ptr<scalar_t>(), opt);
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
+    opt.sink_c = out_ptr<scalar_t>(sink_c);
+    with_options(opt.h_mask || opt.keep_h || opt.keep_c || opt.raw || opt.dC || opt.dgates || sink, [&](auto ex) {
+      lstm_backward_impl<scalar_t, decltype(ex)::value>(
+          dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+          w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P,
+          dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
+          out_ptr<scalar_t>(dHs), db.data_ptr<scalar_t>(), opt);
+    });
   });
   return {dG, dh, dc, dHs, db, sink_h, sink_c};
 }
@@ -474,19 +464,27 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
   }
 }
 
-// xw (T,B,3H) is x W_ih^T; the biases are added in the gate loop.
-// Returns Y (T,B,H), h_n and, when train, HN (T,B,H) = W_hn h_{t-1} + b_hn. xw (T,B,3H) is overwritten with r,z,n.
+// xw (T,B,3H) is x W_ih^T, overwritten with r, z, n (the recorded gates); the biases are added in the gate loop.
+// The options (FwdOptions: h_mask, keep_h) are None when off. Returns Y (T,B,H) (the blended h), h_n and, when
+// train, HN (T,B,H) = W_hn (h_{t-1} * mask) + b_hn (else None).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, const Tensor& h0, const Tensor& w_hh,
-                                               const Tensor& b_hh,
-                                               const std::optional<Tensor>& lengths, bool reverse, bool train) {
+                                               const Tensor& b_hh, const std::optional<Tensor>& lengths, bool reverse,
+                                               bool train, const std::optional<Tensor>& h_mask,
+                                               const std::optional<Tensor>& keep_h) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
   Tensor Y = at::empty({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
-  Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
+  Tensor HN = output_if(train, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
-    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                               b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
-                               Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), train ? HN.data_ptr<scalar_t>() : nullptr);
+    FwdOptions<scalar_t> opt;
+    opt.h_mask = opt_ptr<scalar_t>(h_mask);
+    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    with_options(opt.h_mask || opt.keep_h, [&](auto ex) {
+      gru_forward_impl<scalar_t, decltype(ex)::value>(
+          xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+          b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
+          h.data_ptr<scalar_t>(), out_ptr<scalar_t>(HN), opt);
+    });
   });
   return {Y, h, HN};
 }
@@ -505,28 +503,6 @@ std::tuple<Tensor, Tensor> gru_infer(const Tensor& x, const Tensor& w_ih, const 
                                Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), nullptr);
   });
   return {Y, h};
-}
-
-// The layer options' GRU forward: Y (T,B,H) (the blended h), h_n and, when train, HN (T,B,H) = W_hn (h_{t-1} *
-// mask) + b_hn. xw (T,B,3H) is overwritten with r, z, n (the recorded gates).
-std::tuple<Tensor, Tensor, Tensor> gru_forward_ex(Tensor xw, const Tensor& b_ih, const Tensor& h0, const Tensor& w_hh,
-                                                  const Tensor& b_hh, const std::optional<Tensor>& lengths,
-                                                  bool reverse, const std::optional<Tensor>& h_mask,
-                                                  const std::optional<Tensor>& keep_h, bool train) {
-  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
-  Tensor Y = at::empty({Tn, B, H}, xw.options());
-  Tensor h = h0.clone();
-  Tensor HN = at::empty({train ? Tn : 0, B, H}, xw.options());
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward_ex", [&] {
-    FwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    gru_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(),
-                                     w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths),
-                                     reverse, Tn, B, H, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                     train ? HN.data_ptr<scalar_t>() : nullptr, opt);
-  });
-  return {Y, h, HN};
 }
 
 // One row of the GRU derivative with the options: dt = dL/dh_t (total), k the zoneout keep (zeros: none), gx (3H)
@@ -638,29 +614,10 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
 }
 
 // Returns dGx (T,B,3H) (gradient of x W_ih^T + b_ih), dHn (T,B,H) (of W_hn h + b_hn; the r, z blocks of the
-// gradient of h W_hh^T + b_hh are dGx's), dh0, db_ih, db_hh.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(const Tensor& dY, const Tensor& dhn,
-                                                                const Tensor& gates, const Tensor& HN, const Tensor& Y,
-                                                                const Tensor& h0, const Tensor& w_hh,
-                                                                const std::optional<Tensor>& lengths,
-                                                bool reverse) {
-  const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
-  Tensor dh = dhn.clone();
-  Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
-  Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
-    gru_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
-                                Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
-                                dbhh.data_ptr<scalar_t>());
-  });
-  return {dGx, dHn, dh, dbih, dbhh};
-}
-
-// The layer options' GRU backward: as gru_backward, plus the masks, the recorded gates' incoming gradient dgates
-// (T,B,3H) and, when sink, dL/dh_t (T,B,H) of every step (else empty).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_ex(
+// gradient of h W_hh^T + b_hh are dGx's), dh0, db_ih, db_hh and, when sink, dL/dh_t (T,B,H) of every step (else
+// None). The options (BwdOptions: the masks, the recorded gates' incoming gradient dgates (T,B,3H)) are None when
+// off.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& dY, const Tensor& dhn, const Tensor& gates, const Tensor& HN, const Tensor& Y, const Tensor& h0,
     const Tensor& w_hh, const std::optional<Tensor>& lengths, bool reverse, const std::optional<Tensor>& h_mask,
     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& dgates, bool sink) {
@@ -668,18 +625,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_ex(
   Tensor dh = dhn.clone();
   Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, gates.options());
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward_ex", [&] {
+  Tensor sink_h = output_if(sink, Tn, B, H, gates);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
     opt.dgates = opt_ptr<scalar_t>(dgates);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
-    gru_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(),
-                                      Y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                      lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                      dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
-                                      dbhh.data_ptr<scalar_t>(), opt);
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
+    with_options(opt.h_mask || opt.keep_h || opt.dgates || sink, [&](auto ex) {
+      gru_backward_impl<scalar_t, decltype(ex)::value>(
+          dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
+          h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
+          dh.data_ptr<scalar_t>(), dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
+          dbhh.data_ptr<scalar_t>(), opt);
+    });
   });
   return {dGx, dHn, dh, dbih, dbhh, sink_h};
 }
@@ -743,37 +702,28 @@ void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64
   }
 }
 
-// xw (T,B,H) is x W_ih^T and becomes the output Y in place; bias (H,) = b_ih + b_hh. Returns h_n.
-Tensor rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh, bool relu,
-                   const std::optional<Tensor>& lengths, bool reverse) {
+// xw (T,B,H) is x W_ih^T and becomes the output Y (the blended h) in place; bias (H,) = b_ih + b_hh. The options
+// (FwdOptions: h_mask, keep_h) are None when off. Returns h_n, HR (T,B,H) = the activated h~_t when train with
+// zoneout, and PRE (T,B,H) the pre-activation when pre (each else None).
+std::tuple<Tensor, Tensor, Tensor> rnn_forward(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh,
+                                               bool relu, const std::optional<Tensor>& lengths, bool reverse,
+                                               bool train, const std::optional<Tensor>& h_mask,
+                                               const std::optional<Tensor>& keep_h, bool pre) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
+  const bool zh = given(keep_h);
   Tensor h = h0.clone();
+  Tensor HR = output_if(train && zh, Tn, B, H, xw), PRE = output_if(pre, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
-    rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
-                               lengths_ptr(lengths), reverse, Tn, B, H, h.data_ptr<scalar_t>());
-  });
-  return h;
-}
-
-// The layer options' forward: xw (T,B,H) becomes the output Y (the blended h) in place. Returns h_n, HR (T,B,H)
-// = the activated h~_t when train with zoneout (else empty), PRE (T,B,H) the pre-activation when pre (else empty).
-std::tuple<Tensor, Tensor, Tensor> rnn_forward_ex(Tensor xw, const Tensor& bias, const Tensor& h0, const Tensor& w_hh,
-                                                  bool relu, const std::optional<Tensor>& lengths, bool reverse,
-                                                  const std::optional<Tensor>& h_mask,
-                                                  const std::optional<Tensor>& keep_h, bool train, bool pre) {
-  const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2);
-  const bool zh = keep_h.has_value() && keep_h->defined();
-  Tensor h = h0.clone();
-  Tensor HR = at::empty({train && zh ? Tn : 0, B, H}, xw.options());
-  Tensor PRE = at::empty({pre ? Tn : 0, B, H}, xw.options());
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward_ex", [&] {
     FwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    opt.raw = train && zh ? HR.data_ptr<scalar_t>() : nullptr;
-    opt.pre = pre ? PRE.data_ptr<scalar_t>() : nullptr;
-    rnn_forward_impl<scalar_t, true>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                     relu, lengths_ptr(lengths), reverse, Tn, B, H, h.data_ptr<scalar_t>(), opt);
+    opt.raw = out_ptr<scalar_t>(HR);
+    opt.pre = out_ptr<scalar_t>(PRE);
+    with_options(opt.h_mask || opt.keep_h || opt.pre, [&](auto ex) {
+      rnn_forward_impl<scalar_t, decltype(ex)::value>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                                                      w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths), reverse,
+                                                      Tn, B, H, h.data_ptr<scalar_t>(), opt);
+    });
   });
   return {h, HR, PRE};
 }
@@ -846,99 +796,70 @@ void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const i
   }
 }
 
-// Returns dG (T,B,H) (gradient of the pre-activation), dh0 and db (H,).
-std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
-                                                const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
-                                                bool reverse) {
+// Returns dG (T,B,H) (gradient of the pre-activation), dh0, db (H,) and, when sink, dL/dh_t (T,B,H) of every step
+// (else None). The options (BwdOptions: HR (h~, with zoneout), the masks, the recorded pre-activation's incoming
+// gradient dpre (T,B,H)) are None when off.
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
+                                                        const std::optional<Tensor>& HR, const Tensor& w_hh,
+                                                        bool relu, const std::optional<Tensor>& lengths, bool reverse,
+                                                        const std::optional<Tensor>& h_mask,
+                                                        const std::optional<Tensor>& keep_h,
+                                                        const std::optional<Tensor>& dpre, bool sink) {
   const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
   Tensor dh = dhn.clone();
   Tensor dG = at::empty_like(Y);
   Tensor db = at::zeros({H}, Y.options());
+  Tensor sink_h = output_if(sink, Tn, B, H, Y);
   AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
-    rnn_backward_impl<scalar_t>(dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
-                                lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
-  });
-  return {dG, dh, db};
-}
-
-// The layer options' backward: as rnn_backward, plus HR (h~, with zoneout), the masks, the recorded
-// pre-activation's incoming gradient dpre (T,B,H) and, when sink, dL/dh_t (T,B,H) of every step (else empty).
-std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward_ex(const Tensor& dY, const Tensor& dhn, const Tensor& Y,
-                                                           const std::optional<Tensor>& HR, const Tensor& w_hh,
-                                                           bool relu, const std::optional<Tensor>& lengths,
-                                                           bool reverse, const std::optional<Tensor>& h_mask,
-                                                           const std::optional<Tensor>& keep_h,
-                                                           const std::optional<Tensor>& dpre, bool sink) {
-  const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
-  Tensor dh = dhn.clone();
-  Tensor dG = at::empty_like(Y);
-  Tensor db = at::zeros({H}, Y.options());
-  Tensor sink_h = at::empty({sink ? Tn : 0, B, H}, Y.options());
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward_ex", [&] {
     BwdOptions<scalar_t> opt;
     opt.h_mask = opt_ptr<scalar_t>(h_mask);
     opt.keep_h = opt_ptr<scalar_t>(keep_h);
     opt.raw = opt_ptr<scalar_t>(HR);
     opt.dgates = opt_ptr<scalar_t>(dpre);
-    opt.sink_h = sink ? sink_h.data_ptr<scalar_t>() : nullptr;
-    rnn_backward_impl<scalar_t, true>(dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                      relu, lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<scalar_t>(),
-                                      dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), opt);
+    opt.sink_h = out_ptr<scalar_t>(sink_h);
+    with_options(opt.h_mask || opt.keep_h || opt.raw || opt.dgates || sink, [&](auto ex) {
+      rnn_backward_impl<scalar_t, decltype(ex)::value>(
+          dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
+          reverse, Tn, B, H, dh.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), opt);
+    });
   });
   return {dG, dh, db, sink_h};
 }
 
 }  // namespace
 
+// One op per pass and cell; the options and the sink are trailing arguments, None/false when off (a plain run).
 TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("lstm_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
-        "bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor c0, Tensor w_hh, "
-        "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool reverse, bool train, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? keep_c=None, bool record=False) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor? CR, Tensor c0, "
+        "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, "
+        "Tensor? keep_c=None, Tensor? dC=None, Tensor? dgates=None, bool sink=False) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_infer(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
         "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_forward(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
+        "bool train, Tensor? h_mask=None, Tensor? keep_h=None) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
+        "Tensor? lengths, bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? dgates=None, "
+        "bool sink=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_infer(Tensor x, Tensor w_ih, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, "
         "bool reverse) -> (Tensor, Tensor)");
-  m.def("gru_forward(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
-        "bool train) -> (Tensor, Tensor, Tensor)");
-  m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
-        "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("rnn_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, "
-        "bool reverse) -> Tensor");
-  m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor w_hh, bool relu, Tensor? lengths, bool reverse) "
-        "-> (Tensor, Tensor, Tensor)");
-  // the layer options (recurrent dropout, zoneout, recorded states and gates) and the per-step gradient sink
-  m.def("lstm_forward_ex(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
-        "Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? keep_c, bool train) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm_backward_ex(Tensor dY, Tensor dhn, Tensor dcn, Tensor gates, Tensor C, Tensor? CR, Tensor c0, "
-        "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? keep_c, "
-        "Tensor? dC, Tensor? dgates, bool sink) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("gru_forward_ex(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, "
-        "bool reverse, Tensor? h_mask, Tensor? keep_h, bool train) -> (Tensor, Tensor, Tensor)");
-  m.def("gru_backward_ex(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
-        "Tensor? lengths, bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? dgates, bool sink) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("rnn_forward_ex(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, "
-        "bool reverse, Tensor? h_mask, Tensor? keep_h, bool train, bool pre) -> (Tensor, Tensor, Tensor)");
-  m.def("rnn_backward_ex(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
-        "bool reverse, Tensor? h_mask, Tensor? keep_h, Tensor? dpre, bool sink) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("rnn_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor w_hh, bool relu, Tensor? lengths, bool reverse, "
+        "bool train, Tensor? h_mask=None, Tensor? keep_h=None, bool pre=False) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
+        "bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? dpre=None, bool sink=False) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
-  m.impl("gru_forward", &gru_forward);
   m.impl("lstm_infer", &lstm_infer);
-  m.impl("gru_infer", &gru_infer);
+  m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+  m.impl("gru_infer", &gru_infer);
   m.impl("rnn_forward", &rnn_forward);
   m.impl("rnn_backward", &rnn_backward);
-  m.impl("lstm_forward_ex", &lstm_forward_ex);
-  m.impl("lstm_backward_ex", &lstm_backward_ex);
-  m.impl("gru_forward_ex", &gru_forward_ex);
-  m.impl("gru_backward_ex", &gru_backward_ex);
-  m.impl("rnn_forward_ex", &rnn_forward_ex);
-  m.impl("rnn_backward_ex", &rnn_backward_ex);
 }
