@@ -114,7 +114,7 @@ def test_pinned_fused_backend_is_not_capturable() -> None:
     from rnnlab.kernels import fused
 
     if not fused.compiled_available():
-        pytest.skip("fused C++ extension not built here: backend='fused' runs its pure-PyTorch fallback")
+        pytest.skip("fused C++ extension not built here: backend='fused' runs the reference loop")
     torch._dynamo.reset()
     layer = rnnlab.GRU(3, 4, backend="fused")
     # Dynamo's own "cannot trace this" error (a graph break, which fullgraph=True turns into an error), raised

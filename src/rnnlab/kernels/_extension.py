@@ -12,7 +12,8 @@ the ``.so``.
 own cache entry); a target this CPU cannot run, or an unknown value, raises instead of building.
 
 When no C++ compiler is present, or the build fails, :func:`load_extension` returns ``False`` after a one-line
-warning and :mod:`rnnlab.kernels.fused` runs its pure-PyTorch step loop instead. ``RNNLAB_FUSED_EXT=0`` skips
+warning, the compiled kernels decline every run and the layers run the reference loop instead
+(:func:`rnnlab.kernels.run`). ``RNNLAB_FUSED_EXT=0`` skips
 the extension on purpose (no warning).
 """
 
@@ -136,8 +137,8 @@ def load_extension() -> bool:
     name, cflags = build_config()  # first, and outside the try: a bad RNNLAB_ISA is the user's error
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        warnings.warn(f"rnnlab: no C++ compiler ({compiler!r}) found; the fused backend uses its pure-PyTorch "
-                      "step loop (slower at small sizes)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"rnnlab: no C++ compiler ({compiler!r}) found; the layers run the reference loop "
+                      "(slower at small sizes)", RuntimeWarning, stacklevel=3)
         return False
     if shutil.which("ninja") is None:
         # torch's builder runs `ninja` from PATH; the `ninja` wheel (a dependency) puts it beside the interpreter,
@@ -152,6 +153,6 @@ def load_extension() -> bool:
     except Exception as err:  # noqa: BLE001 - any build or load failure means: use the fallback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         warnings.warn(f"rnnlab: building the fused C++ kernels failed ({type(err).__name__}: {first[:160]}); "
-                      "the fused backend uses its pure-PyTorch step loop", RuntimeWarning, stacklevel=3)
+                      "the layers run the reference loop", RuntimeWarning, stacklevel=3)
         return False
     return True

@@ -6,7 +6,7 @@
 // generators"), seeded through splitmix64 from one 64-bit value that the caller draws from torch's generator (so
 // torch.manual_seed still fixes every mask), eight streams at once in vector lanes; each element takes a 16-bit
 // lane of a 64-bit draw.
-// P(mask = 1) = round(p * 2^16) / 2^16, as the pure-PyTorch fallback in layers.py.
+// P(mask = 1) = round(p * 2^16) / 2^16, as the fallback in kernels/masks.py.
 #include "common.h"
 
 namespace {
