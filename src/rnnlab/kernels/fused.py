@@ -329,15 +329,19 @@ def lstm_kernel(seq: SequenceRun) -> SequenceResult | None:
     return Y, (hn, cn), C if seq.record else None, gates
 
 
+def _one_state(seq: SequenceRun) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A one-state cell's initial ``h``, its lengths for the compiled loops and its zoneout keep."""
+    h0 = seq.state
+    assert isinstance(h0, Tensor)
+    return h0, cpu_lengths(seq.lengths), keep_of(seq, 0)
+
+
 def gru_kernel(seq: SequenceRun) -> SequenceResult | None:
     """torch's GRU with every option of ``seq`` on the compiled loops, or ``None`` (see :func:`lstm_kernel`)."""
     if not covers(seq):
         return _elsewhere(seq)
     w_ih, w_hh, b_ih, b_hh = _weights(seq.p)
-    h0 = seq.state
-    assert isinstance(h0, Tensor)
-    lengths = cpu_lengths(seq.lengths)
-    keep_h = keep_of(seq, 0)
+    h0, lengths, keep_h = _one_state(seq)
     if needs_grad(seq):
         Y, hn, G = GRU.apply(seq.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, seq.reverse, seq.h_mask, keep_h, seq.gates,
                              seq.sink, seq.cell)
@@ -355,10 +359,7 @@ def _elman_kernel(seq: SequenceRun, relu: bool) -> SequenceResult | None:
     if not covers(seq):
         return _elsewhere(seq)
     w_ih, w_hh, b_ih, b_hh = _weights(seq.p)
-    h0 = seq.state
-    assert isinstance(h0, Tensor)
-    lengths = cpu_lengths(seq.lengths)
-    keep_h = keep_of(seq, 0)
+    h0, lengths, keep_h = _one_state(seq)
     if needs_grad(seq):
         Y, hn, pre = Elman.apply(seq.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, seq.reverse, relu, seq.h_mask, keep_h,
                                  seq.gates, seq.sink, seq.cell)

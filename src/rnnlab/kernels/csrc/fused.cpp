@@ -37,20 +37,29 @@ using namespace rnnlab_kernels;
 //   recording: the gates (and the LSTM's c_t) are outputs; their incoming gradients are added where the gate
 //     (state) enters the chain rule, e.g. di_pre = (dcr g + dL/di_ext) i (1 - i).
 //   sink: the backward also writes the total dL/dh_t (and dL/dc_t) of every step, zeros at padding steps.
+// The options both passes read: null when off.
 template <typename T>
-struct FwdOptions {
+struct StateOptions {
   const T* h_mask = nullptr;  // (B, P) recurrent dropout mask
   const T* keep_h = nullptr;  // (T, B, P) zoneout keep of h
   const T* keep_c = nullptr;  // (T, B, H) zoneout keep of c (LSTM)
+  StateOptions() = default;
+  StateOptions(const std::optional<Tensor>& m, const std::optional<Tensor>& kh,
+               const std::optional<Tensor>& kc = std::nullopt)
+      : h_mask(opt_ptr<T>(m)), keep_h(opt_ptr<T>(kh)), keep_c(opt_ptr<T>(kc)) {}
+  bool any() const { return h_mask || keep_h || keep_c; }
+};
+
+template <typename T>
+struct FwdOptions : StateOptions<T> {
+  using StateOptions<T>::StateOptions;
   T* raw = nullptr;           // (T, B, H) out: the un-blended new state (LSTM c~, Elman h~) the backward needs
   T* pre = nullptr;           // (T, B, H) out: the Elman pre-activation (recorded as gate "pre")
 };
 
 template <typename T>
-struct BwdOptions {
-  const T* h_mask = nullptr;  // (B, P)
-  const T* keep_h = nullptr;  // (T, B, P)
-  const T* keep_c = nullptr;  // (T, B, H)
+struct BwdOptions : StateOptions<T> {
+  using StateOptions<T>::StateOptions;
   const T* raw = nullptr;     // (T, B, H) FwdOptions::raw
   const T* dC = nullptr;      // (T, B, H) incoming gradient of the recorded cell states
   const T* dgates = nullptr;  // (T, B, G) incoming gradient of the recorded gates (Elman: of the pre-activation)
@@ -182,12 +191,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor Ms = output_if(train && proj, Tn, B, H, xw);
   Tensor CR = output_if(train && zc, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
-    FwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    opt.keep_c = opt_ptr<scalar_t>(keep_c);
+    FwdOptions<scalar_t> opt(h_mask, keep_h, keep_c);
     opt.raw = out_ptr<scalar_t>(CR);
-    with_options(opt.h_mask || opt.keep_h || opt.keep_c, [&](auto ex) {
+    with_options(opt.any(), [&](auto ex) {
       lstm_forward_impl<scalar_t, decltype(ex)::value>(
           xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
           opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
@@ -372,16 +378,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor db = at::zeros({4 * H}, gates.options());
   Tensor sink_h = output_if(sink, Tn, B, P, gates), sink_c = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab lstm_backward", [&] {
-    BwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    opt.keep_c = opt_ptr<scalar_t>(keep_c);
+    BwdOptions<scalar_t> opt(h_mask, keep_h, keep_c);
     opt.raw = opt_ptr<scalar_t>(CR);
     opt.dC = opt_ptr<scalar_t>(dC);
     opt.dgates = opt_ptr<scalar_t>(dgates);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
     opt.sink_c = out_ptr<scalar_t>(sink_c);
-    with_options(opt.h_mask || opt.keep_h || opt.keep_c || opt.raw || opt.dC || opt.dgates || sink, [&](auto ex) {
+    with_options(opt.any() || opt.raw || opt.dC || opt.dgates || sink, [&](auto ex) {
       lstm_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
           w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P,
@@ -476,10 +479,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
   Tensor h = h0.clone();
   Tensor HN = output_if(train, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
-    FwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
-    with_options(opt.h_mask || opt.keep_h, [&](auto ex) {
+    FwdOptions<scalar_t> opt(h_mask, keep_h);
+    with_options(opt.any(), [&](auto ex) {
       gru_forward_impl<scalar_t, decltype(ex)::value>(
           xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
           b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
@@ -627,12 +628,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
   Tensor sink_h = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
-    BwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    BwdOptions<scalar_t> opt(h_mask, keep_h);
     opt.dgates = opt_ptr<scalar_t>(dgates);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
-    with_options(opt.h_mask || opt.keep_h || opt.dgates || sink, [&](auto ex) {
+    with_options(opt.any() || opt.dgates || sink, [&](auto ex) {
       gru_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
           h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
@@ -714,12 +713,10 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(Tensor xw, const Tensor& bias, co
   Tensor h = h0.clone();
   Tensor HR = output_if(train && zh, Tn, B, H, xw), PRE = output_if(pre, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab rnn_forward", [&] {
-    FwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    FwdOptions<scalar_t> opt(h_mask, keep_h);
     opt.raw = out_ptr<scalar_t>(HR);
     opt.pre = out_ptr<scalar_t>(PRE);
-    with_options(opt.h_mask || opt.keep_h || opt.pre, [&](auto ex) {
+    with_options(opt.any() || opt.pre, [&](auto ex) {
       rnn_forward_impl<scalar_t, decltype(ex)::value>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                                                       w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths), reverse,
                                                       Tn, B, H, h.data_ptr<scalar_t>(), opt);
@@ -811,13 +808,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const 
   Tensor db = at::zeros({H}, Y.options());
   Tensor sink_h = output_if(sink, Tn, B, H, Y);
   AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
-    BwdOptions<scalar_t> opt;
-    opt.h_mask = opt_ptr<scalar_t>(h_mask);
-    opt.keep_h = opt_ptr<scalar_t>(keep_h);
+    BwdOptions<scalar_t> opt(h_mask, keep_h);
     opt.raw = opt_ptr<scalar_t>(HR);
     opt.dgates = opt_ptr<scalar_t>(dpre);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
-    with_options(opt.h_mask || opt.keep_h || opt.raw || opt.dgates || sink, [&](auto ex) {
+    with_options(opt.any() || opt.raw || opt.dgates || sink, [&](auto ex) {
       rnn_backward_impl<scalar_t, decltype(ex)::value>(
           dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
           reverse, Tn, B, H, dh.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), opt);
