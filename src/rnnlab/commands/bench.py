@@ -12,13 +12,23 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count, or ``all`` (every CPU this process may use, :func:`rnnlab.bench.thread_count`)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = BenchConfig()
     p = subparsers.add_parser(
         "bench", help="benchmark rnnlab vs torch.nn (speed ratio, %% of GEMM peak, peak memory)",
         description="Time rnnlab's LSTM/GRU/RNN against torch.nn with the same weights in the same run "
                     "(interleaved rounds, warm-up, median and min/max, wall and process CPU time), forward-only "
-                    "and forward+backward, at the sizes S1-S4; print the ratio table and write it as JSON.")
+                    "and forward+backward, at the sizes S1-S5 (S5 is the main job's layer); print the ratio table and write it as JSON.")
     p.add_argument("--quick", action="store_true",
                    help="5 rounds, 1 warm-up, no memory subprocesses (about a minute)")
     p.add_argument("--cells", type=_names, default=d.cells, help=f"comma list among {list(CELLS)} (default all)")
@@ -28,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=_names, default=d.passes, help=f"comma list among {list(PASSES)} (default both)")
     p.add_argument("--rounds", type=int, default=None, help=f"timed rounds per case (default {d.rounds}; quick 5)")
     p.add_argument("--warmup", type=int, default=None, help=f"warm-up calls (default {d.warmup}; quick 1)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (default 1)")
+    p.add_argument("--threads", type=_threads, default=d.threads,
+                   help="torch.set_num_threads: a count, or 'all' for every core this process may use (default 1)")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default=d.dtype, help="float32 or float64 (default float32)")
     p.add_argument("--backend", default=d.backend, help="rnnlab backend to measure (default fused)")
