@@ -41,7 +41,7 @@ from torch import nn
 from .errors import UserError
 
 __all__ = ["Size", "SIZES", "CELLS", "PASSES", "TARGETS", "BenchConfig", "run", "format_table", "gemm_peak",
-           "write_json", "time_call", "summary", "cpu_info", "cpu_label", "thread_count"]
+           "write_json", "time_call", "summary", "cpu_info", "cpu_label", "thread_count", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -356,18 +356,20 @@ def cpu_label(info: dict | str) -> str:
     return f"{info.get('model_name') or 'unknown CPU'} ({numbers}; {isa})"
 
 
-def _machine(cfg: BenchConfig) -> dict:
+def machine_info(device: str = "cpu") -> dict:
+    """Where a measurement ran: versions, the CPU (:func:`cpu_info`), torch's thread count, the GPU if any, and
+    whether the compiled kernels were used."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "device": cfg.device}
+            "threads": torch.get_num_threads(), "device": device}
     try:
         info["cpu"] = cpu_info(Path("/proc/cpuinfo").read_text())
     except OSError:  # not Linux: what the platform module knows
         info["cpu"] = {"model_name": platform.processor() or platform.machine()}
-    if cfg.device == "cuda":
+    if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     from .kernels import fused
 
-    info["fused_compiled"] = fused.compiled_available() if cfg.device == "cpu" else False
+    info["fused_compiled"] = fused.compiled_available() if device == "cpu" else False
     return info
 
 
@@ -381,7 +383,7 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
     torch.set_num_threads(thread_count(cfg.threads))
     say = progress or (lambda _msg: None)
     started = time.time()
-    machine = _machine(cfg)
+    machine = machine_info(cfg.device)
     say(f"CPU: {cpu_label(machine['cpu'])}")
     peak = gemm_peak(cfg.device)
     say(f"torch.set_num_threads({torch.get_num_threads()}); GEMM peak {peak:.1f} GFLOP/s (float32 1024^3 matmul)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..bench import CELLS, PASSES, SIZES, BenchConfig, format_table, run, write_json
+from ..bench import (CELLS, PASSES, SIZES, BenchConfig, cpu_label, format_table, machine_info, run, thread_count,
+                     write_json)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -46,10 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and inputs (default 0)")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON output (default runs/bench/bench.json)")
+    p.add_argument("--train-steps", type=int, default=0, metavar="N",
+                   help="instead of the layer cases, time `rnnlab train`'s step loop (the main job's config, or "
+                        "--config) with rnnlab's layer and with torch.nn's, N optimizer steps per round, rounds "
+                        "interleaved (--rounds, default 2; --threads); prints characters per second and the ratio")
+    p.add_argument("--config", default=None, metavar="TOML", help="with --train-steps: the run's config file")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.train_steps:
+        return _train_throughput(args)
     cfg = BenchConfig(cells=args.cells, sizes=args.sizes, passes=args.passes,
                       rounds=args.rounds if args.rounds is not None else (5 if args.quick else BenchConfig.rounds),
                       warmup=args.warmup if args.warmup is not None else (1 if args.quick else BenchConfig.warmup),
@@ -59,5 +67,42 @@ def run_command(args: argparse.Namespace) -> int:
     results = run(cfg, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_table(results))
     path = write_json(results, args.out)
+    print(f"rnnlab bench: wrote {path}")
+    return 0
+
+
+def _train_throughput(args: argparse.Namespace) -> int:
+    """``--train-steps``: :func:`rnnlab.train.throughput.compare_backends` on the config, printed and as JSON."""
+    import time
+
+    import torch
+
+    from ..errors import UserError
+    from ..train.config import config_to_dict, load_config
+    from ..train.throughput import compare_backends
+
+    if args.train_steps < 1:
+        raise UserError(f"bench: --train-steps must be >= 1, got {args.train_steps}")
+    rounds = args.rounds if args.rounds is not None else 2
+    if rounds < 1:
+        raise UserError(f"bench: rounds must be >= 1, got {rounds}")
+    threads = thread_count(args.threads)
+    cfg = load_config(args.config, {"train.threads": threads})
+    started = time.time()
+    result = compare_backends(cfg, args.train_steps, rounds)
+    torch.set_num_threads(threads)
+    machine = machine_info("cpu")
+    first, second = [k for k in result if isinstance(result[k], dict)]
+    print(f"`rnnlab train` loop, {cfg.task.name} {cfg.model.cell} H={cfg.model.hidden_size} "
+          f"B={cfg.task.batch_size} T={cfg.task.seq_len}, {args.train_steps} steps x {rounds} rounds, "
+          f"threads={threads}, torch {machine['torch']} on {cpu_label(machine['cpu'])}")
+    for label in (first, second):
+        w, c = result[label]["chars_per_s_wall"], result[label]["chars_per_s_cpu"]
+        print(f"  {label:9} {w['median']:9.0f} chars/s wall [{w['min']:.0f}-{w['max']:.0f}], "
+              f"{c['median']:9.0f} per CPU second [{c['min']:.0f}-{c['max']:.0f}]")
+    print(f"  ratio {first} / {second}: {result['ratio_wall']:.2f} (wall), {result['ratio_cpu']:.2f} (CPU time); "
+          f"above 1 means {first} trains faster ({time.time() - started:.0f} s)")
+    path = write_json({"config": config_to_dict(cfg), "threads": args.threads, "machine": machine,
+                       "train_throughput": result, "argv": sys.argv[1:]}, args.out)
     print(f"rnnlab bench: wrote {path}")
     return 0
