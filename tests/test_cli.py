@@ -141,7 +141,8 @@ def test_a_run_on_torch_nn_layer_for_measurement(tmp_path, text_file, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_bench_train_steps_compares_the_training_loop(tmp_path, text_file, capsys):
+def test_bench_times_the_training_loop_and_generation(tmp_path, text_file, capsys):
+    """`rnnlab bench --train-steps`: rnnlab vs torch.nn on the training loop; `--generate`: generate_text."""
     config = tmp_path / "tiny.toml"
     config.write_text(f'[model]\nhidden_size = 16\nembed_size = 8\n[task]\nname = "text"\npath = "{text_file}"\n'
                       f'batch_size = 4\nseq_len = 16\n')
@@ -155,3 +156,7 @@ def test_bench_train_steps_compares_the_training_loop(tmp_path, text_file, capsy
         assert result[label]["chars_per_s_cpu"]["median"] > 0
     assert result["ratio_cpu"] == pytest.approx(result["rnnlab"]["chars_per_s_cpu"]["median"]
                                                  / result["torch.nn"]["chars_per_s_cpu"]["median"])
+    assert main(["bench", "--generate", "20", "--rounds", "1", "--config", str(config), "--out", str(out)]) == 0
+    assert "chars/s wall" in capsys.readouterr().out
+    generated = json.loads(out.read_text())["generate"]
+    assert generated["chars"] == 20 and generated["chars_per_s_cpu"]["median"] > 0

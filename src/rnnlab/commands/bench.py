@@ -51,13 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instead of the layer cases, time `rnnlab train`'s step loop (the main job's config, or "
                         "--config) with rnnlab's layer and with torch.nn's, N optimizer steps per round, rounds "
                         "interleaved (--rounds, default 2; --threads); prints characters per second and the ratio")
-    p.add_argument("--config", default=None, metavar="TOML", help="with --train-steps: the run's config file")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="instead of the layer cases, time `rnnlab generate` (generate_text) on the main job's model "
+                        "(or --config's) with fresh weights: N characters per round (--rounds, default 5; "
+                        "--threads); prints characters per second")
+    p.add_argument("--config", default=None, metavar="TOML",
+                   help="with --train-steps or --generate: the run's config file")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     if args.train_steps:
         return _train_throughput(args)
+    if args.generate:
+        return _generate_speed(args)
     cfg = BenchConfig(cells=args.cells, sizes=args.sizes, passes=args.passes,
                       rounds=args.rounds if args.rounds is not None else (5 if args.quick else BenchConfig.rounds),
                       warmup=args.warmup if args.warmup is not None else (1 if args.quick else BenchConfig.warmup),
@@ -104,5 +111,52 @@ def _train_throughput(args: argparse.Namespace) -> int:
           f"above 1 means {first} trains faster ({time.time() - started:.0f} s)")
     path = write_json({"config": config_to_dict(cfg), "threads": args.threads, "machine": machine,
                        "train_throughput": result, "argv": sys.argv[1:]}, args.out)
+    print(f"rnnlab bench: wrote {path}")
+    return 0
+
+
+def _generate_speed(args: argparse.Namespace) -> int:
+    """``--generate``: characters per second of :func:`rnnlab.models.generate_text` on the config's model."""
+    import time
+
+    import torch
+
+    from ..bench import summary
+    from ..errors import UserError
+    from ..models import generate_text
+    from ..train.config import load_config
+    from ..train.run import build_model_and_task
+
+    if args.generate < 1:
+        raise UserError(f"bench: --generate must be >= 1, got {args.generate}")
+    rounds = args.rounds if args.rounds is not None else 5
+    threads = thread_count(args.threads)
+    cfg = load_config(args.config, {"train.threads": threads})
+    model, task = build_model_and_task(cfg)
+    if not task.vocab:
+        raise UserError(f"bench: --generate needs a character model, and {cfg.task.name} is a {task.kind} task")
+    torch.set_num_threads(threads)
+
+    def sample() -> None:
+        generate_text(model, task.vocab, length=args.generate, temperature=0.8,  # `rnnlab generate`'s default
+                      generator=torch.Generator().manual_seed(args.seed))
+
+    sample()  # warm-up
+    wall, cpu = [], []
+    for _ in range(rounds):
+        w0, c0 = time.perf_counter(), time.process_time()
+        sample()
+        wall.append(args.generate / (time.perf_counter() - w0))
+        cpu.append(args.generate / (time.process_time() - c0))
+    machine = machine_info("cpu")
+    w, c = summary(wall), summary(cpu)
+    print(f"generate_text, {cfg.model.cell} H={cfg.model.hidden_size} embedding {cfg.model.embed_size}, "
+          f"{len(task.vocab)} characters, {args.generate} per round x {rounds}, threads={threads}, torch "
+          f"{machine['torch']} on {cpu_label(machine['cpu'])}")
+    print(f"  {w['median']:.0f} chars/s wall [{w['min']:.0f}-{w['max']:.0f}], {c['median']:.0f} per CPU second "
+          f"[{c['min']:.0f}-{c['max']:.0f}]")
+    path = write_json({"threads": args.threads, "machine": machine, "generate": {
+        "chars": args.generate, "rounds": rounds, "chars_per_s_wall": w, "chars_per_s_cpu": c},
+        "argv": sys.argv[1:]}, args.out)
     print(f"rnnlab bench: wrote {path}")
     return 0
