@@ -114,3 +114,16 @@ def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys):
     table = capsys.readouterr().out
     assert cpu_label(cpu_info(text)) in table and "lstm  S5" in table
     assert format_table(results).splitlines()[0] in table
+
+
+def test_peak_memory_subprocesses_take_threads_all(tmp_path):
+    """The memory children rebuild the config from JSON, ``threads="all"`` included."""
+    out = tmp_path / "mem.json"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--cells", "rnn", "--sizes", "S4", "--passes", "fwdbwd", "--rounds", "1", "--warmup",
+                     "0", "--threads", "all", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    [case] = json.loads(out.read_text())["cases"]
+    assert case["torch"]["peak_bytes"] > 0 and case["rnnlab"]["peak_bytes"] > 0

@@ -233,7 +233,7 @@ def _time_case(cfg: BenchConfig, cell: str, size_name: str, pass_: str) -> dict:
 # getrusage's ru_maxrss would not do: it survives fork+exec, so a child inherits the parent's peak.
 _MEMORY_CHILD = r"""
 import json, sys, torch, rnnlab
-from rnnlab.bench import BenchConfig, SIZES, _build, _call
+from rnnlab.bench import BenchConfig, SIZES, _build, _call, thread_count
 
 def status_kb(key):
     for line in open("/proc/self/status"):
