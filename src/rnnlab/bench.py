@@ -409,7 +409,8 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
 def format_table(results: dict) -> str:
     """The ratio table: one line per case, times in ms as median [min-max], ratio = rnnlab / torch.nn."""
     m = results["machine"]
-    lines = [f"rnnlab {results['config']['backend']!r} vs torch.nn {m['torch']} on {m.get('gpu') or cpu_label(m.get('cpu', '?'))}"
+    where = m.get("gpu") or cpu_label(m.get("cpu", "?"))
+    lines = [f"rnnlab {results['config']['backend']!r} vs torch.nn {m['torch']} on {where}"
              f" | threads={m['threads']} | GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s"
              f" | rounds={results['config']['rounds']} warmup={results['config']['warmup']}"]
     head = (f"{'cell':5} {'size':4} {'pass':6} {'torch.nn ms':>22} {'rnnlab ms':>22} {'ratio':>6} {'cpu':>5}"

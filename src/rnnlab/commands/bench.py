@@ -1,4 +1,6 @@
-"""``rnnlab bench``: speed and peak memory of rnnlab's layers against torch.nn, as a ratio table and JSON."""
+"""``rnnlab bench``: speed and peak memory of rnnlab's layers against torch.nn, as a ratio table and JSON; with
+``--train-steps`` the training loop's characters per second on rnnlab's layer and on torch.nn's, with
+``--generate`` those of ``rnnlab generate``."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="benchmark rnnlab vs torch.nn (speed ratio, %% of GEMM peak, peak memory)",
         description="Time rnnlab's LSTM/GRU/RNN against torch.nn with the same weights in the same run "
                     "(interleaved rounds, warm-up, median and min/max, wall and process CPU time), forward-only "
-                    "and forward+backward, at the sizes S1-S5 (S5 is the main job's layer); print the ratio table and write it as JSON.")
+                    "and forward+backward, at the sizes S1-S5 (S5 is the main job's layer); print the ratio table "
+                    "and write it as JSON.")
     p.add_argument("--quick", action="store_true",
                    help="5 rounds, 1 warm-up, no memory subprocesses (about a minute)")
     p.add_argument("--cells", type=_names, default=d.cells, help=f"comma list among {list(CELLS)} (default all)")
