@@ -106,3 +106,57 @@ def test_a_new_run_replaces_the_folders_earlier_results_only_with_overwrite(tmp_
     steps = [line.split(",")[0] for line in (tmp_path / "s" / "train.csv").read_text().splitlines()[1:]]
     assert steps == ["2", "4", "5"]  # one run's rows, not two runs' appended
     assert len((tmp_path / "s" / "val.csv").read_text().splitlines()) == 2  # header + the final evaluation
+
+
+def test_a_run_on_torch_nn_layer_for_measurement(tmp_path, text_file, capsys):
+    """``--backend torch.nn``: the same model (same seed, same weights) with torch.nn's layer; it trains, its
+    checkpoint loads for generate, and its logged training loss is rnnlab's; options torch.nn lacks are refused."""
+    from torch import nn
+
+    from rnnlab.layers import RNNBase
+    from rnnlab.train.config import load_config
+    from rnnlab.train.run import build_model_and_task
+
+    overrides = {"task.name": "text", "task.path": str(text_file), "task.batch_size": 4, "task.seq_len": 16,
+                 "model.hidden_size": 16, "model.embed_size": 8}
+    ours, _ = build_model_and_task(load_config(None, overrides))
+    theirs, _ = build_model_and_task(load_config(None, {**overrides, "model.backend": "torch.nn"}))
+    assert isinstance(ours.rnn, RNNBase) and type(theirs.rnn) is nn.LSTM
+    assert {k: v.tolist() for k, v in ours.state_dict().items()} == {
+        k: v.tolist() for k, v in theirs.state_dict().items()}
+    losses = []
+    for backend in ("", "torch.nn"):
+        name = backend or "rnnlab"
+        assert main(["train", "--task", "text", "--path", str(text_file), "--out-dir", str(tmp_path), "--name", name,
+                     "--embed-size", "8", "--backend", backend, *TINY]) == 0
+        capsys.readouterr()
+        losses.append(float((tmp_path / name / "train.csv").read_text().splitlines()[1].split(",")[1]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)  # the same 5 steps: another model is off by > 1e-2
+    assert main(["generate", str(tmp_path / "torch.nn"), "--length", "20"]) == 0
+    for option, message in ((["--zoneout", "0.1"], "torch.nn's layers have no zoneout"),
+                            (["--cell", "layernorm_lstm"], "needs a cell torch.nn has"),
+                            (["--track-every", "1"], "cannot be tracked")):
+        assert main(["train", "--task", "text", "--path", str(text_file), "--out-dir", str(tmp_path), "--name", "x",
+                     "--backend", "torch.nn", *TINY, *option]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_bench_times_the_training_loop_and_generation(tmp_path, text_file, capsys):
+    """`rnnlab bench --train-steps`: rnnlab vs torch.nn on the training loop; `--generate`: generate_text."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[model]\nhidden_size = 16\nembed_size = 8\n[task]\nname = "text"\npath = "{text_file}"\n'
+                      f'batch_size = 4\nseq_len = 16\n')
+    out = tmp_path / "tt.json"
+    assert main(["bench", "--train-steps", "2", "--rounds", "2", "--config", str(config), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ratio rnnlab / torch.nn:" in text and "B=4 T=16" in text
+    result = json.loads(out.read_text())["train_throughput"]
+    assert result["chars_per_step"] == 4 * 16 and result["steps"] == 2 and result["rounds"] == 2
+    for label in ("rnnlab", "torch.nn"):
+        assert result[label]["chars_per_s_cpu"]["median"] > 0
+    assert result["ratio_cpu"] == pytest.approx(result["rnnlab"]["chars_per_s_cpu"]["median"]
+                                                 / result["torch.nn"]["chars_per_s_cpu"]["median"])
+    assert main(["bench", "--generate", "20", "--rounds", "1", "--config", str(config), "--out", str(out)]) == 0
+    assert "chars/s wall" in capsys.readouterr().out
+    generated = json.loads(out.read_text())["generate"]
+    assert generated["chars"] == 20 and generated["chars_per_s_cpu"]["median"] > 0

@@ -1,6 +1,6 @@
 """Speed and peak memory of rnnlab's layers against torch.nn, measured in the same run on the same weights.
 
-What is measured, per cell type (LSTM, GRU, RNN), size (S1-S4) and pass (forward-only under ``no_grad``, or
+What is measured, per cell type (LSTM, GRU, RNN), size (S1-S5) and pass (forward-only under ``no_grad``, or
 forward+backward of ``output.sum()`` with the input requiring grad, as inside a stacked model):
 
 * time: ``rounds`` interleaved rounds after ``warmup`` calls; in each round torch.nn and rnnlab run once each,
@@ -42,7 +42,7 @@ from .cellspec import SPECS
 from .errors import UserError
 
 __all__ = ["Size", "SIZES", "CELLS", "PASSES", "TARGETS", "BenchConfig", "run", "format_table", "gemm_peak",
-           "write_json", "time_call", "summary"]
+           "write_json", "time_call", "summary", "cpu_info", "cpu_label", "thread_count", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ SIZES: dict[str, Size] = {
     "S2": Size(B=32, T=200, I=128, H=128),
     "S3": Size(B=1, T=500, I=256, H=256),
     "S4": Size(B=8, T=50, I=32, H=64),
+    "S5": Size(B=32, T=128, I=64, H=512),  # the main job's layer (configs/shakespeare.toml: embedding 64, H=512)
 }
 # The cells torch.nn has, by the class name torch.nn and rnnlab share (lower-cased: "lstm", "gru", "rnn"):
 # {name: (class name, gate blocks)}, from the specs of rnnlab.cellspec.SPECS with a torch ``mode``. Only these have
@@ -80,7 +81,7 @@ PASSES = ("fwd", "fwdbwd")
 # The issue's targets: ratio rnnlab / torch.nn must be at most this (torch.nn.LSTM uses oneDNN on the CPU;
 # GRU and RNN have no oneDNN path, hence the tighter bound).
 TARGETS: dict[tuple[str, str], dict[str, float]] = {
-    ("lstm", "fwdbwd"): {"S1": 0.90, "S2": 0.90, "S3": 1.0, "S4": 1.0},
+    ("lstm", "fwdbwd"): {"S1": 0.90, "S2": 0.90, "S3": 1.0, "S4": 1.0, "S5": 0.90},
     ("gru", "fwdbwd"): dict.fromkeys(SIZES, 0.6),
     ("rnn", "fwdbwd"): dict.fromkeys(SIZES, 0.6),
     ("lstm", "fwd"): dict.fromkeys(SIZES, 1.0),
@@ -98,7 +99,7 @@ class BenchConfig:
     passes: tuple[str, ...] = PASSES  # "fwd" (no_grad) and/or "fwdbwd"
     rounds: int = 11  # interleaved timed rounds per case (the median is reported)
     warmup: int = 2  # untimed calls of each implementation before the rounds
-    threads: int = 1  # torch.set_num_threads; 1 makes the shared-machine numbers comparable
+    threads: int | str = 1  # torch.set_num_threads, or "all" (every core this process may use; thread_count)
     device: str = "cpu"  # "cpu" or "cuda"
     dtype: str = "float32"
     seed: int = 0  # fixes weights and inputs
@@ -113,9 +114,10 @@ class BenchConfig:
             bad = [v for v in given if v not in allowed]
             if bad or not given:
                 raise UserError(f"bench: {name} must be a non-empty subset of {list(allowed)}, got {list(given)}")
-        for name in ("rounds", "threads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"bench: {name} must be >= 1, got {getattr(self, name)}")
+        if self.rounds < 1:
+            raise UserError(f"bench: rounds must be >= 1, got {self.rounds}")
+        if self.threads != "all" and not (type(self.threads) is int and self.threads >= 1):
+            raise UserError(f"bench: threads must be an integer >= 1 or 'all', got {self.threads!r}")
         if self.warmup < 0:
             raise UserError(f"bench: warmup must be >= 0, got {self.warmup}")
         if self.device not in ("cpu", "cuda"):
@@ -245,7 +247,7 @@ def _time_case(cfg: BenchConfig, cell: str, size_name: str, pass_: str) -> dict:
 # getrusage's ru_maxrss would not do: it survives fork+exec, so a child inherits the parent's peak.
 _MEMORY_CHILD = r"""
 import json, sys, torch, rnnlab
-from rnnlab.bench import BenchConfig, SIZES, _build, _call
+from rnnlab.bench import BenchConfig, SIZES, _build, _call, thread_count
 
 def status_kb(key):
     for line in open("/proc/self/status"):
@@ -254,7 +256,7 @@ def status_kb(key):
     raise RuntimeError(key + " not in /proc/self/status")
 
 cfg = BenchConfig(**json.loads(sys.argv[1]))
-torch.set_num_threads(cfg.threads)
+torch.set_num_threads(thread_count(cfg.threads))
 ref, ours, x = _build(cfg, sys.argv[2], SIZES[sys.argv[3]])
 module = ref if sys.argv[4] == "torch" else ours
 with torch.no_grad():
@@ -288,21 +290,100 @@ def _peak_memory(cfg: BenchConfig, cell: str, size_name: str, impl: str) -> floa
 
 # -- driver -------------------------------------------------------------------------------------------------------
 
-def _machine(cfg: BenchConfig) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "device": cfg.device}
+def thread_count(threads: int | str) -> int:
+    """The number of threads ``threads`` asks for: itself, or for ``"all"`` every CPU this process may run on
+    (its affinity mask, which is what a container or ``taskset`` grants, not the host's core count)."""
+    if threads != "all":
+        return int(threads)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if cfg.device == "cuda":
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# (vendor_id, cpu family, model) -> microarchitecture, for the server parts the project's machines have been.
+# Only exact numbers that identify one design are listed (Linux's arch/x86/include/asm/intel-family.h and AMD's
+# revision guides); anything else is reported by its numbers alone rather than guessed. Intel's family 6 model 85
+# is three designs told apart by stepping (below).
+MICROARCHITECTURES: dict[tuple[str, int, int], str] = {
+    ("AuthenticAMD", 23, 1): "Zen (Naples)",
+    ("AuthenticAMD", 23, 49): "Zen 2 (Rome)",
+    ("AuthenticAMD", 25, 1): "Zen 3 (Milan)",
+    ("AuthenticAMD", 25, 17): "Zen 4 (Genoa)",
+    ("AuthenticAMD", 25, 160): "Zen 4c (Bergamo)",
+    ("GenuineIntel", 6, 63): "Haswell-EP",
+    ("GenuineIntel", 6, 79): "Broadwell-EP",
+    ("GenuineIntel", 6, 106): "Ice Lake-SP",
+    ("GenuineIntel", 6, 143): "Sapphire Rapids",
+    ("GenuineIntel", 6, 207): "Emerald Rapids",
+    ("GenuineIntel", 6, 173): "Granite Rapids",
+}
+# The vector ISA flags that decide which kernels and which BLAS code paths run.
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile")
+
+
+def cpu_info(cpuinfo: str) -> dict:
+    """The CPU of the first processor block of ``/proc/cpuinfo`` text, named precisely.
+
+    A virtual machine's ``model name`` can read just "AMD EPYC"; the vendor, family, model and stepping numbers
+    (and the microarchitecture they identify, where :data:`MICROARCHITECTURES` knows them) say which design the
+    timings came from, and the ISA flags which vector code paths ran. Missing fields are left out.
+
+    Returns:
+        ``{"vendor", "family", "model", "stepping", "model_name", "microarchitecture", "isa"}``;
+        ``microarchitecture`` is None when the numbers are not in the table, ``isa`` lists the present
+        :data:`ISA_FLAGS`.
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    info: dict = {"vendor": fields.get("vendor_id"), "model_name": fields.get("model name")}
+    for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")):
+        value = fields.get(key, "")
+        info[name] = int(value) if value.isdigit() else None
+    flags = set(fields.get("flags", "").split())
+    info["isa"] = [f for f in ISA_FLAGS if f in flags]
+    arch = MICROARCHITECTURES.get((info["vendor"], info["family"], info["model"]))
+    if (info["vendor"], info["family"], info["model"]) == ("GenuineIntel", 6, 85) and info["stepping"] is not None:
+        arch = ("Skylake-SP" if info["stepping"] <= 4 else "Cascade Lake" if info["stepping"] <= 7
+                else "Cooper Lake")
+    info["microarchitecture"] = arch
+    return info
+
+
+def cpu_label(info: dict | str) -> str:
+    """One line for a table header: ``AMD EPYC (AuthenticAMD family 25 model 1 stepping 1, Zen 3 (Milan);
+    avx avx2 fma)``. Results written before :func:`cpu_info` existed hold the model name alone, a string."""
+    if isinstance(info, str):
+        return info
+    numbers = (f"{info.get('vendor') or '?'} family {info.get('family')} model {info.get('model')} "
+               f"stepping {info.get('stepping')}")
+    if info.get("microarchitecture"):
+        numbers += f", {info['microarchitecture']}"
+    isa = " ".join(info.get("isa") or []) or "no AVX"
+    return f"{info.get('model_name') or 'unknown CPU'} ({numbers}; {isa})"
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """Where a measurement ran: versions, the CPU (:func:`cpu_info`), torch's thread count, the GPU if any, and
+    whether the compiled kernels were used."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "threads": torch.get_num_threads(), "device": device}
+    try:
+        info["cpu"] = cpu_info(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux: what the platform module knows
+        info["cpu"] = {"model_name": platform.processor() or platform.machine()}
+    if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     from .kernels import fused
 
-    info["fused_compiled"] = fused.compiled_available() if cfg.device == "cpu" else False
+    info["fused_compiled"] = fused.compiled_available() if device == "cpu" else False
     return info
 
 
@@ -313,12 +394,13 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
         UserError: an invalid config field.
     """
     cfg.validate()
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(thread_count(cfg.threads))
     say = progress or (lambda _msg: None)
     started = time.time()
-    machine = _machine(cfg)
+    machine = machine_info(cfg.device)
+    say(f"CPU: {cpu_label(machine['cpu'])}")
     peak = gemm_peak(cfg.device)
-    say(f"torch.set_num_threads({cfg.threads}); GEMM peak {peak:.1f} GFLOP/s (float32 1024^3 matmul)")
+    say(f"torch.set_num_threads({torch.get_num_threads()}); GEMM peak {peak:.1f} GFLOP/s (float32 1024^3 matmul)")
     cases = []
     for cell in cfg.cells:
         for size_name in cfg.sizes:
@@ -341,7 +423,8 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
 def format_table(results: dict) -> str:
     """The ratio table: one line per case, times in ms as median [min-max], ratio = rnnlab / torch.nn."""
     m = results["machine"]
-    lines = [f"rnnlab {results['config']['backend']!r} vs torch.nn {m['torch']} on {m.get('gpu', m.get('cpu', '?'))}"
+    where = m.get("gpu") or cpu_label(m.get("cpu", "?"))
+    lines = [f"rnnlab {results['config']['backend']!r} vs torch.nn {m['torch']} on {where}"
              f" | threads={m['threads']} | GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s"
              f" | rounds={results['config']['rounds']} warmup={results['config']['warmup']}"]
     head = (f"{'cell':5} {'size':4} {'pass':6} {'torch.nn ms':>22} {'rnnlab ms':>22} {'ratio':>6} {'cpu':>5}"

@@ -14,13 +14,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cellspec import SPECS, CellSpec
 from .errors import UserError
+from .layers import RNNBase
+from .sequence import hidden_of
 from .variants import layer_class
 
 __all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", "build_model", "make_layer",
@@ -196,9 +199,15 @@ def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str | No
     when ``top_k > 0`` (Fan et al. 2018). ``prime`` None: a character the model knows (a newline when the text
     had one, see :func:`rnnlab.data.text.default_prime`).
 
+    The prime runs through the model as one sequence; the characters after it are one step each. For a
+    :class:`RecurrentNet` whose layer takes its cell's plain step (:func:`_cell_stepper`) that step is the cell's
+    step function on the layer's weights, with no per-call checks or dispatch: a layer call at T=1 costs several
+    times the step's arithmetic. Other models are called once per character. Both give the same samples for the
+    same ``generator`` (the same maths; float rounding may differ in the last bit).
+
     Raises:
-        UserError: no vocabulary, temperature <= 0, top_k < 0, empty prime, or a prime character outside the
-            vocabulary.
+        UserError: no vocabulary, temperature <= 0, top_k < 0, empty prime, a prime character outside the
+            vocabulary, or a model whose output is not finite.
     """
     if not vocab:
         raise UserError("generate: the model has no vocabulary (not a character model)")
@@ -218,18 +227,97 @@ def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str | No
         raise UserError(f"generate: prime characters not in the model's vocabulary: {missing}")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    ids = torch.tensor([[index[c]] for c in prime], dtype=torch.long, device=device)  # (P, 1)
-    logits, state = model(ids)
-    out: list[str] = []
-    for _ in range(length):
-        scaled = logits[-1, 0] / temperature  # (V,)
-        if top_k:
-            kth = torch.topk(scaled, min(top_k, scaled.numel())).values[-1]
+    try:
+        with torch.inference_mode():
+            device = next(model.parameters()).device
+            ids = torch.tensor([[index[c]] for c in prime], dtype=torch.long, device=device)  # (P, 1)
+            logits, state = model(ids)
+            step = _cell_stepper(model, state) or _model_stepper(model, state, device)
+            draw = _Sampler(temperature, top_k, generator)
+            out: list[str] = []
+            last = logits[-1, 0]  # (V,)
+            for k in range(length):
+                nxt = draw(last)
+                out.append(vocab[nxt])
+                if k + 1 < length:
+                    last = step(nxt)
+            if length and not bool(torch.isfinite(last).all()):
+                # NaN or inf logits stay so (the state carries them): one check, not one per character
+                raise UserError("generate: the model's output is not finite (NaN or inf): its weights are broken")
+    finally:
+        model.train(was_training)
+    return "".join(out)
+
+
+class _Sampler:
+    """One character from ``softmax(logits / temperature)`` (top-k restricted), as ``torch.multinomial(probs, 1)``
+    draws it, without its per-call checks.
+
+    For one sample torch's CPU multinomial is the exponential-race (Gumbel-max) draw
+    ``argmax(probs / q)``, ``q ~ Exp(1)`` of the probabilities' shape and dtype from the same generator
+    (aten's ``multinomial_out``). Doing that here on a buffer reused for every character gives the same index
+    from the same generator state; what it leaves out is the check for NaN, inf and negative probabilities (two
+    reductions and two host reads per call, half of the draw's cost), which :func:`generate_text` makes once at
+    the end.
+    """
+
+    def __init__(self, temperature: float, top_k: int, generator: torch.Generator | None) -> None:
+        self.temperature, self.top_k, self.generator = temperature, top_k, generator
+        self.race: Tensor | None = None
+
+    def __call__(self, logits: Tensor) -> int:
+        scaled = logits / self.temperature  # (V,)
+        if self.top_k:
+            kth = torch.topk(scaled, min(self.top_k, scaled.numel())).values[-1]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
         probs = torch.softmax(scaled.float().cpu(), dim=-1)
-        nxt = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(vocab[nxt])
+        if self.race is None:
+            self.race = torch.empty_like(probs)
+        race = self.race.exponential_(1, generator=self.generator)
+        return int(torch.div(probs, race, out=race).argmax())
+
+
+def _model_stepper(model: nn.Module, state, device: torch.device) -> Callable[[int], Tensor]:
+    """Next-character logits ``(V,)`` by calling ``model`` on one character, carrying its state."""
+
+    def step(nxt: int) -> Tensor:
+        nonlocal state
         logits, state = model(torch.tensor([[nxt]], device=device), state)
-    model.train(was_training)
-    return "".join(out)
+        return logits[-1, 0]
+
+    return step
+
+
+def _cell_stepper(model: nn.Module, state) -> Callable[[int], Tensor] | None:
+    """Next-character logits ``(V,)`` of a :class:`RecurrentNet` by its cell's step function, or ``None`` where
+    the layer's step is not the cell's plain step.
+
+    In eval mode a one-direction layer without zoneout runs exactly its cell's step (``CellSpec.step``) layer
+    after layer: recurrent dropout, DropConnect and the dropouts are identities there, and learned initial states
+    only matter without a state (the prime gave one). So one character is the embedding row (or one-hot row), the
+    step of each layer on its own weights, and the head; dropout between layers and before the head is skipped,
+    as eval mode skips it. Zoneout (an expectation in eval mode), two directions, all-step outputs and models
+    that change :meth:`RecurrentNet.forward` are called as a whole (:func:`_model_stepper`).
+    """
+    if not isinstance(model, RecurrentNet) or type(model).forward is not RecurrentNet.forward:
+        return None
+    rnn = model.rnn
+    if (not isinstance(rnn, RNNBase) or rnn.bidirectional or any(rnn.zoneout) or rnn.return_all_states
+            or model.training):
+        return None
+    weight = model.head.weight
+    # the input of one character: its embedding, or its one-hot row (F.one_hot(...).float(), as in forward)
+    table = model.embed.weight if model.embed is not None else torch.eye(model.input_size, device=weight.device)
+    cell = rnn.spec.step
+    params = [rnn.layer_params(layer) for layer in range(rnn.num_layers)]
+    states = [tuple(s[layer] for s in state) if isinstance(state, tuple) else state[layer]
+              for layer in range(rnn.num_layers)]  # per layer: (h, c) or h, each (1, H)
+
+    def step(nxt: int) -> Tensor:
+        x = table[nxt:nxt + 1]  # (1, E)
+        for layer, p in enumerate(params):
+            states[layer] = cell(x, states[layer], p, None)
+            x = hidden_of(states[layer])
+        return F.linear(x, weight, model.head.bias)[0]
+
+    return step

@@ -62,7 +62,9 @@ class ModelConfig:
     embed_size: int = _f(64, "character-model input embedding width (0 = one-hot input)")
     dropout: float = _f(0.0, "dropout between recurrent layers and before the output head, in [0, 1)")
     init: str = _f("torch", "weight init preset: torch (default), orthogonal, forget_bias, irnn, chrono")
-    backend: str = _f("", "whole-sequence kernel (see rnnlab.available_backends()); empty = the default one")
+    backend: str = _f("", "whole-sequence kernel (rnnlab.available_backends(): fused, reference, torch = torch's "
+                          "own op inside rnnlab's layer); empty = the default one; 'torch.nn' = torch.nn's own "
+                          "layer module instead of rnnlab's, to measure against it")
     recurrent_dropout: float = _f(0.0, "variational dropout of h_{t-1} into W_hh, one mask per sequence, in [0, 1) "
                                        "(Gal & Ghahramani 2016)")
     zoneout: float = _f(0.0, "probability a unit keeps its previous state at a step, in [0, 1) (Krueger et al. 2017)")

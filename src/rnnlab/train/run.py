@@ -8,15 +8,18 @@ This is the one function the CLI (``rnnlab train``) and other front ends (``rnnl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..data import build_task
 from ..data.base import Task
 from ..errors import UserError
+from ..layers import RNNBase
 from ..models import build_model
 from .callbacks import default_callbacks
 from .checkpoint import load_checkpoint
@@ -27,7 +30,11 @@ from .tracking import GradientTracker
 from .trainer import Callback, Trainer
 
 __all__ = ["build_model_and_task", "setup_run", "tracking_callbacks", "run_name", "task_info", "load_run",
-           "read_task_info"]
+           "read_task_info", "build_run_model", "torch_nn_layer", "TORCH_NN"]
+
+# ``model.backend = "torch.nn"``: the run's model with torch.nn's own layer in place of rnnlab's, for measuring
+# rnnlab against it on the same model and loop (``rnnlab bench --train-steps``); not a backend of rnnlab's layers.
+TORCH_NN = "torch.nn"
 
 
 def run_name(cfg: Config) -> str:
@@ -49,8 +56,53 @@ def build_model_and_task(cfg: Config, vocab: list[str] | None = None) -> tuple[t
     if vocab is not None and task.vocab is not None and list(task.vocab) != list(vocab):
         task.use_vocab(vocab)  # type: ignore[attr-defined]  # a character task (CharLMTask)
     torch.manual_seed(cfg.train.seed)  # after the task: the weights depend on the seed alone
-    model = build_model(cfg.model, task)
+    if cfg.model.backend == TORCH_NN and cfg.train.track_every > 0:
+        raise UserError("config: model.backend 'torch.nn' (for measuring speed) cannot be tracked: gradient "
+                        "tracking reads rnnlab's layers; set train.track_every = 0")
+    model = build_run_model(cfg.model, task)
     return model, task
+
+
+def build_run_model(model_cfg, task) -> torch.nn.Module:
+    """:func:`rnnlab.models.build_model`, or with ``model_cfg.backend == "torch.nn"`` the same model (same seed,
+    same weights) whose recurrent layer is then replaced by :func:`torch_nn_layer`."""
+    if model_cfg.backend != TORCH_NN:
+        return build_model(model_cfg, task)
+    model = build_model(dataclasses.replace(model_cfg, backend=""), task)
+    model.rnn = torch_nn_layer(model.rnn)
+    return model
+
+
+def torch_nn_layer(layer: nn.Module) -> nn.Module:
+    """``torch.nn.LSTM``/``GRU``/``RNN`` with ``layer``'s arguments and a copy of its weights (the parameter names
+    are the same), so the two compute the same function and a checkpoint of one loads into the other.
+
+    Raises:
+        UserError: a cell torch.nn does not have (the variants), or a layer option it lacks (recurrent dropout,
+            zoneout, DropConnect, learned initial states, all-step outputs).
+    """
+    assert isinstance(layer, RNNBase)
+    mode = layer.spec.mode
+    if mode is None:
+        raise UserError(f"model: backend {TORCH_NN!r} needs a cell torch.nn has (lstm, gru, rnn_tanh, rnn_relu), "
+                        f"got {layer.spec.name}")
+    options = {"recurrent_dropout": layer.recurrent_dropout, "zoneout": any(layer.zoneout),
+               "weight_dropout": layer.weight_dropout, "learn_init": layer.learn_init,
+               "return_all_states": layer.return_all_states}
+    used = [name for name, value in options.items() if value]
+    if used:
+        raise UserError(f"model: backend {TORCH_NN!r}: torch.nn's layers have no {', '.join(used)}")
+    common = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
+                  dropout=layer.dropout, bidirectional=layer.bidirectional)
+    twin: nn.Module
+    if mode == "LSTM":
+        twin = nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size, **common)
+    elif mode == "GRU":
+        twin = nn.GRU(layer.input_size, layer.hidden_size, **common)
+    else:
+        twin = nn.RNN(layer.input_size, layer.hidden_size, nonlinearity=mode[4:].lower(), **common)
+    twin.load_state_dict(layer.state_dict())
+    return twin.to(next(layer.parameters()))
 
 
 def task_info(task: Task) -> dict[str, Any]:
@@ -156,7 +208,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module, dict[str, An
     class _Shape:  # what build_model reads from a task
         kind, input_size, output_size = info["kind"], info["input_size"], info["output_size"]
 
-    model = build_model(cfg.model.__class__(**{**config_to_dict(cfg)["model"], "init": "torch"}), _Shape)
+    model = build_run_model(cfg.model.__class__(**{**config_to_dict(cfg)["model"], "init": "torch"}), _Shape)
     model.load_state_dict(state["model"])
     model.eval()
     return cfg, model, info
