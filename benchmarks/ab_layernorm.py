@@ -29,7 +29,8 @@ from torch.utils.cpp_extension import load
 
 import rnnlab
 from rnnlab.bench import SIZES
-from rnnlab.cellspec import SequenceRun
+from rnnlab.cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC
+from rnnlab.sequence import SequenceRun
 from rnnlab.kernels import _extension
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +76,14 @@ def cases(size: str, old: ModuleType) -> dict[str, dict[str, Callable[[], None]]
     torch.manual_seed(0)
     x = torch.randn(s.T, s.B, s.I, requires_grad=True)
     out: dict[str, dict[str, Callable[[], None]]] = {}
-    for cell, ln_cls, plain_cls, kname in (("lstm", rnnlab.LayerNormLSTM, rnnlab.LSTM, "ln_lstm_kernel"),
-                                           ("gru", rnnlab.LayerNormGRU, rnnlab.GRU, "ln_gru_kernel")):
+    for cell, ln_cls, plain_cls, kname, ln_spec in (
+            ("lstm", rnnlab.LayerNormLSTM, rnnlab.LSTM, "ln_lstm_kernel", LAYER_NORM_LSTM_SPEC),
+            ("gru", rnnlab.LayerNormGRU, rnnlab.GRU, "ln_gru_kernel", LAYER_NORM_GRU_SPEC)):
         ln = ln_cls(s.I, s.H)
         p = {k.removesuffix("_l0"): v for k, v in ln.named_parameters()}
         h0 = torch.zeros(s.B, s.H)
         state = (h0, h0.clone()) if cell == "lstm" else h0
-        run = SequenceRun(x, state, p)
+        run = SequenceRun(x, state, p, cell=ln_spec)  # the kernels decline a run without its cell
         plain = plain_cls(s.I, s.H)
 
         def kernel_call(k: Callable[[SequenceRun], object], run: SequenceRun = run) -> Callable[[], None]:

@@ -462,7 +462,7 @@ class RNNBase(nn.Module):
                     result = None
                     if kernel is not None:
                         result = kernel(SequenceRun(x, state, p, direction == 1, lengths, h_mask, keep,
-                                                    self.return_all_states, self._gates_on()))
+                                                    self.return_all_states, self._gates_on(), cell=self.spec))
                     if result is None:
                         if observer is None:
                             self._warn_reference_loop(backend or get_backend(), kernel is not None)

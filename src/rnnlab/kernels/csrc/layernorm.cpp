@@ -301,20 +301,6 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
                                  dbx, dbh, dgx, dgh, dxw, dhw, G);
 }
 
-// The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
-template <typename T>
-inline const T* masked_h(const T* h, const T* mask, int n, T* scratch) {
-  if (mask == nullptr) return h;
-  mul_into(h, mask, scratch, n);
-  return scratch;
-}
-
-// The keep row (H) of zoneout tensor k at row tb, or a row of zeros when that state has no zoneout.
-template <typename T>
-inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& zeros) {
-  return k ? k + tb * H : zeros.data();
-}
-
 
 // The backward's dXW (T, B, G): written over the kept gates A when into_gates (each row of A is read before the
 // same row of dXW is written), which saves a fresh (T, B, G) buffer: at small sizes the cost of these loops is
