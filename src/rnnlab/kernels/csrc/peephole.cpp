@@ -90,8 +90,10 @@ template <typename T>
 void peephole_forward_dispatch(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* wc,
                                const T* hmask, const T* KH, const T* KC, const int64_t* len, bool reverse, int Tn,
                                int B, int H, T* Y, T* h, T* c, T* Cs) {
-  if (KH || KC) peephole_forward_impl<T, true>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
-  else peephole_forward_impl<T, false>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
+  if (KH || KC)  // zoneout on either state (the other's keep is a row of zeros)
+    peephole_forward_impl<T, true>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
+  else
+    peephole_forward_impl<T, false>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
 }
 
 
