@@ -69,9 +69,8 @@ def _peephole_op(xw: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 class _Peephole(torch.autograd.Function):
     """One layer-direction; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c,
-    lengths, reverse, record, cell``. Outputs ``Y, h_n, c_n``, the cell states ``C`` (T,B,H) and the activated
-    gates (T,B,4H) (the last two differentiable, kept for the backward anyway; ``record`` says whether the run
-    returns them, which its double backward then computes)."""
+    lengths, reverse, record, cell``. Outputs ``Y, h_n, c_n`` and, when ``record``, the cell states ``C`` (T,B,H)
+    and the activated gates (T,B,4H) (differentiable; the backward keeps them anyway)."""
 
     @staticmethod
     def forward(ctx, *inputs):  # type: ignore[override]
@@ -83,15 +82,16 @@ class _Peephole(torch.autograd.Function):
         ctx.reverse, ctx.record, ctx.cell = reverse, record, cell
         # Unused outputs (the recorded states in most runs) then come back as None, not as zeros to allocate.
         ctx.set_materialize_grads(False)
-        return Y, hn, cn, C, xw
+        # C and the gates only when recorded: returning them always made a run at S4 3-5% slower
+        return (Y, hn, cn, C, xw) if record else (Y, hn, cn)
 
     @staticmethod
-    def backward(ctx, dY, dhn, dcn, dC, dgates):  # type: ignore[override]
+    def backward(ctx, dY, dhn, dcn, dC=None, dgates=None):  # type: ignore[override]
         saved = ctx.saved_tensors
         inputs, (wc, gates, C, Y) = saved[:14], saved[14:]
         if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
             return backward_through_loop(ctx, _peephole_loop, (*inputs, ctx.reverse, ctx.record, ctx.cell),
-                                         (dY, dhn, dcn, dC, dgates))
+                                         (dY, dhn, dcn, dC, dgates)[:5 if ctx.record else 3])
         x, h0, c0, w_ih, w_hh, *_, h_mask, keep_h, keep_c, lengths = inputs
         if dC is not None or dgates is not None:  # the kernel takes both or neither
             dC, dgates = grad_or_zeros(dC, C), grad_or_zeros(dgates, gates)
@@ -113,7 +113,7 @@ def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tenso
     weights, (h_mask, keep_h, keep_c, lengths, reverse, record, cell) = rest[:7], rest[7:]
     Y, (hn, cn), C, G = loop_outputs(SequenceRun(x, (h0, c0), param_dict(_PARAMS, weights), reverse,  # type: ignore[misc]
                                                  lengths, h_mask, (keep_h, keep_c), record, record, cell=cell))
-    return Y, hn, cn, C, G
+    return (Y, hn, cn, C, G) if record else (Y, hn, cn)
 
 
 def peephole_kernel(seq: SequenceRun) -> SequenceResult | None:
@@ -130,7 +130,9 @@ def peephole_kernel(seq: SequenceRun) -> SequenceResult | None:
     record = seq.record or seq.gates
     C = gates = None
     if needs_grad(seq):
-        Y, hn, cn, C, gates = _Peephole.apply(*inputs, record, seq.cell)
+        Y, hn, cn, *recorded = _Peephole.apply(*inputs, record, seq.cell)
+        if record:
+            C, gates = recorded
     elif record:  # inference, with the states and gates of every step: the training loop keeps them
         with torch.no_grad():
             gates = projection(seq.x, seq.p["weight_ih"])  # (T, B, 4H)
