@@ -1,5 +1,6 @@
-"""The glue every compiled kernel shares: the extension's ops, what the compiled loops cover, and the GEMMs over
-all ``T*B`` rows that surround each per-step loop (the input projection, the weight and input gradients).
+"""The glue every compiled kernel shares: the extension's ops, what the compiled loops cover, the GEMMs over
+all ``T*B`` rows that surround each per-step loop (the input projection, the weight and input gradients), and the
+autograd Functions' plumbing (the gradients their backward returns, their double-backward run on the loop).
 
 The recipe these serve is described in :mod:`rnnlab.kernels.fused`.
 """
@@ -151,8 +152,8 @@ def op_options(seq: SequenceRun, n_states: int) -> tuple[Any, ...]:
 def needed(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
     """What an autograd Function's backward returns: ``grads[k]`` for its ``k``-th input where
     ``ctx.needs_input_grad`` asks for it, else ``None`` (also for the inputs after ``grads``: masks, flags)."""
-    return tuple(g if need else None for g, need in zip((*grads, *[None] * len(ctx.needs_input_grad)),
-                                                        ctx.needs_input_grad))
+    need = ctx.needs_input_grad
+    return tuple(grads[k] if k < len(grads) and need[k] else None for k in range(len(need)))
 
 
 def param_dict(names: Iterable[str], tensors: Iterable[Tensor | None]) -> dict[str, Tensor]:
