@@ -127,7 +127,8 @@ class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
     keep_h, keep_c, lengths, reverse, gates, cell``; outputs ``Y (T, B, H), h_n, c_n``, the cell states
     ``C (T, B, H)`` and the activated gates ``(T, B, 4H)`` when ``gates`` or when the forward keeps them for the
-    backward (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
+    backward (:data:`KEEP_GATES_BYTES`; else an empty tensor). ``cell`` is the run's cell spec, whose step the
+    double backward runs on the reference loop (:func:`_ln_lstm_loop`)."""
 
     @staticmethod
     def forward(ctx, *inputs):  # type: ignore[override]
@@ -165,7 +166,8 @@ class _LNLSTM(torch.autograd.Function):
 class _LNGRU(torch.autograd.Function):
     """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
     lengths, reverse, gates, cell``; outputs ``Y (T, B, H), h_n`` and the activated gates ``(T, B, 3H)`` when
-    ``gates`` or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
+    ``gates`` or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor).
+    ``cell`` as :class:`_LNLSTM`'s."""
 
     @staticmethod
     def forward(ctx, *inputs):  # type: ignore[override]
@@ -199,8 +201,9 @@ def _ln_lstm_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tensor
     """:class:`_LNLSTM` on the reference loop of ``cell``'s step (its double-backward route): its inputs, its
     outputs (``C`` always, the gates side by side with ``gates``)."""
     weights, (mask, keep_h, keep_c, lengths, reverse, gates, cell) = rest[:7], rest[7:]
-    Y, (hn, cn), C, G = loop_outputs(SequenceRun(x, (h0, c0), param_dict(_LSTM_PARAMS, weights), reverse,  # type: ignore[misc]
-                                                 lengths, mask, (keep_h, keep_c), True, gates, cell=cell))
+    run = SequenceRun(x, (h0, c0), param_dict(_LSTM_PARAMS, weights), reverse, lengths, mask, (keep_h, keep_c),
+                      True, gates, cell=cell)
+    Y, (hn, cn), C, G = loop_outputs(run)  # type: ignore[misc]
     return Y, hn, cn, C, G
 
 

@@ -70,7 +70,8 @@ def _peephole_op(xw: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 class _Peephole(torch.autograd.Function):
     """One layer-direction; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c,
     lengths, reverse, record, cell``. Outputs ``Y, h_n, c_n`` and, when ``record``, the cell states ``C`` (T,B,H)
-    and the activated gates (T,B,4H) (differentiable; the backward keeps them anyway)."""
+    and the activated gates (T,B,4H) (differentiable; the backward keeps them anyway). ``cell`` is the run's cell
+    spec, whose step the double backward runs on the reference loop (:func:`_peephole_loop`)."""
 
     @staticmethod
     def forward(ctx, *inputs):  # type: ignore[override]
@@ -111,8 +112,9 @@ def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tenso
     """:class:`_Peephole` on the reference loop of ``cell``'s step (its double-backward route): its inputs, its
     outputs (the cell states and gates with ``record``)."""
     weights, (h_mask, keep_h, keep_c, lengths, reverse, record, cell) = rest[:7], rest[7:]
-    Y, (hn, cn), C, G = loop_outputs(SequenceRun(x, (h0, c0), param_dict(_PARAMS, weights), reverse,  # type: ignore[misc]
-                                                 lengths, h_mask, (keep_h, keep_c), record, record, cell=cell))
+    run = SequenceRun(x, (h0, c0), param_dict(_PARAMS, weights), reverse, lengths, h_mask, (keep_h, keep_c),
+                      record, record, cell=cell)
+    Y, (hn, cn), C, G = loop_outputs(run)  # type: ignore[misc]
     return (Y, hn, cn, C, G) if record else (Y, hn, cn)
 
 
