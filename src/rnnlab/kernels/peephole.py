@@ -83,7 +83,8 @@ class _Peephole(torch.autograd.Function):
         ctx.reverse, ctx.record, ctx.cell = reverse, record, cell
         # Unused outputs (the recorded states in most runs) then come back as None, not as zeros to allocate.
         ctx.set_materialize_grads(False)
-        # C and the gates only when recorded: returning them always made a run at S4 3-5% slower
+        # C and the gates are outputs only when recorded, so that autograd tracks no output nobody reads (returning
+        # them always looked 3-5% slower at S4 in one A/B, but identical code varied by 4% there: not settled)
         return (Y, hn, cn, C, xw) if record else (Y, hn, cn)
 
     @staticmethod
