@@ -10,6 +10,7 @@ hand-written backward must pass gradcheck in float64.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -18,6 +19,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
+from rnnlab.cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC
+from rnnlab.kernels.layernorm import ln_gru_kernel, ln_lstm_kernel
+from rnnlab.sequence import SequenceRun
 from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
@@ -247,3 +251,29 @@ def test_uncovered_runs_fall_back_to_the_reference_loop(cell):
         got = ours(x)
     want = ref(x)
     assert torch.equal(got[0], want[0])  # both are the reference loop
+
+
+@pytest.mark.parametrize("change", ["float64_weight", "float64_state", "meta_mask", "meta_keep", "no_cell", "sink"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_kernel_declines_mixed_dtypes_other_devices_no_cell_and_a_sink(cell, change):
+    """The one coverage rule of every compiled kernel (rnnlab.kernels.common.covers): every tensor of the run, not
+    only the input, on the CPU in the input's dtype (a float64 gain with float32 inputs used to pass); and a run
+    without its cell (the double backward's loop) or with a gradient sink (which these kernels do not feed) is
+    declined too. The same run unchanged is taken."""
+    kernel, spec = {"lstm": (ln_lstm_kernel, LAYER_NORM_LSTM_SPEC), "gru": (ln_gru_kernel, LAYER_NORM_GRU_SPEC)}[cell]
+    layer, _ = _pair(cell)
+    hx = _initial(cell, layer)
+    state = tuple(s[0] for s in hx) if cell == "lstm" else hx[0][0]
+    x = torch.randn(T, B, I)
+    run = SequenceRun(x, state, layer.layer_params(0), keep=(torch.full((T, B, H), 0.3),), cell=spec)
+    assert kernel(run) is not None
+    changed = {
+        "float64_weight": dataclasses.replace(run, p={**run.p, "ln_hh_weight": run.p["ln_hh_weight"].double()}),
+        "float64_state": dataclasses.replace(run, state=tuple(s.double() for s in state) if cell == "lstm"
+                                             else state.double()),
+        "meta_mask": dataclasses.replace(run, h_mask=torch.ones(B, H, device="meta")),
+        "meta_keep": dataclasses.replace(run, keep=(torch.full((T, B, H), 0.3, device="meta"),)),
+        "no_cell": dataclasses.replace(run, cell=None),
+        "sink": dataclasses.replace(run, sink=object()),
+    }[change]
+    assert kernel(changed) is None

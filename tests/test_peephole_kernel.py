@@ -10,6 +10,7 @@ state and parameter must agree. The hand-written backward is also checked by gra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -18,9 +19,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnlab
 from rnnlab.cellspec import PEEPHOLE_LSTM_SPEC
-from rnnlab.sequence import SequenceRun
 from rnnlab.kernels.peephole import peephole_kernel
 from rnnlab.kernels.reference import recurrence
+from rnnlab.sequence import SequenceRun
 from _tolerance import assert_float32_runs_close, max_error, perturb_parameters_, rounding_perturbed
 
 TOL = 1e-5
@@ -234,7 +235,7 @@ def test_kernel_declines_what_it_does_not_cover():
     layer = _layer(dtype=torch.bfloat16)
     x = torch.randn(T, B, I, dtype=torch.bfloat16)
     state = (torch.zeros(B, H, dtype=torch.bfloat16), torch.zeros(B, H, dtype=torch.bfloat16))
-    assert peephole_kernel(SequenceRun(x, state, layer.layer_params(0))) is None
+    assert peephole_kernel(SequenceRun(x, state, layer.layer_params(0), cell=PEEPHOLE_LSTM_SPEC)) is None
     layer.backend = "fused"
     with pytest.warns(UserWarning, match="PeepholeLSTM's kernel does not cover this run"):
         layer(x)
@@ -248,7 +249,7 @@ def test_spec_kernel_equals_the_recurrence_of_the_spec_step():
     state = (h0[0], c0[0])
     for reverse in (False, True):
         with torch.no_grad():
-            result = PEEPHOLE_LSTM_SPEC.kernel(SequenceRun(x, state, p, reverse, LENGTHS))
+            result = PEEPHOLE_LSTM_SPEC.kernel(SequenceRun(x, state, p, reverse, LENGTHS, cell=PEEPHOLE_LSTM_SPEC))
             ref_out, (ref_h, ref_c) = recurrence(lambda x_t, s: PEEPHOLE_LSTM_SPEC.step(x_t, s, p, None), x, state,
                                                  reverse=reverse, lengths=LENGTHS)
         assert result is not None
@@ -256,3 +257,23 @@ def test_spec_kernel_equals_the_recurrence_of_the_spec_step():
         assert c_seq is None and gates is None  # not asked for
         assert (out - ref_out).abs().max() <= TOL
         assert (hn - ref_h).abs().max() <= TOL and (cn - ref_c).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("change", ["float64_weight", "float64_keep", "meta_mask", "no_cell", "sink"])
+def test_kernel_declines_mixed_dtypes_other_devices_no_cell_and_a_sink(change):
+    """The one coverage rule of every compiled kernel (rnnlab.kernels.common.covers): every tensor of the run on
+    the CPU in the input's dtype; and a run without its cell (the double backward's loop) or with a gradient sink
+    (which this kernel does not feed) is declined too. The same run unchanged is taken."""
+    layer = _layer(zoneout=0.3)
+    x, (h0, c0) = _inputs(layer)
+    keep = (torch.full((T, B, H), 0.3), torch.full((T, B, H), 0.3))
+    run = SequenceRun(x, (h0[0], c0[0]), layer.layer_params(0), keep=keep, cell=PEEPHOLE_LSTM_SPEC)
+    assert peephole_kernel(run) is not None
+    changed = {
+        "float64_weight": dataclasses.replace(run, p={**run.p, "weight_co": run.p["weight_co"].double()}),
+        "float64_keep": dataclasses.replace(run, keep=(keep[0], keep[1].double())),
+        "meta_mask": dataclasses.replace(run, h_mask=torch.ones(B, H, device="meta")),
+        "no_cell": dataclasses.replace(run, cell=None),
+        "sink": dataclasses.replace(run, sink=object()),  # type: ignore[arg-type]
+    }[change]
+    assert peephole_kernel(changed) is None

@@ -79,6 +79,7 @@ checks that this list names every module::
         tracking.py      GradientTracker: gradient flow measured during training (diagnostics/ does the maths)
         distributed.py   data-parallel training under torchrun
         run.py           from a config to a ready trainer (setup_run), and loading a finished run
+        throughput.py    the training loop's characters per second with rnnlab's layer and with torch.nn's
     report/              PNG figures and HTML pages built from diagnostics and training metrics
         html.py          one self-contained HTML page
         figures.py       matplotlib figures of diagnostics results

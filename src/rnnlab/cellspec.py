@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from . import functional as RF
-from .kernels import fused
+from .kernels import fused, layernorm, peephole
 from .sequence import State, masked
 
 if TYPE_CHECKING:
@@ -237,25 +237,13 @@ def _ln_gru_gates(x: Tensor, h: Tensor, p: Params, h_mask: Tensor | None) -> dic
                                                        p["ln_hh_weight"])))
 
 
-def _ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.layernorm import ln_lstm_kernel  # lazy: the kernels module imports this one
-
-    return ln_lstm_kernel(run)
-
-
-def _ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.layernorm import ln_gru_kernel
-
-    return ln_gru_kernel(run)
-
-
 LAYER_NORM_LSTM_SPEC = CellSpec(
     "LayerNormLSTM", _ln_lstm_params, _ln_lstm_step, _ln_lstm_gates, ("h", "c"), forget_gate=("bias", 1, 4),
     constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0, "ln_c_weight": 1.0, "ln_c_bias": 0.0},
-    kernel=_ln_lstm_kernel, gate_names=LSTM_GATES, config_name="layernorm_lstm")
+    kernel=layernorm.ln_lstm_kernel, gate_names=LSTM_GATES, config_name="layernorm_lstm")
 LAYER_NORM_GRU_SPEC = CellSpec(
     "LayerNormGRU", _ln_gru_params, _ln_gru_step, _ln_gru_gates, forget_gate=("bias_ih", 1, 3),
-    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0}, kernel=_ln_gru_kernel, gate_names=GRU_GATES,
+    constant_init={"ln_ih_weight": 1.0, "ln_hh_weight": 1.0}, kernel=layernorm.ln_gru_kernel, gate_names=GRU_GATES,
     config_name="layernorm_gru")
 
 
@@ -280,14 +268,8 @@ def _peephole_gates(x: Tensor, state: State, p: Params, h_mask: Tensor | None) -
     return dict(zip(LSTM_GATES, (i, f, g, o)))
 
 
-def _peephole_kernel(run: SequenceRun) -> SequenceResult | None:
-    from .kernels.peephole import peephole_kernel  # lazy: the kernels package imports this module
-
-    return peephole_kernel(run)
-
-
 PEEPHOLE_LSTM_SPEC = CellSpec("PeepholeLSTM", _peephole_params, _peephole_step, _peephole_gates, ("h", "c"),
-                              forget_gate=("bias_ih", 1, 4), kernel=_peephole_kernel, gate_names=LSTM_GATES,
+                              forget_gate=("bias_ih", 1, 4), kernel=peephole.peephole_kernel, gate_names=LSTM_GATES,
                               config_name="peephole_lstm")
 
 SPECS: dict[str, CellSpec] = {s.name: s for s in (LSTM_SPEC, GRU_SPEC, RNN_TANH_SPEC, RNN_RELU_SPEC,

@@ -5,9 +5,9 @@ Same constructor arguments, input/output shapes, parameter names (``weight_ih_l0
 seed, a fresh rnnlab layer has exactly the weights of a fresh torch.nn layer.
 
 The structure is composition: the one dispatch :func:`rnnlab.kernels.run` runs one layer in one direction
-(the cell's compiled kernel or the reference loop); a bidirectional layer concatenates a forward and a reversed run; layers feed each
-other, with dropout in between in training mode. ``batch_first``, unbatched input and ``PackedSequence`` are
-converted to the canonical ``(T, B, features)`` layout here, at the public edge.
+(the cell's compiled kernel or the reference loop); a bidirectional layer concatenates a forward and a reversed
+run; layers feed each other, with dropout in between in training mode. ``batch_first``, unbatched input and
+``PackedSequence`` are converted to the canonical ``(T, B, features)`` layout here, at the public edge.
 """
 
 from __future__ import annotations
@@ -396,7 +396,8 @@ class RNNBase(nn.Module):
             output: ``(T, B, D*H_out)`` (same layout conventions as input); h_n like hx.
 
         An empty batch (``B = 0``) gives empty outputs and states, as in torch.nn. Under a torch.func transform
-        or forward-mode AD the layer runs the reference loop (see :func:`rnnlab.kernels.transformed`; docs/ecosystem.md).
+        or forward-mode AD the layer runs the reference loop (see :func:`rnnlab.kernels.transformed`;
+        docs/ecosystem.md).
 
         Raises (as torch.nn, in its order; see tests/test_conformance.py):
             ValueError: input not 2-D or 3-D; input dtype other than the weights'.

@@ -1,5 +1,6 @@
-"""The glue every compiled kernel shares: the extension's ops, what the compiled loops cover, and the GEMMs over
-all ``T*B`` rows that surround each per-step loop (the input projection, the weight and input gradients).
+"""The glue every compiled kernel shares: the extension's ops, what the compiled loops cover, the GEMMs over
+all ``T*B`` rows that surround each per-step loop (the input projection, the weight and input gradients), and the
+autograd Functions' plumbing (the gradients their backward returns, their double-backward run on the loop).
 
 The recipe these serve is described in :mod:`rnnlab.kernels.fused`.
 """
@@ -12,11 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sequence import SequenceRun
+from ..sequence import SequenceRun, State
+from . import reference
 from ._extension import load_extension
 
 __all__ = ["ops", "compiled_available", "uses_compiled", "covers", "needs_grad", "keep_of", "projection",
-           "bias_sum", "cpu_lengths", "dense", "grad_or_zeros", "recurrent_weight_grad", "input_grads"]
+           "bias_sum", "cpu_lengths", "dense", "grad_or_zeros", "recurrent_weight_grad", "input_grads", "takes",
+           "op_options", "needed", "param_dict", "named_gates", "loop_outputs"]
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
 
@@ -107,7 +110,8 @@ def covers(seq: SequenceRun) -> bool:
     dtype = seq.x.dtype
     if dtype not in COMPILED_DTYPES:
         return False
-    if any(t.device.type != "cpu" or t.dtype != dtype for t in _tensors(seq)):
+    # is_cpu, not device.type: building a device object for each of a dozen tensors cost 20 us per call
+    if any(not t.is_cpu or t.dtype != dtype for t in _tensors(seq)):
         return False
     return compiled_available()
 
@@ -133,3 +137,40 @@ def grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return like.new_zeros(like.shape) if g is None else g.contiguous()
 
 
+def takes(seq: SequenceRun, feeds_sink: bool = False) -> bool:
+    """Whether a compiled kernel runs ``seq``: :func:`covers` it, its cell is given (``seq.cell``, whose step the
+    double backward runs on the reference loop) and, unless the kernel feeds one, there is no gradient sink."""
+    return seq.cell is not None and (feeds_sink or seq.sink is None) and covers(seq)
+
+
+def op_options(seq: SequenceRun, n_states: int) -> tuple[Any, ...]:
+    """The options of ``seq`` as the compiled ops take them, in their order: ``h_mask, keep (one per state; None
+    where a state has no zoneout), lengths, reverse``."""
+    return (dense(seq.h_mask), *(keep_of(seq, k) for k in range(n_states)), cpu_lengths(seq.lengths), seq.reverse)
+
+
+def needed(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    """What an autograd Function's backward returns: ``grads[k]`` for its ``k``-th input where
+    ``ctx.needs_input_grad`` asks for it, else ``None`` (also for the inputs after ``grads``: masks, flags)."""
+    need = ctx.needs_input_grad
+    return tuple(grads[k] if k < len(grads) and need[k] else None for k in range(len(need)))
+
+
+def param_dict(names: Iterable[str], tensors: Iterable[Tensor | None]) -> dict[str, Tensor]:
+    """An autograd Function's weight inputs by parameter name (``SequenceRun.p`` of its double-backward run),
+    without the absent ones (a missing bias is ``None`` there)."""
+    return {name: t for name, t in zip(names, tensors, strict=True) if t is not None}
+
+
+def named_gates(names: str, G: Tensor | None, on: bool) -> dict[str, Tensor] | None:
+    """The recorded gates by name, ``(T, B, H)`` views of ``G`` ``(T, B, len(names) * H)`` (a kernel keeps them
+    side by side in the cell's order), or ``None`` when they were not asked for (``on`` false)."""
+    return dict(zip(names, G.chunk(len(names), dim=2))) if on and G is not None else None
+
+
+def loop_outputs(seq: SequenceRun) -> tuple[Tensor, State, Tensor | None, Tensor | None]:
+    """``seq`` on the reference loop (:func:`rnnlab.kernels.reference.run`), with the gates side by side
+    ``(T, B, G)`` in the cell's order as a kernel returns them: an autograd Function's double-backward route
+    (:func:`rnnlab.kernels.reference.backward_through_loop`)."""
+    Y, final, C, G = reference.run(seq)
+    return Y, final, C, None if G is None else torch.cat(list(G.values()), dim=2)

@@ -79,10 +79,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sequence import GradientSink, SequenceResult, SequenceRun, State
+from ..sequence import GradientSink, SequenceResult, SequenceRun, State, masked
 from . import native, reference
 from .common import (bias_sum, compiled_available, covers, cpu_lengths, dense, grad_or_zeros, input_grads, keep_of,
-                     needs_grad, ops, projection, recurrent_weight_grad, uses_compiled)
+                     loop_outputs, named_gates, needs_grad, ops, projection, recurrent_weight_grad, uses_compiled)
 
 __all__ = ["lstm_kernel", "gru_kernel", "rnn_tanh_kernel", "rnn_relu_kernel", "LSTM", "GRU", "Elman",
            "run_layer", "compiled_available", "uses_compiled", "GradientSink"]
@@ -105,13 +105,6 @@ def _plain(seq: SequenceRun) -> bool:
     return seq.h_mask is None and all(k is None for k in seq.keep) and not seq.gates
 
 
-def _masked_prev(Y: Tensor, h0: Tensor, h_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The states as they enter W_hh: ``(Y * mask, h0 * mask)`` with recurrent dropout, else ``(Y, h0)``."""
-    if h_mask is None:
-        return Y, h0
-    return Y * h_mask, h0 * h_mask  # (T, B, P), (B, P)
-
-
 def _feed_sink(ctx: Any, first_order: Any, *grads: Tensor | None) -> None:
     """Under ``create_graph`` the gradients come from the reference loop, but a gradient sink (the diagnostics)
     still gets its per-step gradients, from the hand-written backward as in any backward."""
@@ -122,28 +115,18 @@ def _feed_sink(ctx: Any, first_order: Any, *grads: Tensor | None) -> None:
 
 # -- the double-backward route: the same layer-direction on the reference loop --------------------------------------
 
-def _on_loop(cell: Any, x: Tensor, state: State, p: dict[str, Tensor], reverse: bool, lengths: Tensor | None,
-             h_mask: Tensor | None, keep: tuple[Tensor | None, ...], record: bool,
-             gates: bool) -> tuple[Tensor, State, Tensor | None, Tensor | None]:
-    """:func:`reference.run` of ``cell`` on a Function's inputs, for :func:`reference.backward_through_loop`; the
-    gates side by side in the kernels' order (``(T, B, G)``, or ``None`` when the cell has none)."""
-    Y, final, C, G = reference.run(SequenceRun(x, state, p, reverse, lengths, h_mask, keep, record, gates,
-                                               cell=cell))
-    return Y, final, C, None if G is None else torch.cat(list(G.values()), dim=2)
-
-
 # Each takes its Function's inputs and returns its outputs (``None`` for one the loop does not compute).
 def _lstm_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, keep_h, keep_c, record, gates,
                sink, cell) -> tuple[Tensor | None, ...]:
-    Y, (hn, cn), C, G = _on_loop(cell, x, (h0, c0), _params(w_ih, w_hh, b_ih, b_hh, w_hr), reverse, lengths, h_mask,
-                                 (keep_h, keep_c), record, gates)
+    Y, (hn, cn), C, G = loop_outputs(SequenceRun(x, (h0, c0), _params(w_ih, w_hh, b_ih, b_hh, w_hr), reverse,  # type: ignore[misc]
+                                                 lengths, h_mask, (keep_h, keep_c), record, gates, cell=cell))
     return Y, hn, cn, C, G
 
 
 def _gru_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, keep_h, gates, sink,
               cell) -> tuple[Tensor | None, ...]:
-    Y, hn, _, G = _on_loop(cell, x, h0, _params(w_ih, w_hh, b_ih, b_hh), reverse, lengths, h_mask, (keep_h,), False,
-                           gates)
+    Y, hn, _, G = loop_outputs(SequenceRun(x, h0, _params(w_ih, w_hh, b_ih, b_hh), reverse, lengths, h_mask,
+                                           (keep_h,), False, gates, cell=cell))
     return Y, hn, G
 
 
@@ -152,6 +135,15 @@ def _elman_loop(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, relu, *options)
 
 
 # -- the autograd Functions: one per cell family, one op per pass --------------------------------------------------
+
+
+def _sink_and_input_grads(ctx: Any, dG: Tensor, x: Tensor, w_ih: Tensor, i_w: int, sink_h: Tensor | None,
+                          sink_c: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """After a backward loop: the sink gets its per-step gradients, and ``dX``, ``dW_ih`` (input ``i_w``) are
+    GEMMs over all ``T*B`` rows."""
+    if ctx.sink is not None:
+        ctx.sink.backward(sink_h, sink_c)
+    return input_grads(ctx, dG, x, w_ih, 0, i_w)
 
 
 class LSTM(torch.autograd.Function):
@@ -189,13 +181,11 @@ class LSTM(torch.autograd.Function):
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), grad_or_zeros(dcn, c0), gates, C, CR,
             c0.contiguous(), w_hh.contiguous(), dense(w_hr), lengths, ctx.reverse, dense(h_mask), dense(keep_h),
             dense(keep_c), dense(dC), dense(dGates), ctx.sink is not None)
-        if ctx.sink is not None:
-            ctx.sink.backward(sink_h, sink_c)
         T, B, _ = dG.shape
-        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 3)
+        dx, dw_ih = _sink_and_input_grads(ctx, dG, x, w_ih, 3, sink_h, sink_c)
         dw_hh = None
         if ctx.needs_input_grad[4]:
-            prev, first = _masked_prev(Y, h0c, h_mask)
+            prev, first = masked(Y, h_mask), masked(h0c, h_mask)  # the states as they entered W_hh
             dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         dw_hr = None
         if w_hr is not None and ctx.needs_input_grad[7]:
@@ -234,15 +224,13 @@ class GRU(torch.autograd.Function):
         dGx, dHn, dh0, db_ih, db_hh, sink_h = ops().gru_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), gates, HN, Y, h0c, w_hh.contiguous(), lengths, ctx.reverse,
             dense(h_mask), dense(keep_h), dense(dGates), ctx.sink is not None)
-        if ctx.sink is not None:
-            ctx.sink.backward(sink_h, None)
-        dx, dw_ih = input_grads(ctx, dGx, x, w_ih, 0, 2)
+        dx, dw_ih = _sink_and_input_grads(ctx, dGx, x, w_ih, 2, sink_h)
         dw_hh = None
         if ctx.needs_input_grad[3]:
             # rows r, z of dW_hh from dGx's r, z blocks (the same numbers), rows n from dHn: no (T, B, 3H) copy;
             # the carry z * h uses the unmasked h, W_hh sees the masked one
             H = dHn.size(-1)
-            prev, first = _masked_prev(Y, h0c, h_mask)
+            prev, first = masked(Y, h_mask), masked(h0c, h_mask)  # the states as they entered W_hh
             dw_hh = torch.cat([recurrent_weight_grad(dGx[..., :2 * H], prev, first, lengths, ctx.reverse),
                                recurrent_weight_grad(dHn, prev, first, lengths, ctx.reverse)])  # (3H, H)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
@@ -281,12 +269,10 @@ class Elman(torch.autograd.Function):
         dG, dh0, db, sink_h = ops().rnn_backward(
             grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0), Y, HR, w_hh.contiguous(), ctx.relu, lengths, ctx.reverse,
             dense(h_mask), dense(keep_h), dense(dPre), ctx.sink is not None)
-        if ctx.sink is not None:
-            ctx.sink.backward(sink_h, None)
-        dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 2)
+        dx, dw_ih = _sink_and_input_grads(ctx, dG, x, w_ih, 2, sink_h)
         dw_hh = None
         if ctx.needs_input_grad[3]:
-            prev, first = _masked_prev(Y, h0.contiguous(), h_mask)
+            prev, first = masked(Y, h_mask), masked(h0.contiguous(), h_mask)
             dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
         return (dx, dh0 if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
                 db if ctx.has_b[0] else None, db if ctx.has_b[1] else None,
@@ -313,6 +299,7 @@ def lstm_kernel(seq: SequenceRun) -> SequenceResult | None:
     lengths = cpu_lengths(seq.lengths)
     keep_h, keep_c = keep_of(seq, 0), keep_of(seq, 1)
     C: Tensor | None = None
+    G: Tensor | None = None
     if needs_grad(seq):
         Y, hn, cn, C, G = LSTM.apply(seq.x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, seq.reverse, seq.h_mask,
                                      keep_h, keep_c, seq.record, seq.gates, seq.sink, seq.cell)
@@ -325,7 +312,7 @@ def lstm_kernel(seq: SequenceRun) -> SequenceResult | None:
         Y, hn, cn, C, _, _ = ops().lstm_forward(G, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
                                                 w_hh.contiguous(), dense(w_hr), lengths, seq.reverse, False,
                                                 dense(seq.h_mask), keep_h, keep_c, seq.record)
-    gates = dict(zip("ifgo", G.chunk(4, dim=2))) if seq.gates else None  # (T, B, H) each
+    gates = named_gates("ifgo", G, seq.gates)  # (T, B, H) each
     return Y, (hn, cn), C if seq.record else None, gates
 
 
@@ -342,6 +329,7 @@ def gru_kernel(seq: SequenceRun) -> SequenceResult | None:
         return _elsewhere(seq)
     w_ih, w_hh, b_ih, b_hh = _weights(seq.p)
     h0, lengths, keep_h = _one_state(seq)
+    G: Tensor | None = None
     if needs_grad(seq):
         Y, hn, G = GRU.apply(seq.x, h0, w_ih, w_hh, b_ih, b_hh, lengths, seq.reverse, seq.h_mask, keep_h, seq.gates,
                              seq.sink, seq.cell)
@@ -352,7 +340,7 @@ def gru_kernel(seq: SequenceRun) -> SequenceResult | None:
         G = projection(seq.x, w_ih)  # (T, B, 3H), becomes r, z, n
         Y, hn, _ = ops().gru_forward(G, bias_sum(w_ih, b_ih), h0.contiguous(), w_hh.contiguous(),
                                      bias_sum(w_hh, b_hh), lengths, seq.reverse, False, dense(seq.h_mask), keep_h)
-    return Y, hn, None, dict(zip("rzn", G.chunk(3, dim=2))) if seq.gates else None
+    return Y, hn, None, named_gates("rzn", G, seq.gates)
 
 
 def _elman_kernel(seq: SequenceRun, relu: bool) -> SequenceResult | None:

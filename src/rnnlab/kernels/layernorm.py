@@ -52,8 +52,12 @@ The recorded cell states (``record``, ``return_all_states``: the LSTM's ``c_t``,
 and gates (``gates``, ``return_gates``: the activated ``i, f, g, o`` / ``r, z, n``, a ``(T, B, G)`` buffer
 written then, or kept for the backward in small runs) are outputs of the same autograd function; their own gradients join in the backward loop:
 ``∂c_t`` is added to the carried ``∂L/∂c_t``, and a gate's ``∂`` times its activation's derivative to the
-pre-activation gradient (for the GRU's ``n`` also on through ``r u_n`` to ``r``). A run on another device or in
-another dtype is declined (``None``): the layer then runs the reference loop.
+pre-activation gradient (for the GRU's ``n`` also on through ``r u_n`` to ``r``).
+
+Declined (``None``, the run then takes the reference loop): what :func:`rnnlab.kernels.common.covers` rejects
+(a tensor on another device, in another dtype or in a dtype other than the input's; no compiled extension), a run
+without its cell (``seq.cell``, the spec whose step the double backward runs on the loop), and a run with a
+gradient sink (``seq.sink``: the loops here do not form the per-step ``dL/dh_t`` the diagnostics read).
 """
 
 from __future__ import annotations
@@ -62,20 +66,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..cellspec import LAYER_NORM_GRU_SPEC, LAYER_NORM_LSTM_SPEC
+
 from ..sequence import SequenceResult, SequenceRun
-from ._extension import load_extension
-from .common import bias_sum, cpu_lengths, input_grads, projection
-from .reference import backward_through_loop, run_cell
+from .common import (bias_sum, dense, grad_or_zeros, input_grads, loop_outputs, named_gates, needed, needs_grad,
+                     op_options, ops, param_dict, projection, takes)
+from .reference import backward_through_loop
 
 __all__ = ["ln_lstm_kernel", "ln_gru_kernel"]
-
-_DTYPES = (torch.float32, torch.float64)
-
-
-def ops() -> Any:
-    return torch.ops.rnnlab_fused
-
 
 # A run whose (T, B, G) gate buffer is at most this large keeps its activated gates for the backward (the forward
 # writes them, as the plain fused LSTM does) instead of the backward recomputing them from the two normalised
@@ -85,37 +82,13 @@ def ops() -> Any:
 # fresh mapping page-faulted on every call) the forward 1.29x for a backward 0.94x, so large runs recompute.
 KEEP_GATES_BYTES = 1 << 20
 
+# The parameters' names in the order of the Functions' weight inputs.
+_LSTM_PARAMS = ("weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")
+
 
 def _keep_gates(xw: Tensor, gates: bool) -> bool:
     return gates or xw.numel() * xw.element_size() <= KEEP_GATES_BYTES
-
-
-def _covers(run: SequenceRun) -> bool:
-    """Whether the compiled loop can run ``run`` (else the layer falls back to the reference loop)."""
-    x = run.x
-    return x.device.type == "cpu" and x.dtype in _DTYPES and load_extension()
-
-
-def _keep(run: SequenceRun, k: int) -> Tensor | None:
-    keep = run.keep[k] if k < len(run.keep) else None
-    return None if keep is None else keep.contiguous()
-
-
-def _mask(run: SequenceRun) -> Tensor | None:
-    return None if run.h_mask is None else run.h_mask.contiguous()
-
-
-def _needs_graph(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
-    """An output's incoming gradient (``None`` when that output was unused: grads are not materialised)."""
-    return torch.zeros_like(like) if g is None else g.contiguous()
-
-
-def _contiguous_or_none(g: Tensor | None) -> Tensor | None:
-    return None if g is None else g.contiguous()
 
 
 def _gates_for_backward(ctx: Any, A: Tensor | None) -> tuple[Tensor | None, bool]:
@@ -130,25 +103,44 @@ def _gates_for_backward(ctx: Any, A: Tensor | None) -> tuple[Tensor | None, bool
     return A, True
 
 
+def _ln_lstm_op(xw: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor | None, g_ih: Tensor,
+                g_hh: Tensor, g_c: Tensor, b_c: Tensor, mask: Tensor | None, keep_h: Tensor | None,
+                keep_c: Tensor | None, lengths: Tensor | None, reverse: bool, *, train: bool, gates: bool
+                ) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """The compiled LSTM forward over the projection ``xw`` (normalised in place): the parameters as the ops take
+    them (contiguous, the bias summed) and the op's outputs (see ``csrc/layernorm.cpp``)."""
+    params = (w_hh.contiguous(), bias_sum(w_ih, bias), g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(),
+              b_c.contiguous())
+    return params, ops().ln_lstm_forward(xw, h0.contiguous(), c0.contiguous(), *params, mask, keep_h, keep_c,
+                                         lengths, reverse, train, gates)
+
+
+def _ln_gru_op(xw: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+               g_ih: Tensor, g_hh: Tensor, mask: Tensor | None, keep_h: Tensor | None, lengths: Tensor | None,
+               reverse: bool, *, train: bool, gates: bool) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """The compiled GRU forward (see :func:`_ln_lstm_op`)."""
+    params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
+    return params, ops().ln_gru_forward(xw, h0.contiguous(), *params, mask, keep_h, lengths, reverse, train, gates)
+
+
 class _LNLSTM(torch.autograd.Function):
     """A LayerNormLSTM layer-direction; inputs ``x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask,
-    keep_h, keep_c, lengths, reverse, gates``; outputs ``Y (T, B, H), h_n, c_n``, the cell states ``C (T, B, H)``
-    and the activated gates ``(T, B, 4H)`` when ``gates`` or when the forward keeps them for the backward
-    (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
+    keep_h, keep_c, lengths, reverse, gates, cell``; outputs ``Y (T, B, H), h_n, c_n``, the cell states
+    ``C (T, B, H)`` and the activated gates ``(T, B, 4H)`` when ``gates`` or when the forward keeps them for the
+    backward (:data:`KEEP_GATES_BYTES`; else an empty tensor). ``cell`` is the run's cell spec, whose step the
+    double backward runs on the reference loop (:func:`_ln_lstm_loop`)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, g_ih, g_hh, g_c, b_c, mask, keep_h, keep_c, lengths,  # type: ignore[override]
-                reverse, gates):
-        xw = projection(x, w_ih)  # (T, B, 4H), becomes LN(xw) without its gain
-        h0c, c0c, b = h0.contiguous(), c0.contiguous(), bias_sum(w_ih, bias)
-        params = (w_hh.contiguous(), b, g_ih.contiguous(), g_hh.contiguous(), g_c.contiguous(), b_c.contiguous())
+    def forward(ctx, *inputs):  # type: ignore[override]
+        tensors, (reverse, gates, cell) = inputs[:14], inputs[14:]
+        xw = projection(inputs[0], inputs[3])  # x W_ih^T (T, B, 4H), becomes LN(xw) without its gain
         keep = _keep_gates(xw, gates)  # the gates, returned or kept for the backward (else it recomputes them)
-        Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY = ops().ln_lstm_forward(xw, h0c, c0c, *params, mask, keep_h,
-                                                                          keep_c, lengths, reverse, True, keep)
-        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
-        ctx.save_for_backward(x, h0c, c0c, w_ih, *params, mask, keep_h, keep_c, lengths, xw, RX, NHW, RH, NC, RC, C,
-                              Y, GS if keep else None, TY if keep else None, h0, c0, w_hh, bias, g_ih, g_hh, g_c, b_c)
-        ctx.reverse, ctx.gates, ctx.has_bias = reverse, gates, bias is not None
+        params, (Y, hn, cn, NHW, RX, RH, NC, RC, C, GS, TY) = _ln_lstm_op(xw, *tensors[1:], reverse, train=True,
+                                                                            gates=keep)
+        # the inputs as given (with their graph, for a double backward), then the kernel's buffers
+        ctx.save_for_backward(*tensors, *params, xw, RX, NHW, RH, NC, RC, C, Y, GS if keep else None,
+                              TY if keep else None)
+        ctx.reverse, ctx.gates, ctx.cell = reverse, gates, cell
         # gates kept for the backward alone: its dXW may overwrite them (once, see _gates_for_backward)
         ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)  # no zeros passes for the unused outputs (C, the gates, often h_n)
@@ -156,134 +148,98 @@ class _LNLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dY, dhn, dcn, dC, dGS):  # type: ignore[override]
-        x, h0, c0, w_ih, w_hh, *rest = ctx.saved_tensors
-        params, (mask, keep_h, keep_c, lengths, NX, RX, NHW, RH, NC, RC, C, Y, A, TY), given = (rest[:5], rest[5:19],
-                                                                                               rest[19:])
+        saved = ctx.saved_tensors
+        inputs, params, (NX, RX, NHW, RH, NC, RC, C, Y, A, TY) = saved[:14], saved[14:20], saved[20:]
         if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
-            h0, c0, *weights = given
-            return backward_through_loop(ctx, _ln_lstm_loop, (x, h0, c0, w_ih, *weights, mask, keep_h, keep_c, lengths,
-                                                              ctx.reverse, ctx.gates), (dY, dhn, dcn, dC, dGS))
-        need = ctx.needs_input_grad
+            return backward_through_loop(ctx, _ln_lstm_loop, (*inputs, ctx.reverse, ctx.gates, ctx.cell),
+                                         (dY, dhn, dcn, dC, dGS))
+        x, h0, c0, w_ih, *_, mask, keep_h, keep_c, lengths = inputs
         A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, dc0, db, dg_ih, dg_hh, dg_c, db_c = ops().ln_lstm_backward(
-            _zeros_if_none(dY, Y), dhn, dcn, NX, RX, NHW, RH, NC, RC, C, Y, h0, c0, w_hh, *params, mask, keep_h,
-            keep_c, lengths, ctx.reverse, need[4], _contiguous_or_none(dC), _contiguous_or_none(dGS), A, TY,
+            grad_or_zeros(dY, Y), dhn, dcn, NX, RX, NHW, RH, NC, RC, C, Y, h0.contiguous(), c0.contiguous(), *params,
+            mask, keep_h, keep_c, lengths, ctx.reverse, ctx.needs_input_grad[4], dense(dC), dense(dGS), A, TY,
             into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 3)
-        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh if need[4] else None,
-                db if ctx.has_bias and need[5] else None, dg_ih if need[6] else None, dg_hh if need[7] else None,
-                dg_c if need[8] else None, db_c if need[9] else None, None, None, None, None, None, None)
+        return needed(ctx, dx, dh0, dc0, dw_ih, dw_hh, db, dg_ih, dg_hh, dg_c, db_c)
 
 
 class _LNGRU(torch.autograd.Function):
     """A LayerNormGRU layer-direction; inputs ``x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h,
-    lengths, reverse, gates``; outputs ``Y (T, B, H), h_n`` and the activated gates ``(T, B, 3H)`` when ``gates``
-    or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor)."""
+    lengths, reverse, gates, cell``; outputs ``Y (T, B, H), h_n`` and the activated gates ``(T, B, 3H)`` when
+    ``gates`` or when the forward keeps them for the backward (:data:`KEEP_GATES_BYTES`; else an empty tensor).
+    ``cell`` as :class:`_LNLSTM`'s."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, mask, keep_h, lengths, reverse,  # type: ignore[override]
-                gates):
-        xw = projection(x, w_ih)  # (T, B, 3H), becomes LN(xw) without its gain
-        h0c = h0.contiguous()
-        params = (w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), g_ih.contiguous(), g_hh.contiguous())
+    def forward(ctx, *inputs):  # type: ignore[override]
+        tensors, (reverse, gates, cell) = inputs[:11], inputs[11:]
+        xw = projection(inputs[0], inputs[2])  # x W_ih^T (T, B, 3H), becomes LN(xw) without its gain
         keep = _keep_gates(xw, gates)
-        Y, hn, NHW, RX, RH, GS = ops().ln_gru_forward(xw, h0c, *params, mask, keep_h, lengths, reverse, True, keep)
-        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
-        ctx.save_for_backward(x, h0c, w_ih, *params, mask, keep_h, lengths, xw, RX, NHW, RH, Y, GS if keep else None,
-                              h0, w_hh, b_ih, b_hh, g_ih, g_hh)
-        ctx.reverse, ctx.gates = reverse, gates
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        params, (Y, hn, NHW, RX, RH, GS) = _ln_gru_op(xw, *tensors[1:], reverse, train=True, gates=keep)
+        ctx.save_for_backward(*tensors, *params, xw, RX, NHW, RH, Y, GS if keep else None)
+        ctx.reverse, ctx.gates, ctx.cell = reverse, gates, cell
         ctx.gates_free, ctx.gates_used = keep and not gates, False
         ctx.set_materialize_grads(False)
         return Y, hn, GS
 
     @staticmethod
     def backward(ctx, dY, dhn, dGS):  # type: ignore[override]
-        x, h0, w_ih, *rest = ctx.saved_tensors
-        params, (mask, keep_h, lengths, NX, RX, NHW, RH, Y, A), given = rest[:5], rest[5:14], rest[14:]
+        saved = ctx.saved_tensors
+        inputs, params, (NX, RX, NHW, RH, Y, A) = saved[:11], saved[11:16], saved[16:]
         if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
-            h0, *weights = given
-            return backward_through_loop(ctx, _ln_gru_loop, (x, h0, w_ih, *weights, mask, keep_h, lengths, ctx.reverse,
-                                                             ctx.gates), (dY, dhn, dGS))
-        need = ctx.needs_input_grad
+            return backward_through_loop(ctx, _ln_gru_loop, (*inputs, ctx.reverse, ctx.gates, ctx.cell),
+                                         (dY, dhn, dGS))
+        x, h0, w_ih, *_, mask, keep_h, lengths = inputs
         A, into_gates = _gates_for_backward(ctx, A)
         dXW, dw_hh, dh0, db_ih, db_hh, dg_ih, dg_hh = ops().ln_gru_backward(
-            _zeros_if_none(dY, Y), dhn, NX, RX, NHW, RH, Y, h0, *params, mask, keep_h, lengths, ctx.reverse,
-            need[3], _contiguous_or_none(dGS), A, into_gates)
+            grad_or_zeros(dY, Y), dhn, NX, RX, NHW, RH, Y, h0.contiguous(), *params, mask, keep_h, lengths,
+            ctx.reverse, ctx.needs_input_grad[3], dense(dGS), A, into_gates)
         dx, dw_ih = input_grads(ctx, dXW, x, w_ih, 0, 2)
-        return (dx, dh0 if need[1] else None, dw_ih, dw_hh if need[3] else None,
-                db_ih if ctx.has_bias[0] and need[4] else None, db_hh if ctx.has_bias[1] and need[5] else None,
-                dg_ih if need[6] else None, dg_hh if need[7] else None, None, None, None, None, None)
-
-
-# The parameters' names in the order of the Functions' weight inputs (the order of ``weights`` in the kernels below).
-_LSTM_PARAMS = ("weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
-_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")
+        return needed(ctx, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh)
 
 
 def _ln_lstm_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tensor | None, ...]:
-    """:class:`_LNLSTM` on the reference loop of the cell's step (its double-backward route): its inputs, its
+    """:class:`_LNLSTM` on the reference loop of ``cell``'s step (its double-backward route): its inputs, its
     outputs (``C`` always, the gates side by side with ``gates``)."""
-    weights, (mask, keep_h, keep_c, lengths, reverse, gates) = rest[:7], rest[7:]
-    spec = LAYER_NORM_LSTM_SPEC
-    Y, (hn, cn), C, G = run_cell(spec.step, spec.gates if gates else None, x, (h0, c0),  # type: ignore[misc]
-                                 dict(zip(_LSTM_PARAMS, weights)), reverse=reverse, lengths=lengths, h_mask=mask,
-                                 keep=(keep_h, keep_c), record=True)
-    return Y, hn, cn, C, None if G is None else torch.cat(list(G.values()), dim=2)
+    weights, (mask, keep_h, keep_c, lengths, reverse, gates, cell) = rest[:7], rest[7:]
+    run = SequenceRun(x, (h0, c0), param_dict(_LSTM_PARAMS, weights), reverse, lengths, mask, (keep_h, keep_c),
+                      True, gates, cell=cell)
+    Y, (hn, cn), C, G = loop_outputs(run)  # type: ignore[misc]
+    return Y, hn, cn, C, G
 
 
 def _ln_gru_loop(x: Tensor, h0: Tensor, *rest: Any) -> tuple[Tensor | None, ...]:
-    """:class:`_LNGRU` on the reference loop of the cell's step (see :func:`_ln_lstm_loop`)."""
-    weights, (mask, keep_h, lengths, reverse, gates) = rest[:6], rest[6:]
-    spec = LAYER_NORM_GRU_SPEC
-    Y, hn, _, G = run_cell(spec.step, spec.gates if gates else None, x, h0, dict(zip(_GRU_PARAMS, weights)),
-                           reverse=reverse, lengths=lengths, h_mask=mask, keep=(keep_h,), record=gates)
-    return Y, hn, None if G is None else torch.cat(list(G.values()), dim=2)  # type: ignore[return-value]
+    """:class:`_LNGRU` on the reference loop of ``cell``'s step (see :func:`_ln_lstm_loop`)."""
+    weights, (mask, keep_h, lengths, reverse, gates, cell) = rest[:6], rest[6:]
+    Y, hn, _, G = loop_outputs(SequenceRun(x, h0, param_dict(_GRU_PARAMS, weights), reverse, lengths, mask,
+                                           (keep_h,), False, gates, cell=cell))
+    return Y, hn, G  # type: ignore[return-value]
 
 
-def _gate_dict(names: str, GS: Tensor, on: bool) -> dict[str, Tensor] | None:
-    """The recorded gates by name, ``(T, B, H)`` views of ``GS (T, B, len(names) * H)``."""
-    return dict(zip(names, GS.chunk(len(names), dim=2))) if on else None
-
-
-def ln_lstm_kernel(run: SequenceRun) -> SequenceResult | None:
-    """LayerNormLSTM's whole-sequence kernel (the contract of :attr:`CellSpec.kernel`); ``None`` if not covered."""
-    if not _covers(run):
+def ln_lstm_kernel(seq: SequenceRun) -> SequenceResult | None:
+    """LayerNormLSTM's whole-sequence kernel (the contract of :attr:`CellSpec.kernel`); ``None`` where it declines
+    (see the module docstring: not covered, no ``seq.cell``, or a gradient sink)."""
+    if not takes(seq):
         return None
-    p = run.p
-    h0, c0 = run.state  # type: ignore[misc]
-    mask, keep_h, keep_c, lengths = _mask(run), _keep(run, 0), _keep(run, 1), cpu_lengths(run.lengths)
-    weights = (p["weight_ih"], p["weight_hh"], p.get("bias"), p["ln_ih_weight"], p["ln_hh_weight"],
-               p["ln_c_weight"], p["ln_c_bias"])
-    if _needs_graph(run.x, h0, c0, *weights):
-        Y, hn, cn, C, GS = _LNLSTM.apply(run.x, h0, c0, *weights, mask, keep_h, keep_c, lengths, run.reverse,
-                                         run.gates)
-        return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)
-    with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
-        w_ih, w_hh, bias, *gains = weights
-        keep = run.record or run.gates
-        Y, hn, cn, *_, C, GS, _ = ops().ln_lstm_forward(
-            projection(run.x, w_ih), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, bias),
-            *(g.contiguous() for g in gains), mask, keep_h, keep_c, lengths, run.reverse, keep, run.gates)
-    return Y, (hn, cn), C if run.record else None, _gate_dict("ifgo", GS, run.gates)
+    h0, c0 = seq.state  # type: ignore[misc]
+    inputs = (seq.x, h0, c0, *(seq.p.get(name) for name in _LSTM_PARAMS), *op_options(seq, 2))
+    if needs_grad(seq):
+        Y, hn, cn, C, GS = _LNLSTM.apply(*inputs, seq.gates, seq.cell)
+    else:
+        with torch.no_grad():  # inference: nothing saved for a backward unless the cell states are asked for
+            _, (Y, hn, cn, *_, C, GS, _) = _ln_lstm_op(projection(seq.x, seq.p["weight_ih"]), *inputs[1:],
+                                                       train=seq.record or seq.gates, gates=seq.gates)
+    return Y, (hn, cn), C if seq.record else None, named_gates("ifgo", GS, seq.gates)
 
 
-def ln_gru_kernel(run: SequenceRun) -> SequenceResult | None:
-    """LayerNormGRU's whole-sequence kernel (the contract of :attr:`CellSpec.kernel`); ``None`` if not covered."""
-    if not _covers(run):
+def ln_gru_kernel(seq: SequenceRun) -> SequenceResult | None:
+    """LayerNormGRU's whole-sequence kernel (see :func:`ln_lstm_kernel`)."""
+    if not takes(seq):
         return None
-    p = run.p
-    h0 = run.state
-    assert isinstance(h0, Tensor)
-    mask, keep_h, lengths = _mask(run), _keep(run, 0), cpu_lengths(run.lengths)
-    weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), p["ln_ih_weight"],
-               p["ln_hh_weight"])
-    if _needs_graph(run.x, h0, *weights):
-        Y, hn, GS = _LNGRU.apply(run.x, h0, *weights, mask, keep_h, lengths, run.reverse, run.gates)
-        return Y, hn, None, _gate_dict("rzn", GS, run.gates)
-    with torch.no_grad():
-        w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = weights
-        Y, hn, *_, GS = ops().ln_gru_forward(
-            projection(run.x, w_ih), h0.contiguous(), w_hh.contiguous(), bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh),
-            g_ih.contiguous(), g_hh.contiguous(), mask, keep_h, lengths, run.reverse, False, run.gates)
-    return Y, hn, None, _gate_dict("rzn", GS, run.gates)
+    inputs = (seq.x, seq.state, *(seq.p.get(name) for name in _GRU_PARAMS), *op_options(seq, 1))
+    if needs_grad(seq):
+        Y, hn, GS = _LNGRU.apply(*inputs, seq.gates, seq.cell)
+    else:
+        with torch.no_grad():
+            _, (Y, hn, *_, GS) = _ln_gru_op(projection(seq.x, seq.p["weight_ih"]), *inputs[1:], train=False,
+                                            gates=seq.gates)
+    return Y, hn, None, named_gates("rzn", GS, seq.gates)

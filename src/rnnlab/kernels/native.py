@@ -25,7 +25,8 @@ from ..sequence import SequenceResult, SequenceRun
 
 __all__ = ["native_kernel", "covers_natively"]
 
-_OPS: dict[str, Callable[..., Any]] = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh, "RNN_RELU": torch._VF.rnn_relu}
+_OPS: dict[str, Callable[..., Any]] = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
+                                       "RNN_RELU": torch._VF.rnn_relu}
 
 
 def covers_natively(seq: SequenceRun) -> bool:

@@ -1,6 +1,6 @@
 r"""The peephole LSTM's whole-sequence kernel (Gers & Schmidhuber 2000): compiled step loops, hand-written backward.
 
-The reference maths is :func:`rnnlab.cellspec._peephole_step`; with ``a = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh``
+The reference maths is the cell's step (:data:`rnnlab.cellspec.PEEPHOLE_LSTM_SPEC`); with ``a = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh``
 in torch's ``i, f, g, o`` order and diagonal peephole weights ``w_ci, w_cf, w_co``:
 
 .. math::
@@ -30,8 +30,12 @@ and after the loop ``dX = dG W_ih``, ``dW_ih = dG^T X``, ``dW_hh = dG^T H_{prev}
 Covered: float32/float64 on the CPU, lengths (packed input), reverse, recurrent dropout (``h_mask``: the GEMM
 sees ``h_{t-1} * mask``, so ``dh_{t-1} = (dG_t W_hh) * mask`` and ``dW_hh = dG^T (H_{prev} * mask)``), zoneout
 (``s_t = k_t s_{t-1} + (1 - k_t) s'_t`` for ``h`` and ``c``, so ``ds_{t-1} += k_t ds_t`` and the cell's
-gradient is scaled by ``1 - k_t``), and recorded cell states and gates (differentiable). Anything else (another
-device or dtype, no compiler) is declined and runs on the reference loop.
+gradient is scaled by ``1 - k_t``; a state without zoneout has ``k = 0``), and recorded cell states and gates
+(differentiable). Declined (``None``, the run then takes the reference loop): what
+:func:`rnnlab.kernels.common.covers` rejects (a tensor on another device, in another dtype or in a dtype other
+than the input's; no compiled extension), a run without its cell (``seq.cell``, the spec whose step the double
+backward runs on the loop), and a run with a gradient sink (``seq.sink``: the loops here do not form the per-step
+``dL/dh_t`` the diagnostics read).
 """
 
 from __future__ import annotations
@@ -40,140 +44,106 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..cellspec import PEEPHOLE_LSTM_SPEC
-from ..sequence import SequenceResult, SequenceRun
-from ._extension import load_extension
-from .common import bias_sum, cpu_lengths, input_grads, projection, recurrent_weight_grad
-from .reference import backward_through_loop, run_cell
+
+from ..sequence import SequenceResult, SequenceRun, masked
+from .common import (bias_sum, grad_or_zeros, input_grads, loop_outputs, named_gates, needed, needs_grad,
+                     op_options, ops, param_dict, projection, recurrent_weight_grad, takes)
+from .reference import backward_through_loop
 
 __all__ = ["peephole_kernel"]
 
-_DTYPES = (torch.float32, torch.float64)
+# The parameters' names in the order of the Function's weight inputs.
+_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ci", "weight_cf", "weight_co")
 
 
-def ops() -> Any:
-    return torch.ops.rnnlab_fused
+def _peephole_op(xw: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                 b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor, h_mask: Tensor | None,
+                 keep_h: Tensor | None, keep_c: Tensor | None, lengths: Tensor | None, reverse: bool
+                 ) -> tuple[Tensor, list[Tensor]]:
+    """The compiled forward over the projection ``xw`` (overwritten with the activated gates): the peephole
+    weights stacked ``(3, H)`` as the ops take them, and the op's ``Y, h_n, c_n, C``."""
+    wc = torch.stack([w_ci, w_cf, w_co])
+    return wc, ops().peephole_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0.contiguous(), c0.contiguous(),
+                                      w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths, reverse, True)
 
 
 class _Peephole(torch.autograd.Function):
     """One layer-direction; inputs ``x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c,
-    lengths, reverse, record``. Outputs ``Y, h_n, c_n`` and, when ``record``, ``C`` (T,B,H) and the activated
-    gates (T,B,4H)."""
+    lengths, reverse, record, cell``. Outputs ``Y, h_n, c_n`` and, when ``record``, the cell states ``C`` (T,B,H)
+    and the activated gates (T,B,4H) (differentiable; the backward keeps them anyway). ``cell`` is the run's cell
+    spec, whose step the double backward runs on the reference loop (:func:`_peephole_loop`)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co,  # type: ignore[override]
-                h_mask, keep_h, keep_c, lengths, reverse, record):
-        xw = projection(x, w_ih)  # (T, B, 4H), becomes the activated gates i, f, g, o
-        wc = torch.stack([w_ci, w_cf, w_co])  # (3, H)
-        h0c = h0.contiguous()
-        Y, hn, cn, C = ops().peephole_forward(xw, bias_sum(w_ih, b_ih, b_hh), h0c, c0.contiguous(),
-                                              w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths, reverse,
-                                              True)
-        # the kernel's buffers, then the inputs as given (with their graph) for a double backward
-        ctx.save_for_backward(x, h0c, c0, w_ih, w_hh, wc, xw, C, Y, h_mask, keep_h, keep_c, lengths, h0, b_ih, b_hh,
-                              w_ci, w_cf, w_co)
-        ctx.reverse, ctx.record = reverse, record
-        ctx.has_b = (b_ih is not None, b_hh is not None)
+    def forward(ctx, *inputs):  # type: ignore[override]
+        tensors, (reverse, record, cell) = inputs[:14], inputs[14:]
+        xw = projection(inputs[0], inputs[3])  # x W_ih^T (T, B, 4H), becomes the activated gates i, f, g, o
+        wc, (Y, hn, cn, C) = _peephole_op(xw, *tensors[1:], reverse)
+        # the inputs as given (with their graph, for a double backward), then the kernel's buffers
+        ctx.save_for_backward(*tensors, wc, xw, C, Y)
+        ctx.reverse, ctx.record, ctx.cell = reverse, record, cell
         # Unused outputs (the recorded states in most runs) then come back as None, not as zeros to allocate.
         ctx.set_materialize_grads(False)
+        # C and the gates are outputs only when recorded, so that autograd tracks no output nobody reads (returning
+        # them always looked 3-5% slower at S4 in one A/B, but identical code varied by 4% there: not settled)
         return (Y, hn, cn, C, xw) if record else (Y, hn, cn)
 
     @staticmethod
     def backward(ctx, dY, dhn, dcn, dC=None, dgates=None):  # type: ignore[override]
-        x, h0, c0, w_ih, w_hh, wc, gates, C, Y, h_mask, keep_h, keep_c, lengths, *given = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        inputs, (wc, gates, C, Y) = saved[:14], saved[14:]
         if torch.is_grad_enabled():  # create_graph=True: the reference loop's gradients, which have a graph
-            h0, b_ih, b_hh, w_ci, w_cf, w_co = given
-            return backward_through_loop(ctx, _peephole_loop, (
-                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c, lengths, ctx.reverse,
-                ctx.record), (dY, dhn, dcn, dC, dgates) if ctx.record else (dY, dhn, dcn))
+            return backward_through_loop(ctx, _peephole_loop, (*inputs, ctx.reverse, ctx.record, ctx.cell),
+                                         (dY, dhn, dcn, dC, dgates)[:5 if ctx.record else 3])
+        x, h0, c0, w_ih, w_hh, *_, h_mask, keep_h, keep_c, lengths = inputs
         if dC is not None or dgates is not None:  # the kernel takes both or neither
-            dC = torch.zeros_like(C) if dC is None else dC.contiguous()
-            dgates = torch.zeros_like(gates) if dgates is None else dgates.contiguous()
-        dY = torch.zeros_like(Y) if dY is None else dY.contiguous()
-        dhn = torch.zeros_like(h0) if dhn is None else dhn.contiguous()
-        dcn = torch.zeros_like(h0) if dcn is None else dcn.contiguous()
-        dG, dh0, dc0, db, dwc = ops().peephole_backward(dY, dhn, dcn, gates, C, c0.contiguous(), w_hh.contiguous(),
-                                                        wc, h_mask, keep_h, keep_c, dC, dgates, lengths,
-                                                        ctx.reverse)
+            dC, dgates = grad_or_zeros(dC, C), grad_or_zeros(dgates, gates)
+        dG, dh0, dc0, db, dwc = ops().peephole_backward(grad_or_zeros(dY, Y), grad_or_zeros(dhn, h0),
+                                                        grad_or_zeros(dcn, c0), gates, C, c0.contiguous(),
+                                                        w_hh.contiguous(), wc, h_mask, keep_h, keep_c, dC, dgates,
+                                                        lengths, ctx.reverse)
         dx, dw_ih = input_grads(ctx, dG, x, w_ih, 0, 3)
         dw_hh = None
         if ctx.needs_input_grad[4]:
             # the GEMM multiplied h_{t-1} * mask, so that is what W_hh's gradient sees
-            prev, first = (Y, h0) if h_mask is None else (Y * h_mask, h0 * h_mask)
-            dw_hh = recurrent_weight_grad(dG, prev, first, lengths, ctx.reverse)
-        need = ctx.needs_input_grad
-        return (dx, dh0 if need[1] else None, dc0 if need[2] else None, dw_ih, dw_hh,
-                db if ctx.has_b[0] and need[5] else None, db if ctx.has_b[1] and need[6] else None,
-                dwc[0] if need[7] else None, dwc[1] if need[8] else None, dwc[2] if need[9] else None,
-                None, None, None, None, None, None)
+            dw_hh = recurrent_weight_grad(dG, masked(Y, h_mask), masked(h0, h_mask), lengths, ctx.reverse)
+        return needed(ctx, dx, dh0, dc0, dw_ih, dw_hh, db, db, *dwc)
 
 
-def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                   b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor, h_mask: Tensor | None,
-                   keep_h: Tensor | None, keep_c: Tensor | None, lengths: Tensor | None, reverse: bool,
-                   record: bool) -> tuple[Tensor | None, ...]:
-    """:class:`_Peephole` on the reference loop of the cell's step (its double-backward route): its inputs, its
-    outputs."""
-    p = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh, "weight_ci": w_ci,
-         "weight_cf": w_cf, "weight_co": w_co}
-    spec = PEEPHOLE_LSTM_SPEC
-    Y, (hn, cn), C, G = run_cell(spec.step, spec.gates, x, (h0, c0), p, reverse=reverse,  # type: ignore[misc]
-                                 lengths=lengths, h_mask=h_mask, keep=(keep_h, keep_c), record=record)
-    if not record:
-        return Y, hn, cn
-    return Y, hn, cn, C, torch.cat(list(G.values()), dim=2)  # type: ignore[arg-type,union-attr]
+def _peephole_loop(x: Tensor, h0: Tensor, c0: Tensor, *rest: Any) -> tuple[Tensor | None, ...]:
+    """:class:`_Peephole` on the reference loop of ``cell``'s step (its double-backward route): its inputs, its
+    outputs (the cell states and gates with ``record``)."""
+    weights, (h_mask, keep_h, keep_c, lengths, reverse, record, cell) = rest[:7], rest[7:]
+    run = SequenceRun(x, (h0, c0), param_dict(_PARAMS, weights), reverse, lengths, h_mask, (keep_h, keep_c),
+                      record, record, cell=cell)
+    Y, (hn, cn), C, G = loop_outputs(run)  # type: ignore[misc]
+    return (Y, hn, cn, C, G) if record else (Y, hn, cn)
 
 
-def _contiguous(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype).contiguous()
-
-
-def peephole_kernel(run: SequenceRun) -> SequenceResult | None:
+def peephole_kernel(seq: SequenceRun) -> SequenceResult | None:
     """The :attr:`~rnnlab.cellspec.CellSpec.kernel` of :data:`~rnnlab.cellspec.PEEPHOLE_LSTM_SPEC`.
 
     Returns ``(outputs (T, B, H), (h_n, c_n), cell states (T, B, H) or None, {i, f, g, o: (T, B, H)} or None)``,
-    equal to the reference loop of the peephole step up to float rounding (float32: ~1e-6), or ``None`` to
-    decline a run on another device or dtype, or when the compiled kernels are not available.
+    equal to the reference loop of the peephole step up to float rounding (float32: ~1e-6), or ``None`` where it
+    declines (see the module docstring: not covered, no ``seq.cell``, or a gradient sink).
     """
-    x, p = run.x, run.p
-    if x.device.type != "cpu" or x.dtype not in _DTYPES or not load_extension():
+    if not takes(seq):
         return None
-    h0, c0 = run.state  # type: ignore[misc]
-    H = c0.size(-1)
-    keep_h, keep_c = (tuple(run.keep) + (None, None))[:2]
-    if keep_h is None and keep_c is not None:
-        # zoneout on one state only: k = 0 is the plain update for the other (0 * s + 1 * s' = s')
-        keep_h = torch.zeros_like(keep_c)
-    elif keep_c is None and keep_h is not None:
-        keep_c = torch.zeros_like(keep_h)
-    h_mask = _contiguous(run.h_mask, x.dtype)
-    keep_h, keep_c = _contiguous(keep_h, x.dtype), _contiguous(keep_c, x.dtype)
-    lengths = cpu_lengths(run.lengths)
-    w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
-    w_ci, w_cf, w_co = p["weight_ci"], p["weight_cf"], p["weight_co"]
-    tensors = (x, h0, c0, *p.values())
-    train = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    h0, c0 = seq.state  # type: ignore[misc]
+    inputs = (seq.x, h0, c0, *(seq.p.get(name) for name in _PARAMS), *op_options(seq, 2))
+    record = seq.record or seq.gates
     C = gates = None
-    if train:
-        outs = _Peephole.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, h_mask, keep_h, keep_c,
-                               lengths, run.reverse, run.record)
-        Y, hn, cn = outs[:3]
-        if run.record:
-            C, gates = outs[3:]
-    else:
+    if needs_grad(seq):
+        Y, hn, cn, *recorded = _Peephole.apply(*inputs, record, seq.cell)
+        if record:
+            C, gates = recorded
+    elif record:  # inference, with the states and gates of every step: the training loop keeps them
         with torch.no_grad():
-            wc = torch.stack([w_ci, w_cf, w_co])  # (3, H)
-            bias = bias_sum(w_ih, b_ih, b_hh)
-            if run.record:  # the states and gates of every step are wanted: the training loop keeps them
-                gates = projection(x, w_ih)  # (T, B, 4H)
-                Y, hn, cn, C = ops().peephole_forward(gates, bias, h0.contiguous(), c0.contiguous(),
-                                                      w_hh.contiguous(), wc, h_mask, keep_h, keep_c, lengths,
-                                                      run.reverse, True)
-            else:
-                Y, hn, cn = ops().peephole_infer(x.contiguous(), w_ih.contiguous(), bias, h0.contiguous(),
-                                                 c0.contiguous(), w_hh.contiguous(), wc, h_mask, keep_h, keep_c,
-                                                 lengths, run.reverse)
-    gate_dict = None
-    if run.gates and gates is not None:
-        gate_dict = {name: gates[..., k * H:(k + 1) * H] for k, name in enumerate("ifgo")}  # (T, B, H) each
-    return Y, (hn, cn), C, gate_dict
+            gates = projection(seq.x, seq.p["weight_ih"])  # (T, B, 4H)
+            _, (Y, hn, cn, C) = _peephole_op(gates, *inputs[1:])
+    else:  # inference: the input projected a few steps at a time, nothing kept
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, *options = inputs
+        with torch.no_grad():
+            Y, hn, cn = ops().peephole_infer(x.contiguous(), w_ih.contiguous(), bias_sum(w_ih, b_ih, b_hh),
+                                             h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                             torch.stack([w_ci, w_cf, w_co]), *options)
+    return Y, (hn, cn), C if seq.record else None, named_gates("ifgo", gates, seq.gates)

@@ -231,6 +231,22 @@ inline void mul_into(const T* __restrict a, const T* __restrict m, T* __restrict
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] * m[j];
 }
 
+// The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
+template <typename T>
+inline const T* masked_h(const T* h, const T* mask, int64_t n, T* scratch) {
+  if (mask == nullptr) return h;
+  mul_into(h, mask, scratch, n);
+  return scratch;
+}
+
+// The keep row (H) of zoneout tensor k (T, B, H) at row tb = t * B + b, or a row of zeros when that state has no
+// zoneout (k = 0: s = 0 * old + 1 * new, the plain update), so that a loop with zoneout on one state of two
+// treats both alike.
+template <typename T>
+inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& zeros) {
+  return k ? k + tb * H : zeros.data();
+}
+
 // dh += (dG W_hh) * mask for recurrent dropout, else dh += dG W_hh: the recurrent part of dL/dh_{t-1}.
 template <typename T>
 inline void recurrent_grad(const StepGemm<T>& rec, const T* dg, const T* mask, T* scratch, int64_t n, T* dh) {

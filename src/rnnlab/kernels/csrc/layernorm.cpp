@@ -301,20 +301,6 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
                                  dbx, dbh, dgx, dgh, dxw, dhw, G);
 }
 
-// The recurrent input of a step: h, or h * mask (recurrent dropout) in a scratch copy.
-template <typename T>
-inline const T* masked_h(const T* h, const T* mask, int n, T* scratch) {
-  if (mask == nullptr) return h;
-  mul_into(h, mask, scratch, n);
-  return scratch;
-}
-
-// The keep row (H) of zoneout tensor k at row tb, or a row of zeros when that state has no zoneout.
-template <typename T>
-inline const T* keep_row(const T* k, int64_t tb, int H, const std::vector<T>& zeros) {
-  return k ? k + tb * H : zeros.data();
-}
-
 
 // The backward's dXW (T, B, G): written over the kept gates A when into_gates (each row of A is read before the
 // same row of dXW is written), which saves a fresh (T, B, G) buffer: at small sizes the cost of these loops is
@@ -421,6 +407,71 @@ class RecurrentWeightGrad {
   T* hp_;
 };
 
+// ---- the time loops of both cells -----------------------------------------------------------------------------
+
+// The forward's walk over the steps (in the direction's order): per step one GEMM hw = (h_{t-1} * mask) W_hh^T
+// into the step's rows of NHW (train: kept for the backward) or into a reused step buffer, then row(b, tb, hw_b)
+// for every row b of the step that is not padding (tb = t * B + b; hw_b the row's G values of hw), and
+// end_step(t * B) after the step's rows. A padding row outputs zeros (and zero gates, when they are recorded).
+template <typename T, typename Row, typename EndStep>
+inline void ln_forward_steps(const T* whh, const T* mask, const int64_t* len, bool reverse, int Tn, int B, int H,
+                             int G, bool train, T* NHW, const T* h, T* Y, T* GS, Row row, EndStep end_step) {
+  const StepGemm<T> rec(whh, true, B, G, H);
+  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), hm(mask ? static_cast<size_t>(B) * H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? Tn - 1 - s : s;
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* nhw = train ? NHW + tB * G : nhw_step.data();                            // (B, G)
+    rec(masked_h<T>(h, mask, static_cast<int64_t>(B) * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      if (is_valid(len, t, b)) {
+        row(b, tb, nhw + static_cast<int64_t>(b) * G);
+        continue;
+      }
+      std::memset(Y + tb * H, 0, sizeof(T) * H);
+      if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
+    }
+    end_step(tB);
+  }
+}
+
+// The backward's walk: the steps in the reverse of the forward's order; for every row b of a step that is not
+// padding row(b, tb, tp, hp, dxw_b, dhw_b), with tp the step processed before (-1: the initial state) and hp the
+// row's h_{t-1} (of Y at tp, or of h0), which writes the row's d(xw) and d(hw) (G each) and its direct part of
+// dh_{t-1} into dh. A padding row's d(xw) and d(hw) are zeros (its state was carried: dh, dc pass through). After
+// each step dh_{t-1} += (d(hw)_t W_hh) * mask (one GEMM), and the step's rows join dW_hh (RecurrentWeightGrad).
+template <typename T, typename Row>
+inline void ln_backward_steps(const T* whh, const T* mask, const int64_t* len, bool reverse, int Tn, int B, int H,
+                              int G, const T* Y, const T* h0, T* dXW, T* dWhh, T* dh, Row row) {
+  const StepGemm<T> rec(whh, false, B, H, G);
+  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
+  std::vector<T> scratch(mask ? static_cast<size_t>(B) * H : 0);
+  for (int s = 0; s < Tn; ++s) {
+    const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
+    const int64_t tB = static_cast<int64_t>(t) * B;
+    T* dhw = wgrad.step_rows();                            // (B, G)
+    for (int b = 0; b < B; ++b) {
+      const int64_t tb = tB + b;
+      T* dxwb = dXW + tb * G;
+      T* dhwb = dhw + static_cast<int64_t>(b) * G;
+      if (!is_valid(len, t, b)) {
+        std::memset(dxwb, 0, sizeof(T) * G);
+        std::memset(dhwb, 0, sizeof(T) * G);
+        wgrad.set_prev(b, nullptr, mask);
+        continue;
+      }
+      const int tp = prev_step(len, reverse, Tn, t, b);
+      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      wgrad.set_prev(b, hp, mask);
+      row(b, tb, tp, hp, dxwb, dhwb);
+    }
+    recurrent_grad<T>(rec, dhw, mask, scratch.data(), static_cast<int64_t>(B) * H, dh);
+    wgrad.end_step();
+  }
+  wgrad.finish();
+}
+
 // ---- LSTM -----------------------------------------------------------------------------------------------------
 
 // i, f, g, o = sigma, sigma, tanh, sigma(a) in place, a (4H) a row's pre-activations. A separate function with
@@ -488,52 +539,40 @@ void ln_lstm_forward_impl(T* xw, const T* whh, const T* bias, const T* gx, const
                           int H, bool train, T* Y, T* h, T* c, T* NHW, T* RX, T* RH, T* NC, T* RC, T* Cs,
                           T* GS, T* TY) {
   const int G = 4 * H;
-  // One step's n_hw when nothing is kept (inference); a row's n_c and tanh(y_c) when they are not kept.
-  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), nc_step(train ? 0 : H), ty_step(TY ? 0 : H);
-  std::vector<T> gates(G), cn(H), hm(mask ? static_cast<size_t>(B) * H : 0);
+  // A row's n_c and tanh(y_c) when they are not kept.
+  std::vector<T> nc_step(train ? 0 : H), ty_step(TY ? 0 : H), gates(G), cn(H);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
-  const StepGemm<T> rec(whh, true, B, G, H);
-  for (int s = 0; s < Tn; ++s) {
-    const int t = reverse ? Tn - 1 - s : s;
-    const int64_t tB = static_cast<int64_t>(t) * B;
-    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 4H)
-    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
-    for (int b = 0; b < B; ++b) {
-      const int64_t tb = tB + b;
-      T* y = Y + tb * H;
-      if (!is_valid(len, t, b)) {
-        std::memset(y, 0, sizeof(T) * H);
-        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
-        continue;
-      }
-      T* hb = h + static_cast<int64_t>(b) * H;
-      T* cb = c + static_cast<int64_t>(b) * H;
-      T* nx = xw + tb * G;
-      T* nb = nhw + static_cast<int64_t>(b) * G;
-      T* ncb = train ? NC + tb * H : nc_step.data();
-      T* tyb = TY ? TY + tb * H : ty_step.data();
-      T mx, rx, mh, rh;
-      row_stats2<T>(nx, nb, G, mx, rx, mh, rh);
-      ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
-      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
-      ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
-      T cmean, crstd;
-      row_stats<T>(cn.data(), H, cmean, crstd);
-      if (train) {
-        RX[tb] = rx;
-        RH[tb] = rh;
-        RC[tb] = crstd;
-      }
-      const T* o = gates.data() + 3 * H;
-      if (zone)
-        ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
-                                keep_row(kc, tb, H, zeros), ncb, tyb, hb, cb, y, H);
-      else
-        ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, tyb, hb, cb, y, H);
+  auto row = [&](int b, int64_t tb, T* nb) {               // nb: the row's hw, normalised in place
+    T* hb = h + static_cast<int64_t>(b) * H;
+    T* cb = c + static_cast<int64_t>(b) * H;
+    T* nx = xw + tb * G;
+    T* ncb = train ? NC + tb * H : nc_step.data();
+    T* tyb = TY ? TY + tb * H : ty_step.data();
+    T mx, rx, mh, rh;
+    row_stats2<T>(nx, nb, G, mx, rx, mh, rh);
+    ln_lstm_gates_forward<T>(nx, mx, rx, nb, mh, rh, gx, gh, bias, gates.data(), H);
+    if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: i, f, g, o
+    ln_lstm_cell<T>(gates.data(), cb, cn.data(), H);
+    T cmean, crstd;
+    row_stats<T>(cn.data(), H, cmean, crstd);
+    if (train) {
+      RX[tb] = rx;
+      RH[tb] = rh;
+      RC[tb] = crstd;
     }
+    const T* o = gates.data() + 3 * H;
+    if (zone)
+      ln_lstm_output<T, true>(cn.data(), cmean, crstd, o, gc, bc, keep_row(kh, tb, H, zeros),
+                              keep_row(kc, tb, H, zeros), ncb, tyb, hb, cb, Y + tb * H, H);
+    else
+      ln_lstm_output<T, false>(cn.data(), cmean, crstd, o, gc, bc, nullptr, nullptr, ncb, tyb, hb, cb, Y + tb * H,
+                               H);
+  };
+  auto keep_cells = [&](int64_t tB) {                      // every step's c_t (padding rows: the carried state)
     if (train) std::memcpy(Cs + tB * H, c, sizeof(T) * B * H);
-  }
+  };
+  ln_forward_steps<T>(whh, mask, len, reverse, Tn, B, H, G, train, NHW, h, Y, GS, row, keep_cells);
 }
 
 // xw (T,B,4H) = x W_ih^T, normalised in place (becomes n_x); bias (4H) (zeros without one); mask (B,H) recurrent
@@ -632,59 +671,38 @@ void ln_lstm_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, 
                            T* dc, T* dXW, T* dWhh, T* db, T* dgx, T* dgh, T* dgc, T* dbc, const T* dCs,
                            const T* dGS, const T* AS, const T* TY) {
   const int G = 4 * H;
-  const StepGemm<T> rec(whh, false, B, H, G);
-  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
-  std::vector<T> gates(G), da(G), dn(H), ty_row(H), scratch(mask ? static_cast<size_t>(B) * H : 0);
+  std::vector<T> gates(G), da(G), dn(H), ty_row(H);
   const bool zone = kh != nullptr || kc != nullptr;
   const std::vector<T> zeros(zone ? H : 0);
-  for (int s = 0; s < Tn; ++s) {
-    const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
-    const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = wgrad.step_rows();                            // (B, 4H)
-    for (int b = 0; b < B; ++b) {
-      const int64_t tb = tB + b;
-      T* dxwb = dXW + tb * G;
-      T* dhwb = dhw + static_cast<int64_t>(b) * G;
-      if (!is_valid(len, t, b)) {                          // state carried: dh, dc pass through unchanged
-        std::memset(dxwb, 0, sizeof(T) * G);
-        std::memset(dhwb, 0, sizeof(T) * G);
-        wgrad.set_prev(b, nullptr, mask);
-        continue;
-      }
-      const int tp = prev_step(len, reverse, Tn, t, b);
-      const int64_t pb = static_cast<int64_t>(tp) * B + b;
-      const T* cp = tp >= 0 ? Cs + pb * H : c0 + static_cast<int64_t>(b) * H;
-      wgrad.set_prev(b, tp >= 0 ? Y + pb * H : h0 + static_cast<int64_t>(b) * H, mask);  // h_{t-1}
-      const T* nx = NX + tb * G;
-      const T* nhw = NHW + tb * G;
-      const T* nc = NC + tb * H;
-      T* dhb = dh + static_cast<int64_t>(b) * H;
-      T* dcb = dc + static_cast<int64_t>(b) * H;
-      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
-      if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
-      if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
-        for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
-      const T* ty = TY ? TY + tb * H : ty_row.data();      // tanh(y_c): kept by the forward or recomputed
-      if (!TY) ln_lstm_output_tanh<T>(nc, gc, bc, ty_row.data(), H);
-      if (zone)
-        ln_lstm_output_backward<T, true>(a + 3 * H, nc, ty, gc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
-                                         da.data() + 3 * H, dgc, dbc, dn.data(), H);
-      else
-        ln_lstm_output_backward<T, false>(a + 3 * H, nc, ty, gc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
-                                          dgc, dbc, dn.data(), H);
-      ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
-      if (zone)
-        ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
-      else
-        ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
-      if (dGS) add_lstm_gate_grads<T>(a, dGS + tb * G, da.data(), H);
-      both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
-                                     dgh, dxwb, dhwb, G);
-    }
-    recurrent_grad<T>(rec, dhw, mask, scratch.data(), static_cast<int64_t>(B) * H, dh);  // dh_{t-1} += (d(hw) W_hh) * mask
-    wgrad.end_step();
-  }
-  wgrad.finish();
+  auto row = [&](int b, int64_t tb, int tp, const T*, T* dxwb, T* dhwb) {
+    const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+    const T* nx = NX + tb * G;
+    const T* nhw = NHW + tb * G;
+    const T* nc = NC + tb * H;
+    T* dhb = dh + static_cast<int64_t>(b) * H;
+    T* dcb = dc + static_cast<int64_t>(b) * H;
+    const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+    if (!AS) ln_lstm_gates<T>(nx, nhw, gx, gh, bias, gates.data(), H);  // recomputed, as the forward had them
+    if (dCs)                                             // return_all_states: c_t's own gradient joins dL/dc_t
+      for (int j = 0; j < H; ++j) dcb[j] += dCs[tb * H + j];
+    const T* ty = TY ? TY + tb * H : ty_row.data();      // tanh(y_c): kept by the forward or recomputed
+    if (!TY) ln_lstm_output_tanh<T>(nc, gc, bc, ty_row.data(), H);
+    if (zone)
+      ln_lstm_output_backward<T, true>(a + 3 * H, nc, ty, gc, dY + tb * H, keep_row(kh, tb, H, zeros), dhb,
+                                       da.data() + 3 * H, dgc, dbc, dn.data(), H);
+    else
+      ln_lstm_output_backward<T, false>(a + 3 * H, nc, ty, gc, dY + tb * H, nullptr, dhb, da.data() + 3 * H,
+                                        dgc, dbc, dn.data(), H);
+    ln_backward_row<T>(dn.data(), nc, RC[tb], H);        // dn <- dL/dc'_t through the cell layer norm
+    if (zone)
+      ln_lstm_cell_backward<T, true>(a, cp, dn.data(), keep_row(kc, tb, H, zeros), dcb, da.data(), H);
+    else
+      ln_lstm_cell_backward<T, false>(a, cp, dn.data(), nullptr, dcb, da.data(), H);
+    if (dGS) add_lstm_gate_grads<T>(a, dGS + tb * G, da.data(), H);
+    both_halves_backward<T, false>(da.data(), da.data(), nx, RX[tb], nhw, RH[tb], gx, gh, db, nullptr, dgx,
+                                   dgh, dxwb, dhwb, G);
+  };
+  ln_backward_steps<T>(whh, mask, len, reverse, Tn, B, H, G, Y, h0, dXW, dWhh, dh, row);
 }
 
 // Returns dXW (T,B,4H) (gradient of x W_ih^T), dW_hh (4H,H) (empty unless need_w_hh), dh0, dc0, db (4H),
@@ -764,36 +782,21 @@ void ln_gru_forward_impl(T* xw, const T* whh, const T* bx, const T* bh, const T*
                          const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, bool train, T* Y, T* h,
                          T* NHW, T* RX, T* RH, T* GS) {
   const int G = 3 * H;
-  std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), gates(G),
-      hm(mask ? static_cast<size_t>(B) * H : 0);
-  const StepGemm<T> rec(whh, true, B, G, H);
-  for (int s = 0; s < Tn; ++s) {
-    const int t = reverse ? Tn - 1 - s : s;
-    const int64_t tB = static_cast<int64_t>(t) * B;
-    T* nhw = train ? NHW + tB * G : nhw_step.data();        // (B, 3H)
-    rec(masked_h<T>(h, mask, B * H, hm.data()), T(0), nhw);  // (h_{t-1} * mask) W_hh^T
-    for (int b = 0; b < B; ++b) {
-      const int64_t tb = tB + b;
-      T* y = Y + tb * H;
-      if (!is_valid(len, t, b)) {
-        std::memset(y, 0, sizeof(T) * H);
-        if (GS) std::memset(GS + tb * G, 0, sizeof(T) * G);
-        continue;
-      }
-      T* nx = xw + tb * G;
-      T* nb = nhw + static_cast<int64_t>(b) * G;
-      const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
-      if (train) {
-        RX[tb] = rx;
-        RH[tb] = rh;
-      }
-      ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
-      if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: r, z, n
-      T* hb = h + static_cast<int64_t>(b) * H;
-      if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, y, H);
-      else ln_gru_output<T, false>(gates.data(), nullptr, hb, y, H);
+  std::vector<T> gates(G);
+  auto row = [&](int b, int64_t tb, T* nb) {               // nb: the row's hw, normalised in place
+    T* nx = xw + tb * G;
+    const T rx = normalise_row<T>(nx, G), rh = normalise_row<T>(nb, G);
+    if (train) {
+      RX[tb] = rx;
+      RH[tb] = rh;
     }
-  }
+    ln_gru_gates<T>(nx, nb, gx, gh, bx, bh, gates.data(), H);
+    if (GS) std::memcpy(GS + tb * G, gates.data(), sizeof(T) * G);  // return_gates: r, z, n
+    T* hb = h + static_cast<int64_t>(b) * H;
+    if (kh) ln_gru_output<T, true>(gates.data(), kh + tb * H, hb, Y + tb * H, H);
+    else ln_gru_output<T, false>(gates.data(), nullptr, hb, Y + tb * H, H);
+  };
+  ln_forward_steps<T>(whh, mask, len, reverse, Tn, B, H, G, train, NHW, h, Y, GS, row, [](int64_t) {});
 }
 
 // xw (T,B,3H) = x W_ih^T, normalised in place (becomes n_x); b_ih, b_hh (3H) (zeros without bias): b_hh stays
@@ -874,45 +877,24 @@ void ln_gru_backward_impl(const T* dY, const T* NX, const T* RX, const T* NHW, c
                           const T* kh, const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dXW,
                           T* dWhh, T* dbx, T* dbh, T* dgx, T* dgh, const T* dGS, const T* AS) {
   const int G = 3 * H;
-  const StepGemm<T> rec(whh, false, B, H, G);
-  RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
-  std::vector<T> gates(G), ds(G), du(G), scratch(mask ? static_cast<size_t>(B) * H : 0);
-  for (int s = 0; s < Tn; ++s) {
-    const int t = reverse ? s : Tn - 1 - s;
-    const int64_t tB = static_cast<int64_t>(t) * B;
-    T* dhw = wgrad.step_rows();                            // (B, 3H)
-    for (int b = 0; b < B; ++b) {
-      const int64_t tb = tB + b;
-      T* dxwb = dXW + tb * G;
-      T* dhwb = dhw + static_cast<int64_t>(b) * G;
-      if (!is_valid(len, t, b)) {
-        std::memset(dxwb, 0, sizeof(T) * G);
-        std::memset(dhwb, 0, sizeof(T) * G);
-        wgrad.set_prev(b, nullptr, mask);
-        continue;
-      }
-      const int tp = prev_step(len, reverse, Tn, t, b);
-      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
-      wgrad.set_prev(b, hp, mask);
-      const T* nx = NX + tb * G;
-      const T* nhw = NHW + tb * G;
-      const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
-      if (!AS) ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
-      T* dhb = dh + static_cast<int64_t>(b) * H;
-      if (kh)
-        ln_gru_cell_backward<T, true>(a, nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
-                                      du.data(), H);
-      else
-        ln_gru_cell_backward<T, false>(a, nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
-                                       du.data(), H);
-      if (dGS) add_gru_gate_grads<T>(a, nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
-      both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
-                                    dxwb, dhwb, G);
-    }
-    recurrent_grad<T>(rec, dhw, mask, scratch.data(), static_cast<int64_t>(B) * H, dh);
-    wgrad.end_step();
-  }
-  wgrad.finish();
+  std::vector<T> gates(G), ds(G), du(G);
+  auto row = [&](int b, int64_t tb, int, const T* hp, T* dxwb, T* dhwb) {
+    const T* nx = NX + tb * G;
+    const T* nhw = NHW + tb * G;
+    const T* a = AS ? AS + tb * G : gates.data();          // the activated gates: kept (return_gates) or
+    if (!AS) ln_gru_gates<T>(nx, nhw, gx, gh, bx, bh, gates.data(), H);  // recomputed, as the forward had them
+    T* dhb = dh + static_cast<int64_t>(b) * H;
+    if (kh)
+      ln_gru_cell_backward<T, true>(a, nhw, gh, bh, hp, dY + tb * H, kh + tb * H, dhb, ds.data(),
+                                    du.data(), H);
+    else
+      ln_gru_cell_backward<T, false>(a, nhw, gh, bh, hp, dY + tb * H, nullptr, dhb, ds.data(),
+                                     du.data(), H);
+    if (dGS) add_gru_gate_grads<T>(a, nhw, gh, bh, dGS + tb * G, ds.data(), du.data(), H);
+    both_halves_backward<T, true>(ds.data(), du.data(), nx, RX[tb], nhw, RH[tb], gx, gh, dbx, dbh, dgx, dgh,
+                                  dxwb, dhwb, G);
+  };
+  ln_backward_steps<T>(whh, mask, len, reverse, Tn, B, H, G, Y, h0, dXW, dWhh, dh, row);
 }
 
 // Returns dXW (T,B,3H) (gradient of x W_ih^T), dW_hh (3H,H) (empty unless need_w_hh), dh0, db_ih, db_hh,

@@ -11,7 +11,7 @@
 // Options (the layer's, see rnnlab.cellspec.SequenceRun):
 //   h_mask (B,H): recurrent dropout, the GEMM sees h_{t-1} * h_mask (the state itself is not masked);
 //   KH, KC (T,B,H): zoneout, h_t = kh*h_{t-1} + (1-kh)*m_t and c_t = kc*c_{t-1} + (1-kc)*c'_t, where
-//     c'_t = f c_{t-1} + i g and m_t = o tanh(c'_t) are the cell's new values; both given or neither;
+//     c'_t = f c_{t-1} + i g and m_t = o tanh(c'_t) are the cell's new values; either may be absent (k = 0);
 //   dCs (T,B,H), dGates (T,B,4H): gradients of the recorded cell states and gate activations (record/gates),
 //     added to dL/dc_t and to dL/d{i,f,g,o} of each step.
 // Lengths and reverse as fused.cpp (is_valid / prev_step): padding steps keep the state and output zeros.
@@ -62,13 +62,12 @@ void peephole_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T
   const int G = 4 * H;
   const int64_t BH = static_cast<int64_t>(B) * H;
   const StepGemm<T> rec(whh, true, B, G, H);
-  // With recurrent dropout the GEMM multiplies h * mask, kept up to date row by row beside h.
-  std::vector<T> hm(hmask ? BH : 0);
-  for (int64_t k = 0; k < static_cast<int64_t>(hm.size()); ++k) hm[k] = h[k] * hmask[k];
+  std::vector<T> hm(hmask ? BH : 0);                      // h * mask, which the GEMM multiplies
+  const std::vector<T> zeros(Zone ? H : 0);               // the keep of a state without zoneout
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;  // (B, 4H)
-    rec(hmask ? hm.data() : h, T(1), g);                  // += (h_{t-1} [* mask]) W_hh^T
+    rec(masked_h<T>(h, hmask, BH, hm.data()), T(1), g);   // += (h_{t-1} [* mask]) W_hh^T
     T* y = Y + t * BH;                                    // (B, H)
     for (int b = 0; b < B; ++b) {
       const int64_t rb = static_cast<int64_t>(b) * H;
@@ -77,12 +76,11 @@ void peephole_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T
         continue;
       }
       T* gb = g + static_cast<int64_t>(b) * G;
-      const T* kh = Zone ? KH + t * BH + rb : nullptr;
-      const T* kc = Zone ? KC + t * BH + rb : nullptr;
+      const int64_t tb = static_cast<int64_t>(t) * B + b;
+      const T* kh = Zone ? keep_row(KH, tb, H, zeros) : nullptr;
+      const T* kc = Zone ? keep_row(KC, tb, H, zeros) : nullptr;
       peephole_cell_forward<T, Zone>(gb, gb + H, gb + 2 * H, gb + 3 * H, bias, bias + H, bias + 2 * H,
                                      bias + 3 * H, wc, wc + H, wc + 2 * H, kh, kc, h + rb, c + rb, y + rb, H);
-      if (hmask)
-        for (int j = 0; j < H; ++j) hm[rb + j] = h[rb + j] * hmask[rb + j];
     }
     if (Cs) std::memcpy(Cs + t * BH, c, sizeof(T) * BH);  // padding rows hold the carried state
   }
@@ -92,8 +90,10 @@ template <typename T>
 void peephole_forward_dispatch(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* wc,
                                const T* hmask, const T* KH, const T* KC, const int64_t* len, bool reverse, int Tn,
                                int B, int H, T* Y, T* h, T* c, T* Cs) {
-  if (KH) peephole_forward_impl<T, true>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
-  else peephole_forward_impl<T, false>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
+  if (KH || KC)  // zoneout on either state (the other's keep is a row of zeros)
+    peephole_forward_impl<T, true>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
+  else
+    peephole_forward_impl<T, false>(xw, chunks, bias, whh, wc, hmask, KH, KC, len, reverse, Tn, B, H, Y, h, c, Cs);
 }
 
 
@@ -212,11 +212,12 @@ void peephole_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c
   const int64_t BH = static_cast<int64_t>(B) * H;
   const StepGemm<T> rec(whh, false, B, H, G);
   std::vector<T> rec_buf(hmask ? BH : 0);                 // dG_t W_hh before the mask
+  const std::vector<T> zeros(Zone ? H : 0);               // the keep of a state without zoneout
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;               // the forward order, backwards
     T* dgt = dG + static_cast<int64_t>(t) * B * G;         // (B, 4H)
     for (int b = 0; b < B; ++b) {
-      const int64_t rb = static_cast<int64_t>(b) * H, tb = t * BH + rb;
+      const int64_t rb = static_cast<int64_t>(b) * H, tb = t * BH + rb, row = static_cast<int64_t>(t) * B + b;
       T* dgb = dgt + static_cast<int64_t>(b) * G;
       if (!is_valid(len, t, b)) {                          // the state was carried: dh, dc pass through
         std::memset(dgb, 0, sizeof(T) * G);
@@ -224,19 +225,14 @@ void peephole_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
       const T* cp = tp >= 0 ? Cs + tp * BH + rb : c0 + rb;
-      const T* gb = gates + (static_cast<int64_t>(t) * B + b) * G;
+      const T* gb = gates + row * G;
       peephole_cell_backward<T, Zone, Extra>(
           gb, gb + H, gb + 2 * H, gb + 3 * H, cp, dY + tb, Extra ? dCs + tb : nullptr,
-          Extra ? dGates + (static_cast<int64_t>(t) * B + b) * G : nullptr, Zone ? KH + tb : nullptr,
-          Zone ? KC + tb : nullptr, wc, wc + H, wc + 2 * H, dh + rb, dc + rb, dgb, dgb + H, dgb + 2 * H,
-          dgb + 3 * H, dwc, dwc + H, dwc + 2 * H, H);
+          Extra ? dGates + row * G : nullptr, Zone ? keep_row(KH, row, H, zeros) : nullptr,
+          Zone ? keep_row(KC, row, H, zeros) : nullptr, wc, wc + H, wc + 2 * H, dh + rb, dc + rb, dgb, dgb + H,
+          dgb + 2 * H, dgb + 3 * H, dwc, dwc + H, dwc + 2 * H, H);
     }
-    if (hmask) {                                           // dL/dh_{t-1} += (dG_t W_hh) * mask
-      rec(dgt, T(0), rec_buf.data());
-      for (int64_t k = 0; k < BH; ++k) dh[k] += rec_buf[k] * hmask[k];  // padding rows: dG = 0, adds 0
-    } else {
-      rec(dgt, T(1), dh);                                  // dL/dh_{t-1} += dG_t W_hh
-    }
+    recurrent_grad<T>(rec, dgt, hmask, rec_buf.data(), BH, dh);  // dL/dh_{t-1} += (dG_t W_hh) [* mask]
     add_rows(dgt, B, G, db);
   }
 }
@@ -256,18 +252,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_backward(
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab peephole_backward", [&] {
     using T = scalar_t;
     const T* KH = opt_ptr<T>(keep_h);
+    const T* KC = opt_ptr<T>(keep_c);
     const T* dcs = opt_ptr<T>(dCs);
     auto run = [&](auto zone, auto extra) {
       peephole_backward_impl<T, decltype(zone)::value, decltype(extra)::value>(
           dY.data_ptr<T>(), gates.data_ptr<T>(), Cs.data_ptr<T>(), c0.data_ptr<T>(), w_hh.data_ptr<T>(),
-          wc.data_ptr<T>(), opt_ptr<T>(h_mask), KH, opt_ptr<T>(keep_c), dcs, opt_ptr<T>(dGates),
+          wc.data_ptr<T>(), opt_ptr<T>(h_mask), KH, KC, dcs, opt_ptr<T>(dGates),
           lengths_ptr(lengths), reverse, Tn, B, H, dh.data_ptr<T>(), dc.data_ptr<T>(), dG.data_ptr<T>(),
           db.data_ptr<T>(), dwc.data_ptr<T>());
     };
     using Yes = std::true_type;
     using No = std::false_type;
-    if (KH && dcs) run(Yes{}, Yes{});
-    else if (KH) run(Yes{}, No{});
+    const bool zone = KH || KC;
+    if (zone && dcs) run(Yes{}, Yes{});
+    else if (zone) run(Yes{}, No{});
     else if (dcs) run(No{}, Yes{});
     else run(No{}, No{});
   });
