@@ -234,6 +234,17 @@ def test_moved_names_warn_and_still_work():
     with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.masks\.bernoulli_mask"):
         from rnnlab.layers import bernoulli_mask
     assert bernoulli_mask((4,), 1.0, torch.float32, torch.device("cpu")).sum() == 4
+    seq = dataclasses.replace(_seq(GRU_SPEC), cell=GRU_SPEC)
+    with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.fused"):
+        from rnnlab.kernels.options import rnn_kernel
+    with pytest.warns(DeprecationWarning, match=r"reference\.run_cell is deprecated"):
+        old = reference.run_cell(GRU_SPEC.step, GRU_SPEC.gates, seq.x, seq.state, seq.p, record=True)
+    new = reference.run(dataclasses.replace(seq, record=True, gates=True))
+    torch.testing.assert_close(old[0], new[0])
+    torch.testing.assert_close(old[3]["z"], new[3]["z"])
+    relu = dataclasses.replace(_seq(rnnlab.cellspec.RNN_RELU_SPEC), cell=rnnlab.cellspec.RNN_RELU_SPEC)
+    if common.compiled_available():
+        _same(rnn_kernel(relu, relu=True), reference.run(relu))
 
 
 def test_a_registered_backend_still_runs_torchs_cells(monkeypatch):

@@ -41,6 +41,7 @@ checks that this list names every module::
         common.py        the compiled kernels' shared glue: the extension's ops, coverage, the GEMMs around a loop
         masks.py         the layer options' random masks (recurrent dropout, zoneout, DropConnect)
         native.py        torch's own fused op (cuDNN on a GPU) for torch's cells: backend "torch", GPUs
+        options.py       the old path of fused.py's option kernels: warns, goes in the next release
         fused.py         torch's three cells (LSTM, GRU, Elman) and the layer options on compiled step loops
         layernorm.py     the layer-normalised LSTM and GRU
         peephole.py      the peephole LSTM

@@ -12,8 +12,10 @@ every double backward: a compiled kernel's hand-written backward is not made of 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
@@ -163,23 +165,6 @@ def stack_trace(trace: Trace, reverse: bool) -> tuple[Tensor | None, dict[str, T
     return c, gates
 
 
-def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: State, p: Mapping[str, Tensor | None],
-             *, reverse: bool = False, lengths: Tensor | None = None, h_mask: Tensor | None = None,
-             keep: Sequence[Tensor | None] = (), record: bool = False
-             ) -> tuple[Tensor, State, Tensor | None, dict[str, Tensor] | None]:
-    """One layer-direction of any cell on the loop, with the options (:func:`option_step`): the reference of a
-    cell's whole-sequence kernel, and its double-backward route.
-
-    Returns:
-        ``(outputs (T, B, H_out), final state, cell states (T, B, H) or None, {gate: (T, B, H)} or None)``
-        (:data:`rnnlab.sequence.SequenceResult`); the last two only with ``record`` (gates only with ``gates``).
-    """
-    step, trace = option_step(cell_step, p, h_mask, keep, x.size(0), reverse, record, gates)
-    out, final = recurrence(step, x, state, reverse=reverse, lengths=lengths)
-    c, g = stack_trace(trace, reverse) if record else (None, None)
-    return out, final, c, g
-
-
 def run(seq: SequenceRun, wrap: Callable[[Step, State], tuple[Step, State]] | None = None) -> SequenceResult:
     """One layer-direction of ``seq.cell`` on the loop, with every option of ``seq``: the fallback of every
     kernel, the reference it is tested against, and its double-backward route.
@@ -244,3 +229,16 @@ def backward_through_loop(ctx: Any, loop: Callable[..., Sequence[Tensor | None]]
         for i, g in zip(wanted.values(), got):
             result[i] = g
     return tuple(result)
+
+
+def run_cell(cell_step: CellStep, gates: CellGates | None, x: Tensor, state: State, p: Mapping[str, Tensor | None],
+             *, reverse: bool = False, lengths: Tensor | None = None, h_mask: Tensor | None = None,
+             keep: Sequence[Tensor | None] = (), record: bool = False) -> SequenceResult:
+    """Deprecated (kept for one release): :func:`run` of a cell given by its step and gate functions. With
+    ``record`` it returns the cell states and (with ``gates``) the gates, as rnnlab 0.1 did."""
+    warnings.warn("rnnlab.kernels.reference.run_cell is deprecated; use rnnlab.kernels.reference.run",
+                  DeprecationWarning, stacklevel=2)
+    cell = SimpleNamespace(step=cell_step, gates=gates)
+    seq = SequenceRun(x, state, cast(Mapping[str, Tensor], p), reverse, lengths, h_mask, tuple(keep), record,
+                      record and gates is not None, cell=cell)
+    return run(seq)
