@@ -479,7 +479,7 @@ class RNNBase(nn.Module):
             p["weight_hh"] = drop_connect(p["weight_hh"], self.weight_dropout)
         h_mask, keep = sequence_masks(state, x.size(0), self.recurrent_dropout, self.zoneout, self.training)
         seq = SequenceRun(x, state, p, direction == 1, lengths, h_mask, keep, self.return_all_states,
-                          self.return_gates and self.spec.gates is not None)
+                          self.return_gates and self.spec.gates is not None, cell=self.spec)
         bound = None if observer is None else _BoundObserver(observer, self, layer, direction, x.size(0))
         return kernels.run(self.spec, seq, self.backend, bound)
 
