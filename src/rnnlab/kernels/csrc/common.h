@@ -71,12 +71,21 @@ using Pack = void (*)(int layout, int identifier, int trans, int m, int n, int k
                       int ld, float* dest);
 using Compute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
                          const float* b, int ldb, float beta, float* c, int ldc);
-// Weight matrices with fewer elements use plain sgemm; RNNLAB_FUSED_PACK_MIN overrides it (for measurements).
+// Weight matrices with fewer elements use plain sgemm; RNNLAB_FUSED_PACK_MIN overrides it (for measurements and
+// the tests of the packed path: set, it also drops the rule on the rows below).
 int64_t min_packed_weights() {
   static const int64_t value = [] {
     const char* env = std::getenv("RNNLAB_FUSED_PACK_MIN");
     return env ? std::atoll(env) : int64_t{128 * 1024};
   }();
+  return value;
+}
+// Packing W costs about as much as a product with ~2,000 rows (a 2048 x 512 W_hh: ~1.8 ms on a Zen 3), so a
+// sequence packs only when its products multiply at least that many rows by W (T * B, forward or backward).
+// Measured, packed / plain per call of LSTM(64, 512), 1 thread (docs/performance.md): T=1 B=1 forward 4.9x,
+// T=8 B=1 2.2x, T=32 B=32 0.96x, T=128 B=32 0.94x. Generation (T=1) and S3/S4 never pack; S1, S2, S5 do.
+int64_t min_packed_rows() {
+  static const int64_t value = std::getenv("RNNLAB_FUSED_PACK_MIN") ? 0 : 2048;
   return value;
 }
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
@@ -104,7 +113,7 @@ const PackedApi& packed_api() {
 template <typename T>
 class StepGemm {
  public:
-  StepGemm(const T* w, bool trans, int m, int n, int k) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {}
+  StepGemm(const T* w, bool trans, int m, int n, int k, int /*steps*/) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {}
   void operator()(const T* a, T beta, T* c) const {
     if (trans_) mm_nt<T>(m_, n_, k_, a, w_, beta, c);
     else mm_nn<T>(m_, n_, k_, a, w_, beta, c);
@@ -119,18 +128,17 @@ class StepGemm {
 template <>
 class StepGemm<float> {
  public:
-  StepGemm(const float* w, bool trans, int m, int n, int k) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {
+  StepGemm(const float* w, bool trans, int m, int n, int k, int steps) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {
     const PackedApi& api = packed_api();
+    if (!api.ok() || w == nullptr) return;  // no W: an unused product (e.g. no projection)
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
     // and loses below 512x128 (2x slower at H=64: the packed call's fixed cost dominates tiny products).
-    // No W: an unused product (e.g. no projection).
-    packable_ = api.ok() && w != nullptr && static_cast<int64_t>(n) * k >= min_packed_weights();
+    if (static_cast<int64_t>(n) * k < min_packed_weights()) return;
+    if (static_cast<int64_t>(steps) * m < min_packed_rows()) return;  // too few products to pay for the packing
+    packed_.resize(api.get_size(kBMatrix, m, n, k) / sizeof(float) + 1);
+    api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, m, n, k, 1.0f, w, trans ? k : n, packed_.data());
   }
   void operator()(const float* a, float beta, float* c) const {
-    // Packing costs about as much as several products, so it pays only over a sequence long enough: the first
-    // kPackAfter calls use plain sgemm, and W is packed at the next. A short run (generation steps one character
-    // at a time: T = 1) never packs; it took 10x longer with W_hh packed on every call (LSTM(64, 512), 1 thread).
-    if (packable_ && packed_.empty() && ++calls_ > kPackAfter) pack();
     if (packed_.empty()) {
       if (trans_) mm_nt<float>(m_, n_, k_, a, w_, beta, c);
       else mm_nn<float>(m_, n_, k_, a, w_, beta, c);
@@ -140,19 +148,10 @@ class StepGemm<float> {
   }
 
  private:
-  static constexpr int kPackAfter = 4;
-  void pack() const {
-    const PackedApi& api = packed_api();
-    packed_.resize(api.get_size(kBMatrix, m_, n_, k_) / sizeof(float) + 1);
-    api.pack(kRowMajor, kBMatrix, trans_ ? kTrans : kNoTrans, m_, n_, k_, 1.0f, w_, trans_ ? k_ : n_,
-             packed_.data());
-  }
   const float* w_;
   bool trans_;
   int m_, n_, k_;
-  bool packable_ = false;
-  mutable int calls_ = 0;                   // the products so far (a StepGemm serves one sequence, one thread)
-  mutable std::vector<float> packed_;
+  std::vector<float> packed_;
 };
 
 // ---- activations ----------------------------------------------------------------------------------------------

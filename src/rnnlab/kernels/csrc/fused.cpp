@@ -125,8 +125,8 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
   const bool proj = whr != nullptr;
   std::vector<T> mbuf(proj && Ms == nullptr ? static_cast<size_t>(B) * H : 0);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * P : 0), cold(EX && opt.keep_c ? H : 0);
-  const StepGemm<T> rec(whh, true, B, G, P);
-  const StepGemm<T> project(whr, true, B, P, proj ? H : 1);
+  const StepGemm<T> rec(whh, true, B, G, P, Tn);
+  const StepGemm<T> project(whr, true, B, P, proj ? H : 1, Tn);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     // (B, 4H): x_t W_ih^T, then the activated gates
@@ -283,8 +283,8 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
   std::vector<T> dhtot_buf(proj ? 0 : static_cast<size_t>(B) * P), dm_buf(proj ? static_cast<size_t>(B) * H : 0);
   // EX: zeros stand in for an absent option (keep 0 = no zoneout, no incoming gradient), exactly the plain maths
   std::vector<T> zeros(EX ? G : 0), dummy(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * P : 0);
-  const StepGemm<T> rec(whh, false, B, P, G);
-  const StepGemm<T> project(whr, false, B, H, proj ? P : 1);
+  const StepGemm<T> rec(whh, false, B, P, G, Tn);
+  const StepGemm<T> project(whr, false, B, H, proj ? P : 1, Tn);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
     const int64_t tBP = static_cast<int64_t>(t) * B * P;
@@ -428,7 +428,7 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0), hold(EX && opt.keep_h ? H : 0);
-  const StepGemm<T> rec(whh, true, B, G, H);
+  const StepGemm<T> rec(whh, true, B, G, H, Tn);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     const T* hin = h;
@@ -561,7 +561,7 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
                        const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dHn, T* dbih,
                        T* dbhh, const BwdOptions<T>& opt = {}) {
   const int G = 3 * H;
-  const StepGemm<T> rec(whh, false, B, H, G);
+  const StepGemm<T> rec(whh, false, B, H, G, Tn);
   // dG_h differs from dG_x only in its n block, so only that block is kept for all steps (dHn, for dW_hh's n
   // rows); the full (B, 3H) dG_h of one step lives in this scratch for the recurrent GEMM and db_hh.
   std::vector<T> dgh_step(static_cast<size_t>(B) * G);
@@ -649,7 +649,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 template <typename T, bool EX = false>
 void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B,
                       int H, T* h, const FwdOptions<T>& opt = {}) {
-  const StepGemm<T> rec(whh, true, B, H, H);
+  const StepGemm<T> rec(whh, true, B, H, H, Tn);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
@@ -748,7 +748,7 @@ inline void rnn_row_backward_ex(const T* __restrict dy, const T* __restrict hr, 
 template <typename T, bool EX = false>
 void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn,
                        int B, int H, T* dh, T* dG, T* db, const BwdOptions<T>& opt = {}) {
-  const StepGemm<T> rec(whh, false, B, H, H);
+  const StepGemm<T> rec(whh, false, B, H, H, Tn);
   std::vector<T> zeros(EX ? H : 0), dummy(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;

@@ -416,7 +416,7 @@ class RecurrentWeightGrad {
 template <typename T, typename Row, typename EndStep>
 inline void ln_forward_steps(const T* whh, const T* mask, const int64_t* len, bool reverse, int Tn, int B, int H,
                              int G, bool train, T* NHW, const T* h, T* Y, T* GS, Row row, EndStep end_step) {
-  const StepGemm<T> rec(whh, true, B, G, H);
+  const StepGemm<T> rec(whh, true, B, G, H, Tn);
   std::vector<T> nhw_step(train ? 0 : static_cast<size_t>(B) * G), hm(mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
@@ -444,7 +444,7 @@ inline void ln_forward_steps(const T* whh, const T* mask, const int64_t* len, bo
 template <typename T, typename Row>
 inline void ln_backward_steps(const T* whh, const T* mask, const int64_t* len, bool reverse, int Tn, int B, int H,
                               int G, const T* Y, const T* h0, T* dXW, T* dWhh, T* dh, Row row) {
-  const StepGemm<T> rec(whh, false, B, H, G);
+  const StepGemm<T> rec(whh, false, B, H, G, Tn);
   RecurrentWeightGrad<T> wgrad(Tn, B, G, H, dWhh);
   std::vector<T> scratch(mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {

@@ -61,7 +61,7 @@ void peephole_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T
                            int H, T* Y, T* h, T* c, T* Cs) {
   const int G = 4 * H;
   const int64_t BH = static_cast<int64_t>(B) * H;
-  const StepGemm<T> rec(whh, true, B, G, H);
+  const StepGemm<T> rec(whh, true, B, G, H, Tn);
   std::vector<T> hm(hmask ? BH : 0);                      // h * mask, which the GEMM multiplies
   const std::vector<T> zeros(Zone ? H : 0);               // the keep of a state without zoneout
   for (int s = 0; s < Tn; ++s) {
@@ -210,7 +210,7 @@ void peephole_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c
                             T* dwc) {
   const int G = 4 * H;
   const int64_t BH = static_cast<int64_t>(B) * H;
-  const StepGemm<T> rec(whh, false, B, H, G);
+  const StepGemm<T> rec(whh, false, B, H, G, Tn);
   std::vector<T> rec_buf(hmask ? BH : 0);                 // dG_t W_hh before the mask
   const std::vector<T> zeros(Zone ? H : 0);               // the keep of a state without zoneout
   for (int s = 0; s < Tn; ++s) {
