@@ -176,6 +176,25 @@ def _nodes(t):
     return seen
 
 
+def test_the_torch_backend_is_recorded_on_the_reference_loop():
+    """Torch's op hands no per-step gradients over: a recording (even one that accepts kernel sinks) observes the
+    reference loop, and its per-step gradients are the reference loop's."""
+    from rnnlab.diagnostics import record
+
+    torch.manual_seed(2)
+    layer = rnnlab.LSTM(I, H, backend="torch").double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with record(layer, kernel=True) as rec:
+        out = layer(x)[0]
+    (g,) = torch.autograd.grad(out[-1].sum(), [rec.traces[0].states[0][0]])
+    plain = rnnlab.LSTM(I, H, backend="reference").double()
+    plain.load_state_dict(layer.state_dict())
+    with record(plain) as rec2:
+        out2 = plain(x)[0]
+    (g2,) = torch.autograd.grad(out2[-1].sum(), [rec2.traces[0].states[0][0]])
+    torch.testing.assert_close(g, g2)
+
+
 def test_the_torch_backend_leaves_options_and_variants_to_the_reference_loop(monkeypatch):
     monkeypatch.setattr(kernels, "_warned", set())
     x = torch.randn(T, B, I)

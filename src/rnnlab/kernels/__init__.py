@@ -133,7 +133,9 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
     elif name in _legacy:
         kernel = _legacy_kernel(_legacy[name], kernel)
     if observer is not None:
-        hook = observer.sink(seq) if kernel is not None and torch.is_grad_enabled() and covers(seq) else None
+        # Only a cell's own compiled kernel feeds a sink (torch's op has no per-step gradients to hand over).
+        feeds_sink = kernel is not None and kernel is spec.kernel and torch.is_grad_enabled() and covers(seq)
+        hook = observer.sink(seq) if feeds_sink else None
         if hook is None:
             return reference.run(seq, wrap)
         sink, state = hook
