@@ -114,7 +114,8 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
     Args:
         spec: the cell; ``seq.cell`` is set to it.
         seq: the sequence, its initial state, parameters and options (:class:`rnnlab.sequence.SequenceRun`).
-        backend: ``"fused"``, ``"reference"`` or ``None`` (the current default, see :func:`get_backend`).
+        backend: ``"fused"``, ``"reference"``, ``"torch"`` or ``None`` (the current default, see
+            :func:`get_backend`).
         observer: the active step observer bound to this layer-direction, or ``None``.
 
     Returns:
@@ -153,7 +154,7 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
 
 def _warn_reference_loop(cell: str, backend: str, declined: bool) -> None:
     if backend == "torch":
-        reason = (f"torch's own op runs torch's cells without options, lengths or sinks, not this {cell} run")
+        reason = f"torch's own op runs torch's cells without options, lengths or sinks, not this {cell} run"
     elif declined:
         reason = f"{cell}'s kernel does not cover this run (dtype, device or option)"
     else:
