@@ -253,6 +253,9 @@ def test_moved_names_warn_and_still_work():
     with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.masks\.bernoulli_mask"):
         from rnnlab.layers import bernoulli_mask
     assert bernoulli_mask((4,), 1.0, torch.float32, torch.device("cpu")).sum() == 4
+    with pytest.warns(DeprecationWarning, match=r"rnnlab\.sequence\.GradientSink"):
+        from rnnlab.layers import KernelSink
+    assert KernelSink is rnnlab.sequence.GradientSink
     seq = dataclasses.replace(_seq(GRU_SPEC), cell=GRU_SPEC)
     with pytest.warns(DeprecationWarning, match=r"rnnlab\.kernels\.fused"):
         from rnnlab.kernels.options import rnn_kernel

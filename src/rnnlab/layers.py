@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,6 @@ class StepObserver(Protocol):
         """Return the step function (and initial state) to run instead of ``step`` (and ``state``)."""
         ...
 
-
-# What an observer's ``sink`` returns: a :class:`rnnlab.sequence.GradientSink` (the name of rnnlab 0.1).
-KernelSink = GradientSink
 
 
 _observer: ContextVar[StepObserver | None] = ContextVar("rnnlab_step_observer", default=None)
@@ -514,8 +511,9 @@ class RNNBase(nn.Module):
 
 
 def __getattr__(name: str):
-    # rnnlab 0.1 names that moved to rnnlab.kernels (kept one release)
-    moved = {"bernoulli_mask": kernels.masks.bernoulli_mask, "_capturing": capturing, "_transformed": transformed}
+    # rnnlab 0.1 names that moved below the layers (kept one release)
+    moved: dict[str, Any] = {"bernoulli_mask": kernels.masks.bernoulli_mask, "_capturing": capturing,
+                             "_transformed": transformed, "KernelSink": GradientSink}
     if name in moved:
         new = moved[name]
         warnings.warn(f"rnnlab.layers.{name} is deprecated; use {new.__module__}.{new.__name__}", DeprecationWarning,

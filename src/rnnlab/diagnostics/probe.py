@@ -14,7 +14,7 @@ Forward passes run with gradients disabled (evaluation, ``torch.no_grad``) are n
 ``Recorder(model, kernel=True)`` (what training-time tracking uses) lets torch's cells without step-changing
 options keep the compiled fused kernel: its forward already has every ``h_t`` (the output), ``c_t`` and the gate
 activations, and its backward forms the total ``dL/dh_t`` and ``dL/dc_t`` of every step, so the layer hands them
-over (:class:`rnnlab.layers.KernelSink`) instead of running the reference loop. Such a trace has ``step_grads``
+over (:class:`rnnlab.sequence.GradientSink`) instead of running the reference loop. Such a trace has ``step_grads``
 after a backward pass; its states are plain tensors outside the autograd graph (use the reference loop,
 ``kernel=False``, to differentiate through them, e.g. for Jacobians).
 """
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..kernels.reference import State, Step, step_function
-from ..layers import KernelSink, RNNBase, observe_steps
+from ..kernels.reference import step_function
+from ..sequence import GradientSink, State, Step
+from ..layers import RNNBase, observe_steps
 
 __all__ = ["LayerTrace", "Recording", "Recorder", "record", "rnn_layers", "state_tensors"]
 
@@ -156,7 +157,7 @@ class Recorder:
         return self._recording_step(trace, step, steps), state
 
     def sink(self, module: RNNBase, layer: int, direction: int, x: Tensor, state: State,
-             steps: int) -> tuple[KernelSink, State] | None:
+             steps: int) -> tuple[GradientSink, State] | None:
         """A kernel trace for a layer-direction on the compiled fused kernel (``kernel=True`` only)."""
         if not self.kernel or id(module) not in self.names:
             return None
@@ -209,7 +210,7 @@ class Recorder:
 
 
 class _KernelTrace:
-    """Fills a :class:`LayerTrace` from what the fused kernel hands over (a :class:`rnnlab.layers.KernelSink`)."""
+    """Fills a :class:`LayerTrace` from what the fused kernel hands over (a :class:`rnnlab.sequence.GradientSink`)."""
 
     def __init__(self, trace: LayerTrace) -> None:
         self.trace = trace
