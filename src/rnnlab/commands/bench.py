@@ -81,23 +81,30 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_run(args: argparse.Namespace, flag: str, count: int, default_rounds: int):
+    """The rounds, thread count and loaded config of a ``--train-steps`` / ``--generate`` measurement, checked."""
+    from ..errors import UserError
+    from ..train.config import load_config
+
+    if count < 1:
+        raise UserError(f"bench: {flag} must be >= 1, got {count}")
+    rounds = args.rounds if args.rounds is not None else default_rounds
+    if rounds < 1:
+        raise UserError(f"bench: rounds must be >= 1, got {rounds}")
+    threads = thread_count(args.threads)
+    return rounds, threads, load_config(args.config, {"train.threads": threads})
+
+
 def _train_throughput(args: argparse.Namespace) -> int:
     """``--train-steps``: :func:`rnnlab.train.throughput.compare_backends` on the config, printed and as JSON."""
     import time
 
     import torch
 
-    from ..errors import UserError
-    from ..train.config import config_to_dict, load_config
+    from ..train.config import config_to_dict
     from ..train.throughput import compare_backends
 
-    if args.train_steps < 1:
-        raise UserError(f"bench: --train-steps must be >= 1, got {args.train_steps}")
-    rounds = args.rounds if args.rounds is not None else 2
-    if rounds < 1:
-        raise UserError(f"bench: rounds must be >= 1, got {rounds}")
-    threads = thread_count(args.threads)
-    cfg = load_config(args.config, {"train.threads": threads})
+    rounds, threads, cfg = _config_run(args, "--train-steps", args.train_steps, default_rounds=2)
     started = time.time()
     result = compare_backends(cfg, args.train_steps, rounds)
     torch.set_num_threads(threads)
@@ -127,14 +134,9 @@ def _generate_speed(args: argparse.Namespace) -> int:
     from ..bench import summary
     from ..errors import UserError
     from ..models import generate_text
-    from ..train.config import load_config
     from ..train.run import build_model_and_task
 
-    if args.generate < 1:
-        raise UserError(f"bench: --generate must be >= 1, got {args.generate}")
-    rounds = args.rounds if args.rounds is not None else 5
-    threads = thread_count(args.threads)
-    cfg = load_config(args.config, {"train.threads": threads})
+    rounds, threads, cfg = _config_run(args, "--generate", args.generate, default_rounds=5)
     model, task = build_model_and_task(cfg)
     if not task.vocab:
         raise UserError(f"bench: --generate needs a character model, and {cfg.task.name} is a {task.kind} task")
