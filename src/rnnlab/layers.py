@@ -88,10 +88,9 @@ class _BoundObserver:
 
     def sink(self, seq: SequenceRun) -> tuple[GradientSink, State] | None:
         sink = getattr(self.observer, "sink", None)
-        # A kernel trace follows torch's step of the cell (no options) over full-length sequences.
-        plain = (seq.cell.mode is not None and seq.lengths is None and seq.h_mask is None and not seq.record
-                 and not seq.gates and all(k is None for k in seq.keep))
-        if sink is None or not plain:
+        # A kernel trace follows torch's step of the cell (no options) over full-length sequences: the runs
+        # torch's own op computes exactly.
+        if sink is None or not kernels.native.covers_natively(seq):
             return None
         return sink(self.module, self.layer, self.direction, seq.x, seq.state, self.steps)
 
