@@ -18,7 +18,7 @@ import torch
 
 import rnnlab
 from rnnlab import kernels
-from rnnlab.cellspec import GRU_SPEC, LSTM_SPEC
+from rnnlab.cellspec import GRU_SPEC, LSTM_SPEC, RNN_RELU_SPEC, RNN_TANH_SPEC
 from rnnlab.kernels import common, reference
 from rnnlab.sequence import SequenceRun
 
@@ -75,6 +75,59 @@ def test_the_reference_loop_runs_without_asking_the_kernel(route):
     else:
         kernels.run(spec, seq, "fused" if route == "empty batch" else "reference")
     assert calls == []
+
+
+def _stepped(step, seq: SequenceRun):
+    """The outputs ``(T, B, H)`` and final state of ``step`` walked over ``seq.x`` from ``seq.state``."""
+    state, out = seq.state, []
+    for x in seq.x:
+        state = step(x, state)
+        out.append(state[0] if isinstance(state, tuple) else state)
+    return torch.stack(out), state
+
+
+@pytest.mark.skipif(not common.compiled_available(), reason="needs the compiled kernels")
+@pytest.mark.parametrize("spec", [LSTM_SPEC, GRU_SPEC, RNN_TANH_SPEC, RNN_RELU_SPEC], ids=lambda s: s.name)
+def test_a_stepper_is_the_kernels_op_prepared_once_and_steps_as_run_does(spec):
+    """Where run would take the kernel, stepper takes the spec's stepper (its compiled op, asked once, not per
+    step); the steps equal the whole-sequence run, in float64 to rounding."""
+    asked: list[SequenceRun] = []
+
+    def spy(seq):
+        asked.append(seq)
+        return spec.stepper(seq)
+
+    spied = dataclasses.replace(spec, name=f"Stepper{spec.name}", stepper=spy,
+                                kernel=lambda seq: pytest.fail("a per-step run"))
+    seq = _seq(spec)
+    with torch.no_grad():
+        got = _stepped(kernels.stepper(spied, dataclasses.replace(seq, x=seq.x[:1])), seq)
+    assert len(asked) == 1
+    _same(got, reference.run(dataclasses.replace(seq, cell=spec)))
+
+
+@pytest.mark.parametrize("route", ["reference", "gradient"])
+def test_a_stepper_steps_by_run_where_the_kernels_op_would_not_run(route):
+    """With the reference backend, and for a run that needs a gradient, each step is a one-step run of the one
+    dispatch (the kernel asked each step where run asks it)."""
+    spec, calls = _spy(LSTM_SPEC, lambda seq: reference.run(seq))
+    seq = _seq()
+    if route == "gradient":
+        seq.p["weight_hh"].requires_grad_(True)
+    step = kernels.stepper(spec, dataclasses.replace(seq, x=seq.x[:1]), route if route == "reference" else "fused")
+    got = _stepped(step, seq)
+    assert len(calls) == (0 if route == "reference" else T)
+    _same(got, reference.run(dataclasses.replace(seq, cell=LSTM_SPEC)))
+    if route == "gradient":
+        assert got[0].grad_fn is not None
+
+
+@pytest.mark.parametrize("option", ["h_mask", "lengths", "record"])
+def test_a_stepper_refuses_a_run_with_options(option):
+    seq = _seq()
+    value = {"h_mask": torch.ones(B, H, dtype=torch.float64), "lengths": torch.full((B,), 1), "record": True}
+    with pytest.raises(ValueError, match=rf"stepper: .*{option}"):
+        kernels.stepper(LSTM_SPEC, dataclasses.replace(seq, x=seq.x[:1], **{option: value[option]}))
 
 
 def test_a_declined_run_takes_the_reference_loop_and_warns_once(monkeypatch):

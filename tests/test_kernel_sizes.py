@@ -1,7 +1,12 @@
 """The compiled kernels at the sizes users run, against the float64 reference loop and torch.nn.
 
-Two code paths of the kernels only start above a size, so the small-size tests elsewhere never reach them:
+Three code paths of the kernels depend on the size, so the small-size tests elsewhere never reach them:
 
+* **Few rows**: a step's product with at most ``kFewRows`` = 4 rows (a batch of 1-4 sequences; generation) is a
+  matrix-vector product per row (``few_rows`` in csrc/common.h), read from panels of ``W`` packed once per sequence
+  when it has two steps or more, split between the threads in blocks of 32 columns. The cases of
+  :func:`test_few_rows` take batches 1-4 at H = 256 and 512 (and odd sizes for the loops' tails), with 1 and 2
+  threads; every other case here has a batch of 5, so that it takes the GEMM below.
 * **MKL's packed GEMM** (``StepGemm<float>`` in csrc/common.h) multiplies a step's state by a recurrent weight of at
   least ``min_packed_weights()`` = 128K elements (``RNNLAB_FUSED_PACK_MIN``): an LSTM's ``W_hh`` from H = 182 on
   (the main job's H = 512), a GRU's from H = 209, an Elman ``W_hh`` from H = 363, an LSTM projection ``W_hr`` when
@@ -38,8 +43,8 @@ pytestmark = pytest.mark.usefixtures("compiled_kernels")  # skip without a compi
 CHUNK = 1 << 18                                  # InputChunks: T * B * G above this crosses a chunk boundary
 PACK_MIN = int(os.environ.get("RNNLAB_FUSED_PACK_MIN", 128 * 1024))  # StepGemm<float>: packed from here on
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "LayerNormLSTM": 4, "PeepholeLSTM": 4}
-T_INFER, T_TRAIN, B, I = 100, 24, 4, 32
-LENGTHS = [100, 57, 100, 13]                     # for T_INFER; T_TRAIN cases use min(n, T_TRAIN)
+T_INFER, T_TRAIN, B, I = 101, 24, 5, 32          # B = 5: one more than csrc/common.h's kFewRows
+LENGTHS = [100, 57, 100, 13, 80]                 # for T_INFER; T_TRAIN cases use min(n, T_TRAIN)
 
 
 # -- the float32 bound: the suite's one rule (tests/_tolerance.py) ----------------------------------------------------
@@ -144,10 +149,13 @@ def _kernel_run(module, *args) -> dict[str, Tensor]:
 
 
 def _check(layer_cls, mode: str, H: int, grad: bool, *, lengths: list[int] | None = None, torch_cls=None,
-           T: int | None = None, batch: int = B, input_size: int = I, partial: bool = True, **options) -> None:
-    """The fused float32 layer against the float64 reference loop (and torch.nn, when ``torch_cls`` is given)."""
+           T: int | None = None, batch: int = B, input_size: int = I, partial: bool = True, sized: bool = True,
+           **options) -> None:
+    """The fused float32 layer against the float64 reference loop (and torch.nn, when ``torch_cls`` is given);
+    ``sized``: the case must reach the packed GEMM and the chunk boundaries (:func:`_reaches`)."""
     T = T or (T_TRAIN if grad else T_INFER)
-    _reaches(mode, H, T, batch, grad, options.get("proj_size", 0), partial)
+    if sized:
+        _reaches(mode, H, T, batch, grad, options.get("proj_size", 0), partial)
     torch.manual_seed(0)
     extra = {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"} if mode.startswith("RNN") else {}
     ours = _randomised(layer_cls(input_size, H, backend="fused", **extra, **options), H)
@@ -190,6 +198,36 @@ def test_dropin_layers_at_size(mode, H, options, lengths, grad):
     """rnnlab.LSTM/GRU/RNN on the fused backend: outputs, final states and (``backward``) every gradient."""
     ours, theirs = DROPIN[mode]
     _check(ours, mode, H, grad, lengths=lengths, torch_cls=theirs, **options)
+
+
+# -- few rows: batches of 1-4 -----------------------------------------------------------------------------------------
+
+FEW_ROWS_CASES = [
+    # (mode, H, input size, batch, steps): the main job's H with one sequence (generation's batch), H = 256 with
+    # 2-4, one step (W read in place, no panels), and odd sizes: k % 8, n % 4 and n % 32 tails in both products
+    pytest.param("LSTM", 512, 64, 1, 24, id="LSTM-H512-B1"),
+    pytest.param("LSTM", 512, 64, 1, 1, id="LSTM-H512-B1-T1"),
+    pytest.param("GRU", 256, 32, 2, 24, id="GRU-H256-B2"),
+    pytest.param("RNN_TANH", 256, 32, 3, 24, id="RNN_TANH-H256-B3"),
+    pytest.param("LSTM", 256, 32, 4, 24, id="LSTM-H256-B4"),
+    pytest.param("LSTM", 45, 13, 3, 9, id="LSTM-H45-I13-B3"),
+    pytest.param("RNN_RELU", 37, 13, 1, 9, id="RNN_RELU-H37-I13-B1"),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "backward"])
+@pytest.mark.parametrize("mode,H,input_size,batch,T", FEW_ROWS_CASES)
+def test_few_rows(mode, H, input_size, batch, T, grad, threads):
+    """Batches of at most kFewRows sequences (csrc/common.h's few_rows, in panels from the second step on), with
+    one thread and with two (each takes its own blocks of W's rows or columns)."""
+    ours, theirs = DROPIN[mode]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check(ours, mode, H, grad, torch_cls=theirs, T=T, batch=batch, input_size=input_size, sized=False)
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- the options kernel and the variants' kernels --------------------------------------------------------------------

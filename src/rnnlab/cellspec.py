@@ -91,6 +91,10 @@ class CellSpec:
             declines a run it does not cover (a dtype, a device, an option), which then runs on the reference
             loop. A kernel with a hand-written backward must also support ``create_graph=True``: the built-in
             ones differentiate the reference loop then (:func:`rnnlab.kernels.reference.backward_through_loop`).
+        stepper: optional ``(SequenceRun) -> ((x, state) -> state) | None`` that prepares one-step calls of the
+            kernel's compiled op for a stream of one-step inference runs like the given one (generation), or
+            declines with ``None``; taken only through :func:`rnnlab.kernels.stepper`, where
+            :func:`rnnlab.kernels.run` would take ``kernel``. Each step must equal ``kernel`` on that step.
         gate_names: the gates in the order of their blocks in ``W_ih`` and ``W_hh`` (``("i", "f", "g", "o")``,
             ``("r", "z", "n")``, ``("pre",)`` for an Elman cell's pre-activation); the keys of ``gates``, and the
             labels the diagnostics give each block of ``W_hh``. Empty for a cell that names none.
@@ -110,6 +114,7 @@ class CellSpec:
     constant_init: dict[str, float] = field(default_factory=dict)
     supports_proj: bool = False
     kernel: Callable[[SequenceRun], SequenceResult | None] | None = None
+    stepper: Callable[[SequenceRun], Callable[[Tensor, State], State] | None] | None = None
     gate_names: tuple[str, ...] = ()
     config_name: str = ""
     label: str = ""
@@ -190,13 +195,14 @@ def _rnn(nonlinearity: str) -> tuple[Callable[..., State], Callable[..., dict[st
 
 
 LSTM_SPEC = CellSpec("LSTM", _torch_params(4, proj=True), _lstm_step, _lstm_gates, ("h", "c"), mode="LSTM",
-                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=fused.lstm_kernel, gate_names=LSTM_GATES)
+                     forget_gate=("bias_ih", 1, 4), supports_proj=True, kernel=fused.lstm_kernel,
+                     stepper=fused.lstm_stepper, gate_names=LSTM_GATES)
 GRU_SPEC = CellSpec("GRU", _torch_params(3), _gru_step, _gru_gates, mode="GRU", forget_gate=("bias_ih", 1, 3),
-                    kernel=fused.gru_kernel, gate_names=GRU_GATES)
+                    kernel=fused.gru_kernel, stepper=fused.gru_stepper, gate_names=GRU_GATES)
 RNN_TANH_SPEC = CellSpec("RNN_TANH", _torch_params(1), *_rnn("tanh"), mode="RNN_TANH", kernel=fused.rnn_tanh_kernel,
-                         gate_names=ELMAN_GATES, label="RNN (tanh)")
+                         stepper=fused.rnn_tanh_stepper, gate_names=ELMAN_GATES, label="RNN (tanh)")
 RNN_RELU_SPEC = CellSpec("RNN_RELU", _torch_params(1), *_rnn("relu"), mode="RNN_RELU", kernel=fused.rnn_relu_kernel,
-                         gate_names=ELMAN_GATES, label="RNN (relu)")
+                         stepper=fused.rnn_relu_stepper, gate_names=ELMAN_GATES, label="RNN (relu)")
 
 
 # -- layer-normalised cells (Ba, Kiros & Hinton 2016, "Layer Normalization", section 3.1 and appendix) ---------

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .cellspec import SPECS, CellSpec
 from .errors import UserError
 from .layers import RNNBase
-from .sequence import hidden_of
+from .sequence import SequenceRun, hidden_of
 from .variants import layer_class
 
 __all__ = ["RecurrentNet", "CharLM", "SequenceClassifier", "SequenceRegressor", "build_model", "make_layer",
@@ -294,9 +295,12 @@ def _cell_stepper(model: nn.Module, state) -> Callable[[int], Tensor] | None:
 
     In eval mode a one-direction layer without zoneout runs exactly its cell's step (``CellSpec.step``) layer
     after layer: recurrent dropout, DropConnect and the dropouts are identities there, and learned initial states
-    only matter without a state (the prime gave one). So one character is the embedding row (or one-hot row), the
+    only matter without a state (the prime gave one). So one character is the embedding row (or one-hot row), one
     step of each layer on its own weights, and the head; dropout between layers and before the head is skipped,
-    as eval mode skips it. Zoneout (an expectation in eval mode), two directions, all-step outputs and models
+    as eval mode skips it. Each layer steps by :func:`rnnlab.kernels.stepper` with the layer's backend: the one
+    dispatch's choice made once for the whole sample, so a step is one call of the compiled kernel's op where it
+    covers the run (instead of the cell step's dozen torch ops and the dispatch's per-run checks), else a one-step
+    run of the one dispatch. Zoneout (an expectation in eval mode), two directions, all-step outputs and models
     that change :meth:`RecurrentNet.forward` are called as a whole (:func:`_model_stepper`).
     """
     if not isinstance(model, RecurrentNet) or type(model).forward is not RecurrentNet.forward:
@@ -308,15 +312,16 @@ def _cell_stepper(model: nn.Module, state) -> Callable[[int], Tensor] | None:
     weight = model.head.weight
     # the input of one character: its embedding, or its one-hot row (F.one_hot(...).float(), as in forward)
     table = model.embed.weight if model.embed is not None else torch.eye(model.input_size, device=weight.device)
-    cell = rnn.spec.step
-    params = [rnn.layer_params(layer) for layer in range(rnn.num_layers)]
     states = [tuple(s[layer] for s in state) if isinstance(state, tuple) else state[layer]
               for layer in range(rnn.num_layers)]  # per layer: (h, c) or h, each (1, H)
+    inputs = [table[:1]] + [hidden_of(s) for s in states[:-1]]  # each layer's input, for its first step's run
+    steps = [kernels.stepper(rnn.spec, SequenceRun(x[None], s, rnn.layer_params(layer), cell=rnn.spec), rnn.backend)
+             for layer, (x, s) in enumerate(zip(inputs, states))]
 
     def step(nxt: int) -> Tensor:
         x = table[nxt:nxt + 1]  # (1, E)
-        for layer, p in enumerate(params):
-            states[layer] = cell(x, states[layer], p, None)
+        for layer, layer_step in enumerate(steps):
+            states[layer] = layer_step(x, states[layer])
             x = hidden_of(states[layer])
         return F.linear(x, weight, model.head.bias)[0]
 

@@ -37,7 +37,7 @@ from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
 from . import fused, native, reference
 from .common import covers
 
-__all__ = ["run", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
+__all__ = ["run", "stepper", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
            "transformed", "register_backend", "resolve_backend"]
 
 BACKENDS = ("fused", "reference", "torch")
@@ -150,6 +150,38 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
         _warn_reference_loop(spec.name, name, declined=kernel is not None)
         return reference.run(seq)
     return result
+
+
+def stepper(spec: Any, seq: SequenceRun, backend: str | None = None) -> Callable[[Tensor, State], State]:
+    """``(x (B, I), state) -> state``: one step at a time of the cell ``spec`` on ``seq.p``, for a stream of
+    one-step runs like ``seq`` (generation: a character per call, every ``x`` and state of ``seq``'s dtype,
+    device and batch size, called in the same grad mode). ``seq`` has no options (they are per sequence, or per
+    step): ValueError otherwise.
+
+    :func:`run` makes its choice for every run, and for one step of the main model its checks (~40-70 us of
+    Python) cost as much as half the step's arithmetic. Here the choice is made once, from ``seq``: where
+    :func:`run` would take the cell's kernel and the spec's ``stepper`` accepts ``seq`` (torch's three cells:
+    their compiled inference op with the weights prepared once), each step is that op; otherwise each step is
+    :func:`run` on a one-step :class:`~rnnlab.sequence.SequenceRun`, so the result is :func:`run`'s either way.
+    """
+    given = {"h_mask": seq.h_mask is not None, "keep": any(k is not None for k in seq.keep),
+             "lengths": seq.lengths is not None, "record": seq.record, "gates": seq.gates, "sink": seq.sink is not None}
+    options = [name for name, on in given.items() if on]
+    if options:
+        raise ValueError(f"rnnlab.kernels.stepper: one-step runs take no options, got {', '.join(options)}")
+    seq = seq if seq.cell is spec else replace(seq, cell=spec)
+    name = "reference" if backend is None and capturing() else get_backend(backend)
+    fast = None
+    if name == "fused" and spec.stepper is not None and not transformed() and seq.x.size(1) > 0:
+        fast = spec.stepper(seq)
+    if fast is not None:
+        return fast
+    p = seq.p
+
+    def step(x: Tensor, state: State) -> State:
+        return run(spec, SequenceRun(x[None], state, p, cell=spec), backend)[1]
+
+    return step
 
 
 def _warn_reference_loop(cell: str, backend: str, declined: bool) -> None:

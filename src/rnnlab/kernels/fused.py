@@ -73,7 +73,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -84,7 +84,8 @@ from . import native, reference
 from .common import (bias_sum, compiled_available, covers, cpu_lengths, dense, grad_or_zeros, input_grads, keep_of,
                      loop_outputs, named_gates, needs_grad, ops, projection, recurrent_weight_grad, uses_compiled)
 
-__all__ = ["lstm_kernel", "gru_kernel", "rnn_tanh_kernel", "rnn_relu_kernel", "LSTM", "GRU", "Elman",
+__all__ = ["lstm_kernel", "gru_kernel", "rnn_tanh_kernel", "rnn_relu_kernel", "lstm_stepper", "gru_stepper",
+           "rnn_tanh_stepper", "rnn_relu_stepper", "LSTM", "GRU", "Elman",
            "run_layer", "compiled_available", "uses_compiled", "GradientSink"]
 
 # Parameter names in the order of a ``weights`` sequence (the deprecated :func:`run_layer`'s).
@@ -366,6 +367,68 @@ def rnn_tanh_kernel(seq: SequenceRun) -> SequenceResult | None:
 def rnn_relu_kernel(seq: SequenceRun) -> SequenceResult | None:
     """torch's Elman cell with relu, every option of ``seq``, or ``None`` (see :func:`lstm_kernel`)."""
     return _elman_kernel(seq, relu=True)
+
+
+# -- one step at a time (generation) ----------------------------------------------------------------------------------
+
+def _steps_plainly(seq: SequenceRun) -> bool:
+    """Whether the kernel runs ``seq`` on its plain inference op: the compiled loops cover it, no gradient, no
+    option, no lengths and nothing recorded."""
+    return covers(seq) and not needs_grad(seq) and _plain(seq) and not seq.record and seq.lengths is None
+
+
+def lstm_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:
+    """``(x (B, I), (h, c)) -> (h, c)``: one step of :func:`lstm_kernel`'s inference op on ``seq.p``, with the
+    weights made contiguous and the biases summed once; ``None`` where the kernel would run ``seq`` otherwise."""
+    if not _steps_plainly(seq):
+        return None
+    w_ih, w_hh, b_ih, b_hh = (dense(w) for w in _weights(seq.p))
+    bias, w_hr, op, reverse = bias_sum(w_ih, b_ih, b_hh), dense(seq.p.get("weight_hr")), ops().lstm_infer, seq.reverse
+
+    def step(x: Tensor, state: State) -> State:
+        h, c = state  # type: ignore[misc]
+        _, h, c = op(x[None], w_ih, bias, h.contiguous(), c.contiguous(), w_hh, w_hr, None, reverse)
+        return h, c
+
+    return step
+
+
+def gru_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:
+    """One step of :func:`gru_kernel`'s inference op on ``seq.p`` (see :func:`lstm_stepper`)."""
+    if not _steps_plainly(seq):
+        return None
+    w_ih, w_hh, b_ih, b_hh = (dense(w) for w in _weights(seq.p))
+    b_i, b_h, op, reverse = bias_sum(w_ih, b_ih), bias_sum(w_hh, b_hh), ops().gru_infer, seq.reverse
+
+    def step(x: Tensor, h: State) -> State:
+        assert isinstance(h, Tensor)
+        return op(x[None], w_ih, b_i, h.contiguous(), w_hh, b_h, None, reverse)[1]
+
+    return step
+
+
+def _elman_stepper(seq: SequenceRun, relu: bool) -> Callable[[Tensor, State], State] | None:
+    if not _steps_plainly(seq):
+        return None
+    w_ih, w_hh, b_ih, b_hh = (dense(w) for w in _weights(seq.p))
+    bias, op, reverse = bias_sum(w_ih, b_ih, b_hh), ops().rnn_forward, seq.reverse
+
+    def step(x: Tensor, h: State) -> State:
+        assert isinstance(h, Tensor)
+        return op(projection(x[None], w_ih), bias, h.contiguous(), w_hh, relu, None, reverse, False, None, None,
+                  False)[0]
+
+    return step
+
+
+def rnn_tanh_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:
+    """One step of :func:`rnn_tanh_kernel`'s inference op on ``seq.p`` (see :func:`lstm_stepper`)."""
+    return _elman_stepper(seq, relu=False)
+
+
+def rnn_relu_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:
+    """One step of :func:`rnn_relu_kernel`'s inference op on ``seq.p`` (see :func:`lstm_stepper`)."""
+    return _elman_stepper(seq, relu=True)
 
 
 # -- the deprecated backend signature --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -50,15 +52,191 @@ inline void blas(char ta, char tb, int m, int n, int k, double beta, const doubl
   dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-// C (m x n) = beta * C + A (m x k) @ B^T, B (n x k). Row-major C is column-major C^T = B A^T.
+// ---- products with few rows: the per-step GEMM at B = 1 (generation, S3) ------------------------------------
+
+typedef float V8f __attribute__((vector_size(32)));  // 8 floats: one AVX2 register (two SSE ones on `base`)
+
+inline V8f loadu8(const float* p) {
+  V8f v;
+  std::memcpy(&v, p, sizeof(V8f));
+  return v;
+}
+inline void storeu8(float* p, V8f v) { std::memcpy(p, &v, sizeof(V8f)); }
+inline float hsum8(V8f v) {
+  typedef float V4f __attribute__((vector_size(16)));
+  const V4f a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
+// A step's product with m <= kFewRows rows is a matrix-vector product per row, and bound by reading W once (4 MB
+// for LSTM(64, 512)'s W_hh). MKL's sgemm reads it at 25-33 GB/s on a Zen 3 even when W sits in L2 (its code path
+// on AMD CPUs is not its AVX2 one): LSTM(64, 512) at B=1 spent ~210 of its ~260 us per step there. These loops
+// stream W once with 8-wide FMAs, ~45-55 GB/s there from L3; in panels (W's blocks laid out in the order the loop
+// reads them: one sequential stream instead of R) ~55-65 GB/s. Above kFewRows rows a register-blocked GEMM
+// (MKL's) wins.
+constexpr int kFewRows = 4;
+
+// The sums of R accumulators, out[q] = sum of the lanes of s[q]: for R = 4 three shuffle-adds (the lane-by-lane
+// sums cost as much as a 512-long dot product's loop).
+template <int R>
+inline void hsums(const V8f* s, float* out) {
+  if constexpr (R == 4) {
+    auto hadd = [](V8f x, V8f y) {  // [x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7]
+      return __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) +
+             __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+    };
+    const V8f t = hadd(hadd(s[0], s[1]), hadd(s[2], s[3]));  // lane q: s[q]'s low half; lane q+4: its high half
+    for (int q = 0; q < 4; ++q) out[q] = t[q] + t[q + 4];
+  } else {
+    for (int q = 0; q < R; ++q) out[q] = hsum8(s[q]);
+  }
+}
+
+// Where the loops below read W: a block of R rows (nt) or 8R columns (nn), in place or from panels.
+//   nt, W (n x k): row r + q, floats j..j+7 at w + (r + q) k + j; panel: at P + ((r / R) k8 + j) R + 8 q, with
+//     k8 = k rounded down to 8 (the rest of each row, k - k8 floats, is read in place).
+//   nn, W (k x n): row q, columns j..j+8R-1 at w + q n + j; panel: at P + (j / 8R) k 8R + q 8R.
+struct FewRowsW {
+  const float* w;       // W as stored
+  const float* panels;  // or nullptr
+};
+
+// C rows [0, M) columns [n0, n1) = beta C + A W^T, W (n x k) row-major: each output is the dot product of a row
+// of W with a row of A. R rows of W at a time against all M rows of A (M * R accumulators, W read once).
+template <int M, int R>
+inline void few_rows_nt(int n0, int n1, int k, const float* __restrict a, FewRowsW W, float beta,
+                        float* __restrict c, int ldc) {
+  const int k8 = k & ~7;
+  int r = n0;
+  for (; r + R <= n1; r += R) {
+    const float* wr = W.w + static_cast<int64_t>(r) * k;
+    const float* pr = W.panels ? W.panels + static_cast<int64_t>(r) * k8 : nullptr;
+    V8f s[M][R] = {};
+    for (int j = 0; j < k8; j += 8) {
+      V8f x[M];
+      for (int b = 0; b < M; ++b) x[b] = loadu8(a + static_cast<int64_t>(b) * k + j);
+      for (int q = 0; q < R; ++q) {
+        const V8f wq = loadu8(pr ? pr + static_cast<int64_t>(j) * R + 8 * q : wr + static_cast<int64_t>(q) * k + j);
+        for (int b = 0; b < M; ++b) s[b][q] += x[b] * wq;
+      }
+    }
+    for (int b = 0; b < M; ++b) {
+      float d[R];
+      hsums<R>(s[b], d);
+      const float* ab = a + static_cast<int64_t>(b) * k;
+      float* cb = c + static_cast<int64_t>(b) * ldc + r;
+      for (int q = 0; q < R; ++q) {
+        for (int j = k8; j < k; ++j) d[q] += ab[j] * wr[static_cast<int64_t>(q) * k + j];
+        cb[q] = beta == 0.0f ? d[q] : beta * cb[q] + d[q];
+      }
+    }
+  }
+  if (r < n1) few_rows_nt<M, 1>(r, n1, k, a, {W.w, nullptr}, beta, c, ldc);
+}
+
+// C rows [0, M) columns [n0, n1) = beta C + A W, W (k x n) row-major: each row of C is a sum of the rows of W
+// weighted by a row of A, 8 * V columns at a time for all M rows (M * V accumulators, W read once).
+template <int M, int V>
+inline void few_rows_nn(int n0, int n1, int n, int k, const float* __restrict a, FewRowsW W, float beta,
+                        float* __restrict c, int ldc) {
+  constexpr int NB = 8 * V;
+  int j = n0;
+  for (; j + NB <= n1; j += NB) {
+    const float* pj = W.panels ? W.panels + static_cast<int64_t>(j) * k : nullptr;
+    V8f s[M][V] = {};
+    for (int q = 0; q < k; ++q) {
+      const float* wq = pj ? pj + static_cast<int64_t>(q) * NB : W.w + static_cast<int64_t>(q) * n + j;
+      V8f x[M];
+      for (int b = 0; b < M; ++b) x[b] = V8f{} + a[static_cast<int64_t>(b) * k + q];
+      for (int v = 0; v < V; ++v) {
+        const V8f wv = loadu8(wq + 8 * v);
+        for (int b = 0; b < M; ++b) s[b][v] += x[b] * wv;
+      }
+    }
+    for (int b = 0; b < M; ++b)
+      for (int v = 0; v < V; ++v) {
+        float* cb = c + static_cast<int64_t>(b) * ldc + j + 8 * v;
+        storeu8(cb, beta == 0.0f ? s[b][v] : s[b][v] + beta * loadu8(cb));
+      }
+  }
+  for (; j < n1; ++j)
+    for (int b = 0; b < M; ++b) {
+      float d = 0.0f;
+      for (int q = 0; q < k; ++q) d += a[static_cast<int64_t>(b) * k + q] * W.w[static_cast<int64_t>(q) * n + j];
+      float* cb = c + static_cast<int64_t>(b) * ldc + j;
+      *cb = beta == 0.0f ? d : beta * *cb + d;
+    }
+}
+
+// The block of W (rows for nt, columns / 8 for nn) the loops take at a time for M rows of A: at most 8
+// accumulators (AVX2 has 16 vector registers).
+constexpr int few_rows_block(int M) { return M == 1 ? 4 : (8 / M >= 4 ? 4 : 2); }
+
+template <int M>
+inline void few_rows_m(bool trans, int n0, int n1, int n, int k, const float* a, FewRowsW W, float beta, float* c) {
+  constexpr int R = few_rows_block(M);
+  if (trans) few_rows_nt<M, R>(n0, n1, k, a, W, beta, c, n);
+  else few_rows_nn<M, R>(n0, n1, n, k, a, W, beta, c, n);
+}
+
+// C (m x n) = beta C + A op(W) for 1 <= m <= kFewRows (op(W) = W^T when trans), over all n columns, split between
+// torch's threads in blocks of 32 columns when W is large enough to pay for the fork (each thread reads its own
+// part of W). `panels`: few_rows_panels(trans, m, n, k, w), or nullptr to read W in place.
+inline void few_rows(bool trans, int m, int n, int k, const float* a, const float* w, float beta, float* c,
+                     const float* panels = nullptr) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (32 * static_cast<int64_t>(std::max(1, k))));
+  at::parallel_for(0, (n + 31) / 32, grain, [&](int64_t lo, int64_t hi) {
+    const int n0 = static_cast<int>(lo) * 32, n1 = std::min(n, static_cast<int>(hi) * 32);
+    const FewRowsW W{w, panels};
+    switch (m) {
+      case 1: return few_rows_m<1>(trans, n0, n1, n, k, a, W, beta, c);
+      case 2: return few_rows_m<2>(trans, n0, n1, n, k, a, W, beta, c);
+      case 3: return few_rows_m<3>(trans, n0, n1, n, k, a, W, beta, c);
+      default: return few_rows_m<4>(trans, n0, n1, n, k, a, W, beta, c);
+    }
+  });
+}
+
+// W in the panels few_rows reads for m rows (see FewRowsW); rows or columns past the last whole block are read in
+// place and left out.
+inline std::vector<float> few_rows_panels(bool trans, int m, int n, int k, const float* w) {
+  const int R = few_rows_block(std::min(m, kFewRows));
+  std::vector<float> p;
+  if (trans) {
+    const int k8 = k & ~7, blocks = n / R;
+    p.resize(static_cast<size_t>(blocks) * R * k8);
+    for (int blk = 0; blk < blocks; ++blk)
+      for (int j = 0; j < k8; j += 8)
+        for (int q = 0; q < R; ++q)
+          std::memcpy(p.data() + (static_cast<int64_t>(blk) * R * k8 + static_cast<int64_t>(j) * R + 8 * q),
+                      w + static_cast<int64_t>(blk * R + q) * k + j, sizeof(float) * 8);
+  } else {
+    const int NB = 8 * R, blocks = n / NB;
+    p.resize(static_cast<size_t>(blocks) * NB * k);
+    for (int blk = 0; blk < blocks; ++blk)
+      for (int q = 0; q < k; ++q)
+        std::memcpy(p.data() + (static_cast<int64_t>(blk) * NB * k + static_cast<int64_t>(q) * NB),
+                    w + static_cast<int64_t>(q) * n + static_cast<int64_t>(blk) * NB, sizeof(float) * NB);
+  }
+  return p;
+}
+
+// C (m x n) = beta * C + A (m x k) @ B^T, B (n x k). Row-major C is column-major C^T = B A^T. A float product
+// with few rows takes few_rows.
 template <typename T>
 inline void mm_nt(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (m >= 1 && m <= kFewRows) return few_rows(true, m, n, k, A, B, beta, C);
+  }
   blas('T', 'N', n, m, k, beta, B, k, A, k, C, n);
 }
 
 // C (m x n) = beta * C + A (m x k) @ B, B (k x n).
 template <typename T>
 inline void mm_nn(int m, int n, int k, const T* A, const T* B, T beta, T* C) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (m >= 1 && m <= kFewRows) return few_rows(false, m, n, k, A, B, beta, C);
+  }
   blas('N', 'N', n, m, k, beta, B, n, A, k, C, n);
 }
 
@@ -129,8 +307,15 @@ template <>
 class StepGemm<float> {
  public:
   StepGemm(const float* w, bool trans, int m, int n, int k, int steps) : w_(w), trans_(trans), m_(m), n_(n), k_(k) {
+    if (w == nullptr) return;  // no W: an unused product (e.g. no projection)
+    if (m <= kFewRows) {
+      // few_rows runs it; panels pay for their one pass over W from the second product on (they make each later
+      // read of W ~20% faster, see few_rows)
+      if (steps >= 2) few_panels_ = few_rows_panels(trans, m, n, k, w);
+      return;
+    }
     const PackedApi& api = packed_api();
-    if (!api.ok() || w == nullptr) return;  // no W: an unused product (e.g. no projection)
+    if (!api.ok()) return;
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
     // and loses below 512x128 (2x slower at H=64: the packed call's fixed cost dominates tiny products).
     if (static_cast<int64_t>(n) * k < min_packed_weights()) return;
@@ -139,6 +324,10 @@ class StepGemm<float> {
     api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, m, n, k, 1.0f, w, trans ? k : n, packed_.data());
   }
   void operator()(const float* a, float beta, float* c) const {
+    if (m_ <= kFewRows) {
+      few_rows(trans_, m_, n_, k_, a, w_, beta, c, few_panels_.empty() ? nullptr : few_panels_.data());
+      return;
+    }
     if (packed_.empty()) {
       if (trans_) mm_nt<float>(m_, n_, k_, a, w_, beta, c);
       else mm_nn<float>(m_, n_, k_, a, w_, beta, c);
@@ -152,6 +341,7 @@ class StepGemm<float> {
   bool trans_;
   int m_, n_, k_;
   std::vector<float> packed_;
+  std::vector<float> few_panels_;
 };
 
 // ---- activations ----------------------------------------------------------------------------------------------
@@ -292,7 +482,6 @@ class InputChunks {
 // step norms), written with gcc/clang vector extensions because without -ffast-math gcc does not vectorize a sum
 // (it may not reassociate): 8 doubles are one AVX-512 register (two or four on narrower ISAs).
 typedef double V8d __attribute__((vector_size(64)));
-typedef float V8f __attribute__((vector_size(32)));
 
 // 8 floats to 8 doubles. gcc lowers __builtin_convertvector(V8f -> V8d) to two 128-bit converts and an insert
 // even with AVX-512; the intrinsic is one vcvtps2pd (the double sums of the backward were its hottest loop).
