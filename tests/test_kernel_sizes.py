@@ -1,12 +1,16 @@
 """The compiled kernels at the sizes users run, against the float64 reference loop and torch.nn.
 
-Three code paths of the kernels depend on the size, so the small-size tests elsewhere never reach them:
+Four code paths of the kernels depend on the size or the thread count, so the small-size tests elsewhere (one
+thread) never reach them:
 
 * **Few rows**: a step's product with at most ``kFewRows`` = 4 rows (a batch of 1-4 sequences; generation) is a
   matrix-vector product per row (``few_rows`` in csrc/common.h), read from panels of ``W`` packed once per sequence
   when it has two steps or more, split between the threads in blocks of 32 columns. The cases of
   :func:`test_few_rows` take batches 1-4 at H = 256 and 512 (and odd sizes for the loops' tails), with 1 and 2
   threads; every other case here has a batch of 5, so that it takes the GEMM below.
+* **Batch slices**: with more than one thread a batch of at least 2 * ``kSliceRows`` = 10 sequences is split
+  between the threads, each running its own rows through the whole loop (``batch_slices``); :func:`test_batch_slices`
+  runs torch's three cells with 11 sequences on 2 threads, with lengths and every option.
 * **MKL's packed GEMM** (``StepGemm<float>`` in csrc/common.h) multiplies a step's state by a recurrent weight of at
   least ``min_packed_weights()`` = 128K elements (``RNNLAB_FUSED_PACK_MIN``): an LSTM's ``W_hh`` from H = 182 on
   (the main job's H = 512), a GRU's from H = 209, an Elman ``W_hh`` from H = 363, an LSTM projection ``W_hr`` when
@@ -226,6 +230,34 @@ def test_few_rows(mode, H, input_size, batch, T, grad, threads):
     torch.set_num_threads(threads)
     try:
         _check(ours, mode, H, grad, torch_cls=theirs, T=T, batch=batch, input_size=input_size, sized=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- batch slices: each thread runs its own sequences ---------------------------------------------------------------
+
+SLICED_B = 11                                    # two slices of >= kSliceRows = 5 rows with 2 threads (5 and 6)
+SLICED_LENGTHS = [24, 9, 24, 3, 17, 24, 1, 20, 24, 12, 6]
+SLICED_CASES = [
+    pytest.param(rnnlab.LSTM, "LSTM", 256, dict(bidirectional=True), SLICED_LENGTHS, id="LSTM-H256-bidir-lengths"),
+    pytest.param(rnnlab.LSTM, "LSTM", 64, dict(proj_size=48, recurrent_dropout=0.3, zoneout=0.2), None,
+                 id="LSTM-H64-proj-rdrop-zoneout"),
+    pytest.param(rnnlab.GRU, "GRU", 256, dict(bidirectional=True), SLICED_LENGTHS, id="GRU-H256-bidir-lengths"),
+    pytest.param(rnnlab.GRU, "GRU", 64, dict(recurrent_dropout=0.3, zoneout=0.2), None, id="GRU-H64-rdrop-zoneout"),
+    pytest.param(rnnlab.RNN, "RNN_TANH", 256, dict(bidirectional=True), SLICED_LENGTHS, id="RNN_TANH-H256-lengths"),
+    pytest.param(rnnlab.RNN, "RNN_RELU", 64, dict(zoneout=0.2, return_gates=True), None, id="RNN_RELU-H64-zoneout"),
+]
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "backward"])
+@pytest.mark.parametrize("layer_cls,mode,H,options,lengths", SLICED_CASES)
+def test_batch_slices(layer_cls, mode, H, options, lengths, grad):
+    """With two threads each runs its own slice of the batch's sequences through the whole loop (csrc/common.h's
+    batch_slices): every option and lengths, and the bias gradients summed over the slices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check(layer_cls, mode, H, grad, lengths=lengths, T=24, batch=SLICED_B, sized=False, **options)
     finally:
         torch.set_num_threads(before)
 

@@ -78,15 +78,15 @@ def _torch_cells() -> dict[str, tuple[str, int]]:
 CELLS = _torch_cells()
 PASSES = ("fwd", "fwdbwd")
 
-# The issue's targets: ratio rnnlab / torch.nn must be at most this (torch.nn.LSTM uses oneDNN on the CPU;
-# GRU and RNN have no oneDNN path, hence the tighter bound).
+# Issue 16's targets, at 1 thread and at all cores: ratio rnnlab / torch.nn must be at most this (torch.nn.LSTM
+# uses oneDNN on the CPU; GRU and RNN have no oneDNN path, hence the tighter bounds).
 TARGETS: dict[tuple[str, str], dict[str, float]] = {
-    ("lstm", "fwdbwd"): {"S1": 0.90, "S2": 0.90, "S3": 1.0, "S4": 1.0, "S5": 0.90},
+    ("lstm", "fwdbwd"): {"S1": 0.85, "S2": 0.85, "S3": 0.95, "S4": 0.95, "S5": 0.85},
     ("gru", "fwdbwd"): dict.fromkeys(SIZES, 0.6),
     ("rnn", "fwdbwd"): dict.fromkeys(SIZES, 0.6),
-    ("lstm", "fwd"): dict.fromkeys(SIZES, 1.0),
-    ("gru", "fwd"): dict.fromkeys(SIZES, 1.0),
-    ("rnn", "fwd"): dict.fromkeys(SIZES, 1.0),
+    ("lstm", "fwd"): dict.fromkeys(SIZES, 0.95),
+    ("gru", "fwd"): dict.fromkeys(SIZES, 0.8),
+    ("rnn", "fwd"): dict.fromkeys(SIZES, 0.8),
 }
 
 

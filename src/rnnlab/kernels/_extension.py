@@ -102,8 +102,10 @@ def build_config() -> tuple[str, list[str]]:
     """The extension's cache name ``rnnlab_fused_<isa>_<digest>`` and its compiler flags (raises on a bad
     ``RNNLAB_ISA``, see :func:`isa_flags`)."""
     tag, flags = isa_flags()
-    # -fno-trapping-math lets gcc if-convert and vectorize the gate loops (torch builds with it too).
-    cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", *flags]
+    # -fno-trapping-math lets gcc if-convert and vectorize the gate loops (torch builds with it too). -fopenmp:
+    # at::parallel_for is a header template whose `#pragma omp parallel` runs one thread without it; the loaded
+    # module then shares torch's own libgomp.so.1 (the soname torch has already loaded) and its thread count.
+    cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", *flags]
     files = [*sources(), *sorted(CSRC.glob("*.h"))]
     return f"rnnlab_fused_{tag}_{build_digest(files, cflags)}", cflags
 
@@ -148,8 +150,8 @@ def load_extension() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name=name, sources=[str(s) for s in sources()], extra_cflags=cflags, is_python_module=False,
-             verbose=False)
+        load(name=name, sources=[str(s) for s in sources()], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+             is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any build or load failure means: use the fallback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         warnings.warn(f"rnnlab: building the fused C++ kernels failed ({type(err).__name__}: {first[:160]}); "

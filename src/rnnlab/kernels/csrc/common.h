@@ -17,6 +17,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -447,16 +448,61 @@ inline void recurrent_grad(const StepGemm<T>& rec, const T* dg, const T* mask, T
   for (int64_t j = 0; j < n; ++j) dh[j] += scratch[j] * mask[j];
 }
 
+// ---- the batch's sequences in parallel ----------------------------------------------------------------------------
+
+// The rows of a batch are independent sequences, so with more than one thread each thread runs the whole time loop
+// on its own slice of rows [b0, b1) of the B, f(b0, b1), with no synchronisation between steps: one fork per
+// sequence instead of one per step's product (MKL's packed product does not split a 32-row step between threads,
+// and the gate loops never did). A slice has at least kSliceRows rows: with fewer each thread's product would be a
+// few-rows one reading all of W, where one sequence's few_rows splits W's columns between the threads instead.
+// One thread (or a call inside a parallel region) runs f(0, B).
+constexpr int kSliceRows = kFewRows + 1;
+
+template <typename F>
+inline void batch_slices(int B, F&& f) {
+  const int n = std::min(at::get_num_threads(), B / kSliceRows);
+  if (n <= 1 || at::in_parallel_region()) return f(0, B);
+  at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) f(static_cast<int>(i * B / n), static_cast<int>((i + 1) * B / n));
+  });
+}
+
+// p + b0 * F (the row b0 of a (B, F) or (T, B, F) buffer), or nullptr for an absent one.
+template <typename T>
+inline T* rows_from(T* p, int64_t b0, int F) {
+  return p ? p + b0 * F : nullptr;
+}
+
+// batch_slices for a backward that also sums over the rows into N bias gradients db[i] (G,): f(b0, b1, sums) adds
+// its rows into sums, which for the first slice are db themselves and for every other one zeros of its own, added
+// to db in row order afterwards (the same sum for the same number of threads, whatever order they finish in).
+template <typename T, size_t N, typename F>
+inline void batch_slices(int B, const std::array<T*, N>& db, int G, F&& f) {
+  std::vector<std::vector<T>> parts(B);
+  batch_slices(B, [&](int b0, int b1) {
+    std::array<T*, N> sums = db;
+    if (b0 > 0) {
+      parts[b0].assign(N * static_cast<size_t>(G), T(0));
+      for (size_t i = 0; i < N; ++i) sums[i] = parts[b0].data() + i * G;
+    }
+    f(b0, b1, sums);
+  });
+  for (const std::vector<T>& part : parts)
+    for (size_t i = 0; i < part.size(); ++i) db[i / G][i % G] += part[i];
+}
+
 // ---- inference: the input projection in cache-sized chunks --------------------------------------------------
 
 // Training must keep every step's gates, so it projects all T steps at once. Inference needs them only until
 // the step has run: projecting L steps at a time into one small reused buffer (about 1 MB) keeps it in cache
 // and avoids allocating (and page-faulting) a (T, B, G) buffer. oneDNN's inference primitive does the same.
+// A slice of the batch (rows b0 .. b0 + B of S, x pointing at row b0 of step 0, see batch_slices) projects each
+// step's B rows with a product of its own (they are not contiguous across steps).
 template <typename T>
 class InputChunks {
  public:
-  InputChunks(const T* x, const T* wih, bool reverse, int Tn, int B, int I, int G)
-      : x_(x), wih_(wih), reverse_(reverse), Tn_(Tn), B_(B), I_(I), G_(G),
+  InputChunks(const T* x, const T* wih, bool reverse, int Tn, int B, int I, int G, int S = 0)
+      : x_(x), wih_(wih), reverse_(reverse), Tn_(Tn), B_(B), S_(S ? S : B), I_(I), G_(G),
         L_(std::max(1, std::min(Tn, (1 << 18) / std::max(1, B * G)))), buf_(static_cast<size_t>(L_) * B * G) {}
 
   // The (B, G) projection x_t W_ih^T of step t, the s-th processed step.
@@ -464,7 +510,13 @@ class InputChunks {
     if (s % L_ == 0) {
       const int n = std::min(L_, Tn_ - s);
       base_ = reverse_ ? Tn_ - s - n : s;
-      mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
+      if (S_ == B_) {
+        mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
+      } else {
+        for (int k = 0; k < n; ++k)
+          mm_nt<T>(B_, G_, I_, x_ + static_cast<int64_t>(base_ + k) * S_ * I_, wih_, T(0),
+                   buf_.data() + static_cast<int64_t>(k) * B_ * G_);
+      }
     }
     return buf_.data() + static_cast<int64_t>(t - base_) * B_ * G_;
   }
@@ -473,7 +525,7 @@ class InputChunks {
   const T* x_;
   const T* wih_;
   bool reverse_;
-  int Tn_, B_, I_, G_, L_;
+  int Tn_, B_, S_, I_, G_, L_;
   int base_ = 0;
   std::vector<T> buf_;
 };

@@ -9,6 +9,9 @@
 // Layout: every buffer is row-major and contiguous, time-major (T, B, features); gate blocks in torch's order
 // (LSTM i,f,g,o; GRU r,z,n). `lengths` (B,) int64 is optional: steps t >= lengths[b] leave row b's state
 // unchanged and output zeros, exactly as rnnlab.kernels.reference.recurrence. `reverse` walks t = T-1 .. 0.
+// Each loop (the *_impl functions) runs B rows of a batch of S (its buffers' pointers start at its first row, and
+// a step's rows are S apart): with more than one thread each thread runs its own slice of the batch's sequences
+// (batch_slices in common.h); one thread runs all of them, B = S.
 //
 // Only the BLAS symbols torch itself links (sgemm_/dgemm_, MKL on x86 wheels) and ATen headers are used, so the
 // build needs nothing beyond a C++ compiler; if it fails, the kernels in fused.py decline and every run takes the
@@ -48,6 +51,12 @@ struct StateOptions {
                const std::optional<Tensor>& kc = std::nullopt)
       : h_mask(opt_ptr<T>(m)), keep_h(opt_ptr<T>(kh)), keep_c(opt_ptr<T>(kc)) {}
   bool any() const { return h_mask || keep_h || keep_c; }
+  // These options for the batch's rows from b0 on (batch_slices; a state has P features, the cell state H).
+  void from_row(int64_t b0, int P, int H) {
+    h_mask = rows_from(h_mask, b0, P);
+    keep_h = rows_from(keep_h, b0, P);
+    keep_c = rows_from(keep_c, b0, H);
+  }
 };
 
 template <typename T>
@@ -55,6 +64,13 @@ struct FwdOptions : StateOptions<T> {
   using StateOptions<T>::StateOptions;
   T* raw = nullptr;           // (T, B, H) out: the un-blended new state (LSTM c~, Elman h~) the backward needs
   T* pre = nullptr;           // (T, B, H) out: the Elman pre-activation (recorded as gate "pre")
+  FwdOptions rows(int64_t b0, int P, int H) const {
+    FwdOptions o = *this;
+    o.from_row(b0, P, H);
+    o.raw = rows_from(raw, b0, H);
+    o.pre = rows_from(pre, b0, H);
+    return o;
+  }
 };
 
 template <typename T>
@@ -65,6 +81,16 @@ struct BwdOptions : StateOptions<T> {
   const T* dgates = nullptr;  // (T, B, G) incoming gradient of the recorded gates (Elman: of the pre-activation)
   T* sink_h = nullptr;        // (T, B, P) out: dL/dh_t, the state after step t (direct dY_t + later steps)
   T* sink_c = nullptr;        // (T, B, H) out: dL/dc_t
+  BwdOptions rows(int64_t b0, int P, int H, int G) const {
+    BwdOptions o = *this;
+    o.from_row(b0, P, H);
+    o.raw = rows_from(raw, b0, H);
+    o.dC = rows_from(dC, b0, H);
+    o.dgates = rows_from(dgates, b0, G);
+    o.sink_h = rows_from(sink_h, b0, P);
+    o.sink_c = rows_from(sink_c, b0, H);
+    return o;
+  }
 };
 
 // Calls f(std::true_type{}) when an option is on, else f(std::false_type{}): one entry point per pass, and a run
@@ -119,7 +145,7 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
 // values after the cell (c~ kept in opt.raw for the backward), the blended h is the output.
 template <typename T, bool EX = false>
 void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len,
-                       bool reverse, int Tn, int B, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms,
+                       bool reverse, int Tn, int B, int S, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms,
                        const FwdOptions<T>& opt = {}) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
@@ -130,7 +156,7 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
     // (B, 4H): x_t W_ih^T, then the activated gates
-    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
+    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * S * G;
     const T* hin = h;
     if constexpr (EX) {
       if (opt.h_mask) {
@@ -139,7 +165,7 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
       }
     }
     rec(hin, T(1), g);                                     // += h_{t-1} W_hh^T
-    T* m = proj ? (Ms ? Ms + static_cast<int64_t>(t) * B * H : mbuf.data()) : Y + static_cast<int64_t>(t) * B * P;
+    T* m = proj ? (Ms ? Ms + static_cast<int64_t>(t) * S * H : mbuf.data()) : Y + static_cast<int64_t>(t) * S * P;
     for (int b = 0; b < B; ++b) {
       T* mb = m + static_cast<int64_t>(b) * H;
       if (!is_valid(len, t, b)) {
@@ -153,23 +179,23 @@ void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* wh
       }
       lstm_cell_forward<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, bias, bias + H, bias + 2 * H, bias + 3 * H, cb, mb, H);
       if constexpr (EX) {
-        const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
+        const int64_t row = (static_cast<int64_t>(t) * S + b) * H;
         if (opt.raw) std::memcpy(opt.raw + row, cb, sizeof(T) * H);  // c~_t: h~_t = o tanh(c~_t) in the backward
         if (opt.keep_c) zoneout_row(cb, cold.data(), opt.keep_c + row, H);
       }
     }
-    T* y = Y + static_cast<int64_t>(t) * B * P;
+    T* y = Y + static_cast<int64_t>(t) * S * P;
     if (proj) project(m, T(0), y);                         // h_t = m_t W_hr^T (padding rows of m are 0)
     for (int b = 0; b < B; ++b)
       if (is_valid(len, t, b)) {
         T* yb = y + static_cast<int64_t>(b) * P;
         T* hb = h + static_cast<int64_t>(b) * P;
         if constexpr (EX) {
-          if (opt.keep_h) zoneout_row(yb, hb, opt.keep_h + (static_cast<int64_t>(t) * B + b) * P, P);
+          if (opt.keep_h) zoneout_row(yb, hb, opt.keep_h + (static_cast<int64_t>(t) * S + b) * P, P);
         }
         std::memcpy(hb, yb, sizeof(T) * P);
       }
-    if (Cs) std::memcpy(Cs + static_cast<int64_t>(t) * B * H, c, sizeof(T) * B * H);
+    if (Cs) std::memcpy(Cs + static_cast<int64_t>(t) * S * H, c, sizeof(T) * B * H);
   }
 }
 
@@ -193,11 +219,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab lstm_forward", [&] {
     FwdOptions<scalar_t> opt(h_mask, keep_h, keep_c);
     opt.raw = out_ptr<scalar_t>(CR);
+    const int64_t* len = lengths_ptr(lengths);
     with_options(opt.any(), [&](auto ex) {
-      lstm_forward_impl<scalar_t, decltype(ex)::value>(
-          xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-          opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P, Y.data_ptr<scalar_t>(),
-          h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), out_ptr<scalar_t>(Cs), out_ptr<scalar_t>(Ms), opt);
+      batch_slices(B, [&](int b0, int b1) {
+        lstm_forward_impl<scalar_t, decltype(ex)::value>(
+            xw.data_ptr<scalar_t>() + int64_t{b0} * 4 * H, nullptr, bias.data_ptr<scalar_t>(),
+            w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H,
+            P, Y.data_ptr<scalar_t>() + int64_t{b0} * P, h.data_ptr<scalar_t>() + int64_t{b0} * P,
+            c.data_ptr<scalar_t>() + int64_t{b0} * H, rows_from(out_ptr<scalar_t>(Cs), b0, H),
+            rows_from(out_ptr<scalar_t>(Ms), b0, H), opt.rows(b0, P, H));
+      });
     });
   });
   return {Y, h, c, Cs, Ms, CR};
@@ -213,11 +244,15 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_i
   Tensor Y = at::empty({Tn, B, P}, x.options());
   Tensor h = h0.clone(), c = c0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab lstm_infer", [&] {
-    InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(), reverse, Tn, B, I, 4 * H);
-    lstm_forward_impl<scalar_t>(nullptr, &chunks, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                proj ? w_hr->data_ptr<scalar_t>() : nullptr, lengths_ptr(lengths), reverse, Tn, B,
-                                H, P, Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
-                                nullptr, nullptr);
+    batch_slices(B, [&](int b0, int b1) {
+      InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>() + int64_t{b0} * I, w_ih.data_ptr<scalar_t>(), reverse, Tn,
+                                   b1 - b0, I, 4 * H, B);
+      lstm_forward_impl<scalar_t>(nullptr, &chunks, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                  proj ? w_hr->data_ptr<scalar_t>() : nullptr, rows_from(lengths_ptr(lengths), b0, 1),
+                                  reverse, Tn, b1 - b0, B, H, P, Y.data_ptr<scalar_t>() + int64_t{b0} * P,
+                                  h.data_ptr<scalar_t>() + int64_t{b0} * P, c.data_ptr<scalar_t>() + int64_t{b0} * H,
+                                  nullptr, nullptr);
+    });
   });
   return {Y, h, c};
 }
@@ -276,8 +311,8 @@ inline void lstm_cell_backward(const T* __restrict gi, const T* __restrict gf, c
 // gradients enter lstm_cell_backward_ex, and the per-step totals go to the sink.
 template <typename T, bool EX = false>
 void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, const T* whh, const T* whr,
-                        const int64_t* len, bool reverse, int Tn, int B, int H, int P, T* dh, T* dc, T* dG,
-                        T* dHs, T* db, const BwdOptions<T>& opt = {}) {
+                        const int64_t* len, bool reverse, int Tn, int B, int S, int H, int P, T* dh, T* dc,
+                        T* dG, T* dHs, T* db, const BwdOptions<T>& opt = {}) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> dhtot_buf(proj ? 0 : static_cast<size_t>(B) * P), dm_buf(proj ? static_cast<size_t>(B) * H : 0);
@@ -287,25 +322,25 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
   const StepGemm<T> project(whr, false, B, H, proj ? P : 1, Tn);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;                // the forward order, backwards
-    const int64_t tBP = static_cast<int64_t>(t) * B * P;
+    const int64_t tSP = static_cast<int64_t>(t) * S * P;
     // dL/dh_t = dL/dy_t + (recurrent part carried in dh); padding rows get 0 (their output was a constant 0).
-    T* dhtot = proj ? dHs + tBP : dhtot_buf.data();
+    T* dhtot = proj ? dHs + tSP : dhtot_buf.data();
     for (int b = 0; b < B; ++b) {
       T* d = dhtot + static_cast<int64_t>(b) * P;
       T* dhb = dh + static_cast<int64_t>(b) * P;
       if (!is_valid(len, t, b)) {
         std::memset(d, 0, sizeof(T) * P);
         if constexpr (EX) {
-          if (opt.sink_h) std::memset(opt.sink_h + tBP + static_cast<int64_t>(b) * P, 0, sizeof(T) * P);
+          if (opt.sink_h) std::memset(opt.sink_h + tSP + static_cast<int64_t>(b) * P, 0, sizeof(T) * P);
         }
         continue;
       }
-      const T* dy = dY + tBP + static_cast<int64_t>(b) * P;
+      const T* dy = dY + tSP + static_cast<int64_t>(b) * P;
       for (int j = 0; j < P; ++j) d[j] = dhb[j] + dy[j];
       if constexpr (EX) {
-        if (opt.sink_h) std::memcpy(opt.sink_h + tBP + static_cast<int64_t>(b) * P, d, sizeof(T) * P);
+        if (opt.sink_h) std::memcpy(opt.sink_h + tSP + static_cast<int64_t>(b) * P, d, sizeof(T) * P);
         if (opt.keep_h) {                                  // h_t = k h_{t-1} + (1 - k) h~_t
-          const T* k = opt.keep_h + tBP + static_cast<int64_t>(b) * P;
+          const T* k = opt.keep_h + tSP + static_cast<int64_t>(b) * P;
           for (int j = 0; j < P; ++j) {
             dhb[j] = k[j] * d[j];                          // the direct part of dL/dh_{t-1}
             d[j] *= T(1) - k[j];                           // dL/dh~_t (and so dH for dW_hr)
@@ -320,12 +355,12 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
       project(dhtot, T(0), dm_buf.data());                 // dL/dm_t = dL/dh_t W_hr
       dm = dm_buf.data();
     }
-    const T* gt = gates + static_cast<int64_t>(t) * B * G;
-    T* dgt = dG + static_cast<int64_t>(t) * B * G;
-    const T* ct = Cs + static_cast<int64_t>(t) * B * H;
+    const T* gt = gates + static_cast<int64_t>(t) * S * G;
+    T* dgt = dG + static_cast<int64_t>(t) * S * G;
+    const T* ct = Cs + static_cast<int64_t>(t) * S * H;
     for (int b = 0; b < B; ++b) {
       T* dgb = dgt + static_cast<int64_t>(b) * G;
-      const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
+      const int64_t row = (static_cast<int64_t>(t) * S + b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(dgb, 0, sizeof(T) * G);
         if constexpr (EX) {
@@ -334,13 +369,13 @@ void lstm_backward_impl(const T* dY, const T* gates, const T* Cs, const T* c0, c
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
-      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * B + b) * H : c0 + static_cast<int64_t>(b) * H;
+      const T* cp = tp >= 0 ? Cs + (static_cast<int64_t>(tp) * S + b) * H : c0 + static_cast<int64_t>(b) * H;
       const T* gb = gt + static_cast<int64_t>(b) * G;
       if constexpr (EX) {
         const T* z = zeros.data();
         lstm_cell_backward_ex<T>(gb, gb + H, gb + 2 * H, gb + 3 * H, opt.raw ? opt.raw + row : ct + b * H, cp,
                                  dm + static_cast<int64_t>(b) * H, opt.dC ? opt.dC + row : z,
-                                 opt.dgates ? opt.dgates + (static_cast<int64_t>(t) * B + b) * G : z,
+                                 opt.dgates ? opt.dgates + (static_cast<int64_t>(t) * S + b) * G : z,
                                  opt.keep_c ? opt.keep_c + row : z, opt.keep_c != nullptr,
                                  dc + static_cast<int64_t>(b) * H, opt.sink_c ? opt.sink_c + row : dummy.data(),
                                  dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, H);
@@ -384,12 +419,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     opt.dgates = opt_ptr<scalar_t>(dgates);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
     opt.sink_c = out_ptr<scalar_t>(sink_c);
+    const int64_t* len = lengths_ptr(lengths);
+    const int G = 4 * H;
     with_options(opt.any() || opt.raw || opt.dC || opt.dgates || sink, [&](auto ex) {
-      lstm_backward_impl<scalar_t, decltype(ex)::value>(
-          dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Cs.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
-          w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), lengths_ptr(lengths), reverse, Tn, B, H, P,
-          dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-          out_ptr<scalar_t>(dHs), db.data_ptr<scalar_t>(), opt);
+      batch_slices(B, std::array<scalar_t*, 1>{db.data_ptr<scalar_t>()}, G, [&](int b0, int b1, const auto& sums) {
+        lstm_backward_impl<scalar_t, decltype(ex)::value>(
+            dY.data_ptr<scalar_t>() + int64_t{b0} * P, gates.data_ptr<scalar_t>() + int64_t{b0} * G,
+            Cs.data_ptr<scalar_t>() + int64_t{b0} * H, c0.data_ptr<scalar_t>() + int64_t{b0} * H,
+            w_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(w_hr), rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H,
+            P, dh.data_ptr<scalar_t>() + int64_t{b0} * P, dc.data_ptr<scalar_t>() + int64_t{b0} * H,
+            dG.data_ptr<scalar_t>() + int64_t{b0} * G, rows_from(out_ptr<scalar_t>(dHs), b0, P), sums[0],
+            opt.rows(b0, P, H, G));
+      });
     });
   });
   return {dG, dh, dc, dHs, db, sink_h, sink_c};
@@ -424,7 +465,7 @@ inline void gru_cell_forward(T* __restrict gr, T* __restrict gz, T* __restrict g
 // h is blended with h_{t-1} by zoneout; the output is the blended h.
 template <typename T, bool EX = false>
 void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh, const T* bhh, const int64_t* len,
-                      bool reverse, int Tn, int B, int H, T* Y, T* h, T* HN, const FwdOptions<T>& opt = {}) {
+                      bool reverse, int Tn, int B, int S, int H, T* Y, T* h, T* HN, const FwdOptions<T>& opt = {}) {
   const int G = 3 * H;
   std::vector<T> hw(static_cast<size_t>(B) * G), hnbuf(HN ? 0 : H);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0), hold(EX && opt.keep_h ? H : 0);
@@ -440,8 +481,8 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
     }
     rec(hin, T(0), hw.data());                             // h_{t-1} W_hh^T (B, 3H)
     // x_t W_ih^T, then the activated r, z, n
-    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * B * G;
-    T* y = Y + static_cast<int64_t>(t) * B * H;
+    T* g = chunks ? chunks->gates(s, t) : xw + static_cast<int64_t>(t) * S * G;
+    T* y = Y + static_cast<int64_t>(t) * S * H;
     for (int b = 0; b < B; ++b) {
       T* yb = y + static_cast<int64_t>(b) * H;
       if (!is_valid(len, t, b)) {
@@ -451,7 +492,7 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
       T* gb = g + static_cast<int64_t>(b) * G;
       T* hb = h + static_cast<int64_t>(b) * H;
       const T* hwb = hw.data() + static_cast<int64_t>(b) * G;
-      T* hnb = HN ? HN + (static_cast<int64_t>(t) * B + b) * H : hnbuf.data();
+      T* hnb = HN ? HN + (static_cast<int64_t>(t) * S + b) * H : hnbuf.data();
       if constexpr (EX) {
         if (opt.keep_h) std::memcpy(hold.data(), hb, sizeof(T) * H);
       }
@@ -459,7 +500,7 @@ void gru_forward_impl(T* xw, InputChunks<T>* chunks, const T* bih, const T* whh,
                           bhh + H, bhh + 2 * H, hb, yb, hnb, H);
       if constexpr (EX) {
         if (opt.keep_h) {
-          zoneout_row(hb, hold.data(), opt.keep_h + (static_cast<int64_t>(t) * B + b) * H, H);
+          zoneout_row(hb, hold.data(), opt.keep_h + (static_cast<int64_t>(t) * S + b) * H, H);
           std::memcpy(yb, hb, sizeof(T) * H);
         }
       }
@@ -480,11 +521,15 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
   Tensor HN = output_if(train, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
     FwdOptions<scalar_t> opt(h_mask, keep_h);
+    const int64_t* len = lengths_ptr(lengths);
     with_options(opt.any(), [&](auto ex) {
-      gru_forward_impl<scalar_t, decltype(ex)::value>(
-          xw.data_ptr<scalar_t>(), nullptr, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-          b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H, Y.data_ptr<scalar_t>(),
-          h.data_ptr<scalar_t>(), out_ptr<scalar_t>(HN), opt);
+      batch_slices(B, [&](int b0, int b1) {
+        gru_forward_impl<scalar_t, decltype(ex)::value>(
+            xw.data_ptr<scalar_t>() + int64_t{b0} * 3 * H, nullptr, b_ih.data_ptr<scalar_t>(),
+            w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H,
+            Y.data_ptr<scalar_t>() + int64_t{b0} * H, h.data_ptr<scalar_t>() + int64_t{b0} * H,
+            rows_from(out_ptr<scalar_t>(HN), b0, H), opt.rows(b0, H, H));
+      });
     });
   });
   return {Y, h, HN};
@@ -498,10 +543,14 @@ std::tuple<Tensor, Tensor> gru_infer(const Tensor& x, const Tensor& w_ih, const 
   Tensor Y = at::empty({Tn, B, H}, x.options());
   Tensor h = h0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab gru_infer", [&] {
-    InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(), reverse, Tn, B, I, 3 * H);
-    gru_forward_impl<scalar_t>(nullptr, &chunks, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                               b_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
-                               Y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), nullptr);
+    batch_slices(B, [&](int b0, int b1) {
+      InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>() + int64_t{b0} * I, w_ih.data_ptr<scalar_t>(), reverse, Tn,
+                                   b1 - b0, I, 3 * H, B);
+      gru_forward_impl<scalar_t>(nullptr, &chunks, b_ih.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                 b_hh.data_ptr<scalar_t>(), rows_from(lengths_ptr(lengths), b0, 1), reverse, Tn,
+                                 b1 - b0, B, H, Y.data_ptr<scalar_t>() + int64_t{b0} * H,
+                                 h.data_ptr<scalar_t>() + int64_t{b0} * H, nullptr);
+    });
   });
   return {Y, h};
 }
@@ -558,7 +607,7 @@ inline void gru_cell_backward(const T* __restrict gr, const T* __restrict gz, co
 // EX adds the layer options (BwdOptions; keep_h is h's zoneout, dgates the recorded r, z, n's gradient).
 template <typename T, bool EX = false>
 void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, const T* h0, const T* whh,
-                       const int64_t* len, bool reverse, int Tn, int B, int H, T* dh, T* dGx, T* dHn, T* dbih,
+                       const int64_t* len, bool reverse, int Tn, int B, int S, int H, T* dh, T* dGx, T* dHn, T* dbih,
                        T* dbhh, const BwdOptions<T>& opt = {}) {
   const int G = 3 * H;
   const StepGemm<T> rec(whh, false, B, H, G, Tn);
@@ -569,9 +618,9 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
   std::vector<T> zeros(EX ? G : 0), dtot(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
-    T* dgxt = dGx + static_cast<int64_t>(t) * B * G;
+    T* dgxt = dGx + static_cast<int64_t>(t) * S * G;
     for (int b = 0; b < B; ++b) {
-      const int64_t tb = static_cast<int64_t>(t) * B + b;
+      const int64_t tb = static_cast<int64_t>(t) * S + b;
       T* dgx = dgxt + static_cast<int64_t>(b) * G;
       T* dgh = dght + static_cast<int64_t>(b) * G;
       if (!is_valid(len, t, b)) {
@@ -584,7 +633,7 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
         continue;
       }
       const int tp = prev_step(len, reverse, Tn, t, b);
-      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * B + b) * H : h0 + static_cast<int64_t>(b) * H;
+      const T* hp = tp >= 0 ? Y + (static_cast<int64_t>(tp) * S + b) * H : h0 + static_cast<int64_t>(b) * H;
       const T* gb = gates + tb * G;
       T* dhb = dh + static_cast<int64_t>(b) * H;
       if constexpr (EX) {
@@ -609,7 +658,7 @@ void gru_backward_impl(const T* dY, const T* gates, const T* HN, const T* Y, con
     add_rows(dght, B, G, dbhh);
     for (int b = 0; b < B; ++b)
       if (is_valid(len, t, b))
-        std::memcpy(dHn + (static_cast<int64_t>(t) * B + b) * H, dght + static_cast<int64_t>(b) * G + 2 * H,
+        std::memcpy(dHn + (static_cast<int64_t>(t) * S + b) * H, dght + static_cast<int64_t>(b) * G + 2 * H,
                     sizeof(T) * H);
   }
 }
@@ -631,12 +680,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     BwdOptions<scalar_t> opt(h_mask, keep_h);
     opt.dgates = opt_ptr<scalar_t>(dgates);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
+    const int64_t* len = lengths_ptr(lengths);
+    const int G = 3 * H;
+    const std::array<scalar_t*, 2> db{dbih.data_ptr<scalar_t>(), dbhh.data_ptr<scalar_t>()};
     with_options(opt.any() || opt.dgates || sink, [&](auto ex) {
-      gru_backward_impl<scalar_t, decltype(ex)::value>(
-          dY.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), HN.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
-          h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), lengths_ptr(lengths), reverse, Tn, B, H,
-          dh.data_ptr<scalar_t>(), dGx.data_ptr<scalar_t>(), dHn.data_ptr<scalar_t>(), dbih.data_ptr<scalar_t>(),
-          dbhh.data_ptr<scalar_t>(), opt);
+      batch_slices(B, db, G, [&](int b0, int b1, const auto& sums) {
+        const int64_t r = b0;
+        gru_backward_impl<scalar_t, decltype(ex)::value>(
+            dY.data_ptr<scalar_t>() + r * H, gates.data_ptr<scalar_t>() + r * G, HN.data_ptr<scalar_t>() + r * H,
+            Y.data_ptr<scalar_t>() + r * H, h0.data_ptr<scalar_t>() + r * H, w_hh.data_ptr<scalar_t>(),
+            rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H, dh.data_ptr<scalar_t>() + r * H,
+            dGx.data_ptr<scalar_t>() + r * G, dHn.data_ptr<scalar_t>() + r * H, sums[0], sums[1],
+            opt.rows(b0, H, H, G));
+      });
     });
   });
   return {dGx, dHn, dh, dbih, dbhh, sink_h};
@@ -648,12 +704,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 // too when zoneout needs it (opt.raw), and h_t = k h_{t-1} + (1 - k) h~_t is the output.
 template <typename T, bool EX = false>
 void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn, int B,
-                      int H, T* h, const FwdOptions<T>& opt = {}) {
+                      int S, int H, T* h, const FwdOptions<T>& opt = {}) {
   const StepGemm<T> rec(whh, true, B, H, H, Tn);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
-    T* y = xw + static_cast<int64_t>(t) * B * H;            // x_t W_ih^T + b, becomes the output in place
+    T* y = xw + static_cast<int64_t>(t) * S * H;            // x_t W_ih^T + b, becomes the output in place
     const T* hin = h;
     if constexpr (EX) {
       if (opt.h_mask) {
@@ -664,7 +720,7 @@ void rnn_forward_impl(T* xw, const T* bias, const T* whh, bool relu, const int64
     rec(hin, T(1), y);
     for (int b = 0; b < B; ++b) {
       T* yb = y + static_cast<int64_t>(b) * H;
-      const int64_t row = (static_cast<int64_t>(t) * B + b) * H;
+      const int64_t row = (static_cast<int64_t>(t) * S + b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(yb, 0, sizeof(T) * H);
         if constexpr (EX) {
@@ -716,10 +772,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(Tensor xw, const Tensor& bias, co
     FwdOptions<scalar_t> opt(h_mask, keep_h);
     opt.raw = out_ptr<scalar_t>(HR);
     opt.pre = out_ptr<scalar_t>(PRE);
+    const int64_t* len = lengths_ptr(lengths);
     with_options(opt.any() || opt.pre, [&](auto ex) {
-      rnn_forward_impl<scalar_t, decltype(ex)::value>(xw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                                                      w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths), reverse,
-                                                      Tn, B, H, h.data_ptr<scalar_t>(), opt);
+      batch_slices(B, [&](int b0, int b1) {
+        rnn_forward_impl<scalar_t, decltype(ex)::value>(
+            xw.data_ptr<scalar_t>() + int64_t{b0} * H, bias.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu,
+            rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H, h.data_ptr<scalar_t>() + int64_t{b0} * H,
+            opt.rows(b0, H, H));
+      });
     });
   });
   return {h, HR, PRE};
@@ -747,14 +807,14 @@ inline void rnn_row_backward_ex(const T* __restrict dy, const T* __restrict hr, 
 //   dpre = (1 - k) dt act'(h~_t) + dL/dpre_ext (tanh' = 1 - h~^2, relu' = [h~ > 0]); dh <- k dt (+ the GEMM part).
 template <typename T, bool EX = false>
 void rnn_backward_impl(const T* dY, const T* Y, const T* whh, bool relu, const int64_t* len, bool reverse, int Tn,
-                       int B, int H, T* dh, T* dG, T* db, const BwdOptions<T>& opt = {}) {
+                       int B, int S, int H, T* dh, T* dG, T* db, const BwdOptions<T>& opt = {}) {
   const StepGemm<T> rec(whh, false, B, H, H, Tn);
   std::vector<T> zeros(EX ? H : 0), dummy(EX ? H : 0), dmask(EX && opt.h_mask ? static_cast<size_t>(B) * H : 0);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? s : Tn - 1 - s;
-    T* dgt = dG + static_cast<int64_t>(t) * B * H;
+    T* dgt = dG + static_cast<int64_t>(t) * S * H;
     for (int b = 0; b < B; ++b) {
-      const int64_t off = (static_cast<int64_t>(t) * B + b) * H;
+      const int64_t off = (static_cast<int64_t>(t) * S + b) * H;
       T* dg = dgt + static_cast<int64_t>(b) * H;
       if (!is_valid(len, t, b)) {
         std::memset(dg, 0, sizeof(T) * H);
@@ -812,10 +872,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const 
     opt.raw = opt_ptr<scalar_t>(HR);
     opt.dgates = opt_ptr<scalar_t>(dpre);
     opt.sink_h = out_ptr<scalar_t>(sink_h);
+    const int64_t* len = lengths_ptr(lengths);
     with_options(opt.any() || opt.raw || opt.dgates || sink, [&](auto ex) {
-      rnn_backward_impl<scalar_t, decltype(ex)::value>(
-          dY.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), relu, lengths_ptr(lengths),
-          reverse, Tn, B, H, dh.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), opt);
+      batch_slices(B, std::array<scalar_t*, 1>{db.data_ptr<scalar_t>()}, H, [&](int b0, int b1, const auto& sums) {
+        const int64_t r = int64_t{b0} * H;
+        rnn_backward_impl<scalar_t, decltype(ex)::value>(
+            dY.data_ptr<scalar_t>() + r, Y.data_ptr<scalar_t>() + r, w_hh.data_ptr<scalar_t>(), relu,
+            rows_from(len, b0, 1), reverse, Tn, b1 - b0, B, H, dh.data_ptr<scalar_t>() + r,
+            dG.data_ptr<scalar_t>() + r, sums[0], opt.rows(b0, H, H, H));
+      });
     });
   });
   return {dG, dh, db, sink_h};
