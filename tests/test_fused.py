@@ -174,6 +174,32 @@ def test_gradcheck_fused_float64(mode, reverse, use_lengths):
     assert torch.autograd.gradcheck(f, (x, *state, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_and_gradgradcheck_with_batch_slices(mode):
+    """Ten sequences on two threads run as two slices of the batch (csrc/common.h's batch_slices), each thread its
+    own rows through the whole loop: the backward (bias gradients summed over the slices) against finite
+    differences, and the second derivatives."""
+    T, B, I, H = 3, 10, 2, 3
+    dt = torch.float64
+    x = torch.randn(T, B, I, dtype=dt, requires_grad=True)
+    state = [s.requires_grad_() for s in _flat(_state(mode, B, H, 0, dt))]
+    weights = [w.requires_grad_() for w in _weights(mode, I, H, 0, dtype=dt)]
+    lengths = torch.tensor([3, 1, 2, 3, 3, 2, 1, 3, 2, 3])
+
+    def f(x, *rest):
+        st = tuple(rest[:len(state)]) if mode == "LSTM" else rest[0]
+        out, final = kernel_run(mode, x, st, list(rest[len(state):]), lengths=lengths)
+        return (out, *_flat(final))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.autograd.gradcheck(f, (x, *state, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
+        assert torch.autograd.gradgradcheck(f, (x, *state, *weights), eps=1e-6, atol=1e-6, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
 LAYER_CONFIGS = {
     "2layers_bidir": {"num_layers": 2, "bidirectional": True},
     "3layers_nobias_batch_first": {"num_layers": 3, "bias": False, "batch_first": True},

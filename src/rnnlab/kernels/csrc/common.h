@@ -222,6 +222,101 @@ inline std::vector<float> few_rows_panels(bool trans, int m, int n, int k, const
   return p;
 }
 
+// ---- products with more rows: a blocked GEMM over W in panels --------------------------------------------------
+
+// A step's product C (m x n) = beta C + A (m x k) op(W) with W fixed for the sequence, as a BLIS-style loop: W is
+// laid out once per sequence in panels of kPanel columns of op(W) (k x kPanel each, row by row), A once per product
+// in blocks of 6 rows (column by column), and a 6 x kPanel tile of C is held in 12 vector registers while one
+// panel passes over it (12 FMAs per 2 loads of W and 6 broadcasts of A). On the Zen 3 of docs/performance.md it runs
+// at 85-95 GFLOP/s at the step shapes of S1, S5 and their backward (MKL's sgemm: 50-74; the GEMM peak there is
+// ~92), one thread, same machine.
+constexpr int kPanel = 16;   // two 8-float vectors
+constexpr int kTileRows = 6;
+// Above this many rows MKL's sgemm was faster on the same Zen 3 (128 x 2048 x 64: 61 against 68 GFLOP/s; 256 x 1024
+// x 256: 63 against 76): A no longer stays in L1 while a panel passes over it.
+constexpr int kPanelRows = 64;
+
+// C rows [0, MR) columns [0, cols) (cols <= kPanel; row stride ldc) = beta C + A P, A packed column by column
+// (a[k * MR + r]), P one panel.
+template <int MR>
+inline void panel_tile(int K, const float* __restrict a, const float* __restrict p, float beta, float* __restrict c,
+                       int ldc, int cols) {
+  V8f acc[MR][2] = {};
+  for (int k = 0; k < K; ++k) {
+    const V8f w0 = loadu8(p + static_cast<int64_t>(k) * kPanel), w1 = loadu8(p + static_cast<int64_t>(k) * kPanel + 8);
+    for (int r = 0; r < MR; ++r) {
+      const float v = a[static_cast<int64_t>(k) * MR + r];
+      const V8f x = {v, v, v, v, v, v, v, v};  // one broadcast (V8f{} + v would add a zero first)
+      acc[r][0] += x * w0;
+      acc[r][1] += x * w1;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + static_cast<int64_t>(r) * ldc;
+    if (cols == kPanel) {
+      storeu8(cr, beta == 0.0f ? acc[r][0] : acc[r][0] + beta * loadu8(cr));
+      storeu8(cr + 8, beta == 0.0f ? acc[r][1] : acc[r][1] + beta * loadu8(cr + 8));
+    } else {  // the last panel of an n that is not a multiple of kPanel (its columns past n are zero)
+      float tile[kPanel];
+      storeu8(tile, acc[r][0]);
+      storeu8(tile + 8, acc[r][1]);
+      for (int j = 0; j < cols; ++j) cr[j] = beta == 0.0f ? tile[j] : tile[j] + beta * cr[j];
+    }
+  }
+}
+
+// op(W) in panels: panel q holds columns [q kPanel, (q + 1) kPanel) of op(W) (k x n), row by row, zero past n.
+// op(W) = W^T for W stored (n x k) (`trans`), else W stored (k x n).
+inline std::vector<float> gemm_panels(bool trans, int n, int k, const float* w) {
+  const int panels = (n + kPanel - 1) / kPanel;
+  std::vector<float> p(static_cast<size_t>(panels) * kPanel * k, 0.0f);
+  for (int q = 0; q < panels; ++q) {
+    float* pq = p.data() + static_cast<int64_t>(q) * kPanel * k;
+    const int cols = std::min(kPanel, n - q * kPanel);
+    for (int j = 0; j < cols; ++j) {
+      const int col = q * kPanel + j;
+      for (int kk = 0; kk < k; ++kk)
+        pq[static_cast<int64_t>(kk) * kPanel + j] = trans ? w[static_cast<int64_t>(col) * k + kk]
+                                                          : w[static_cast<int64_t>(kk) * n + col];
+    }
+  }
+  return p;
+}
+
+// C (m x n) = beta C + A (m x k) op(W), op(W) in gemm_panels; `scratch` holds m * k floats (A in blocks of rows).
+// The panels are split between torch's threads when the product is large enough (inside batch_slices each
+// thread runs its own product whole).
+inline void panel_gemm(int m, int n, int k, const float* a, const float* panels, float beta, float* c,
+                       float* scratch) {
+  for (int r0 = 0; r0 < m; r0 += kTileRows) {  // A in blocks of kTileRows rows, each column by column
+    const int mr = std::min(kTileRows, m - r0);
+    float* d = scratch + static_cast<int64_t>(r0) * k;
+    for (int kk = 0; kk < k; ++kk)
+      for (int r = 0; r < mr; ++r) d[static_cast<int64_t>(kk) * mr + r] = a[static_cast<int64_t>(r0 + r) * k + kk];
+  }
+  const int panels_n = (n + kPanel - 1) / kPanel;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, int64_t{m} * k * kPanel));
+  at::parallel_for(0, panels_n, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t q = lo; q < hi; ++q) {
+      const float* p = panels + q * kPanel * k;
+      const int j = static_cast<int>(q) * kPanel, cols = std::min(kPanel, n - j);
+      int r0 = 0;
+      for (; r0 + kTileRows <= m; r0 += kTileRows)
+        panel_tile<kTileRows>(k, scratch + static_cast<int64_t>(r0) * k, p, beta, c + int64_t{r0} * n + j, n, cols);
+      const float* ar = scratch + static_cast<int64_t>(r0) * k;
+      float* cr = c + static_cast<int64_t>(r0) * n + j;
+      switch (m - r0) {
+        case 5: panel_tile<5>(k, ar, p, beta, cr, n, cols); break;
+        case 4: panel_tile<4>(k, ar, p, beta, cr, n, cols); break;
+        case 3: panel_tile<3>(k, ar, p, beta, cr, n, cols); break;
+        case 2: panel_tile<2>(k, ar, p, beta, cr, n, cols); break;
+        case 1: panel_tile<1>(k, ar, p, beta, cr, n, cols); break;
+        default: break;
+      }
+    }
+  });
+}
+
 // C (m x n) = beta * C + A (m x k) @ B^T, B (n x k). Row-major C is column-major C^T = B A^T. A float product
 // with few rows takes few_rows.
 template <typename T>
@@ -315,6 +410,15 @@ class StepGemm<float> {
       if (steps >= 2) few_panels_ = few_rows_panels(trans, m, n, k, w);
       return;
     }
+#if !defined(__AVX512F__)
+    // panel_gemm (8-float vectors) for every sequence of two steps or more with at most kPanelRows rows. An
+    // AVX-512 build keeps MKL, whose 16-float kernels this loop has not been measured against.
+    if (steps >= 2 && m <= kPanelRows) {
+      panels_ = gemm_panels(trans, n, k, w);
+      scratch_.resize(static_cast<size_t>(m) * k);
+      return;
+    }
+#endif
     const PackedApi& api = packed_api();
     if (!api.ok()) return;
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
@@ -327,6 +431,10 @@ class StepGemm<float> {
   void operator()(const float* a, float beta, float* c) const {
     if (m_ <= kFewRows) {
       few_rows(trans_, m_, n_, k_, a, w_, beta, c, few_panels_.empty() ? nullptr : few_panels_.data());
+      return;
+    }
+    if (!panels_.empty()) {
+      panel_gemm(m_, n_, k_, a, panels_.data(), beta, c, scratch_.data());
       return;
     }
     if (packed_.empty()) {
@@ -343,6 +451,8 @@ class StepGemm<float> {
   int m_, n_, k_;
   std::vector<float> packed_;
   std::vector<float> few_panels_;
+  std::vector<float> panels_;            // gemm_panels
+  mutable std::vector<float> scratch_;   // panel_gemm's A; each thread has its own StepGemm
 };
 
 // ---- activations ----------------------------------------------------------------------------------------------
@@ -511,17 +621,18 @@ class InputChunks {
       const int n = std::min(L_, Tn_ - s);
       base_ = reverse_ ? Tn_ - s - n : s;
       if (S_ == B_) {
-        mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
+        project(n * B_, x_ + static_cast<int64_t>(base_) * B_ * I_, buf_.data());
       } else {
         for (int k = 0; k < n; ++k)
-          mm_nt<T>(B_, G_, I_, x_ + static_cast<int64_t>(base_ + k) * S_ * I_, wih_, T(0),
-                   buf_.data() + static_cast<int64_t>(k) * B_ * G_);
+          project(B_, x_ + static_cast<int64_t>(base_ + k) * S_ * I_, buf_.data() + static_cast<int64_t>(k) * B_ * G_);
       }
     }
     return buf_.data() + static_cast<int64_t>(t - base_) * B_ * G_;
   }
 
  private:
+  void project(int rows, const T* x, T* out) { mm_nt<T>(rows, G_, I_, x, wih_, T(0), out); }
+
   const T* x_;
   const T* wih_;
   bool reverse_;
