@@ -239,25 +239,33 @@ def test_few_rows(mode, H, input_size, batch, T, grad, threads):
 SLICED_B = 11                                    # two slices of >= kSliceRows = 5 rows with 2 threads (5 and 6)
 SLICED_LENGTHS = [24, 9, 24, 3, 17, 24, 1, 20, 24, 12, 6]
 SLICED_CASES = [
-    pytest.param(rnnlab.LSTM, "LSTM", 256, dict(bidirectional=True), SLICED_LENGTHS, id="LSTM-H256-bidir-lengths"),
-    pytest.param(rnnlab.LSTM, "LSTM", 64, dict(proj_size=48, recurrent_dropout=0.3, zoneout=0.2), None,
+    pytest.param(rnnlab.LSTM, "LSTM", 256, dict(bidirectional=True), SLICED_LENGTHS, SLICED_B,
+                 id="LSTM-H256-bidir-lengths"),
+    pytest.param(rnnlab.LSTM, "LSTM", 64, dict(proj_size=48, recurrent_dropout=0.3, zoneout=0.2), None, SLICED_B,
                  id="LSTM-H64-proj-rdrop-zoneout"),
-    pytest.param(rnnlab.GRU, "GRU", 256, dict(bidirectional=True), SLICED_LENGTHS, id="GRU-H256-bidir-lengths"),
-    pytest.param(rnnlab.GRU, "GRU", 64, dict(recurrent_dropout=0.3, zoneout=0.2), None, id="GRU-H64-rdrop-zoneout"),
-    pytest.param(rnnlab.RNN, "RNN_TANH", 256, dict(bidirectional=True), SLICED_LENGTHS, id="RNN_TANH-H256-lengths"),
-    pytest.param(rnnlab.RNN, "RNN_RELU", 64, dict(zoneout=0.2, return_gates=True), None, id="RNN_RELU-H64-zoneout"),
+    pytest.param(rnnlab.GRU, "GRU", 256, dict(bidirectional=True), SLICED_LENGTHS, SLICED_B,
+                 id="GRU-H256-bidir-lengths"),
+    pytest.param(rnnlab.GRU, "GRU", 64, dict(recurrent_dropout=0.3, zoneout=0.2), None, SLICED_B,
+                 id="GRU-H64-rdrop-zoneout"),
+    pytest.param(rnnlab.RNN, "RNN_TANH", 256, dict(bidirectional=True), SLICED_LENGTHS, SLICED_B,
+                 id="RNN_TANH-H256-lengths"),
+    pytest.param(rnnlab.RNN, "RNN_RELU", 64, dict(zoneout=0.2, return_gates=True), None, SLICED_B,
+                 id="RNN_RELU-H64-zoneout"),
+    # 7 sequences are one slice: the two threads split each step's panel_gemm by its panels of W instead
+    pytest.param(rnnlab.LSTM, "LSTM", 256, {}, SLICED_LENGTHS[:7], 7, id="LSTM-H256-B7-panels-split"),
 ]
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "backward"])
-@pytest.mark.parametrize("layer_cls,mode,H,options,lengths", SLICED_CASES)
-def test_batch_slices(layer_cls, mode, H, options, lengths, grad):
+@pytest.mark.parametrize("layer_cls,mode,H,options,lengths,batch", SLICED_CASES)
+def test_batch_slices(layer_cls, mode, H, options, lengths, batch, grad):
     """With two threads each runs its own slice of the batch's sequences through the whole loop (csrc/common.h's
-    batch_slices): every option and lengths, and the bias gradients summed over the slices."""
+    batch_slices): every option and lengths, and the bias gradients summed over the slices; a batch too small to
+    slice splits each step's product between the threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _check(layer_cls, mode, H, grad, lengths=lengths, T=24, batch=SLICED_B, sized=False, **options)
+        _check(layer_cls, mode, H, grad, lengths=lengths, T=24, batch=batch, sized=False, **options)
     finally:
         torch.set_num_threads(before)
 

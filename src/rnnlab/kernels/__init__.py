@@ -17,6 +17,11 @@ the only place where a kernel is chosen:
 The reference loop is also every compiled kernel's double-backward route
 (:func:`rnnlab.kernels.reference.backward_through_loop`).
 
+For a stream of one-step runs (generation: one character at a time), :func:`stepper` makes the same choice once
+for the whole stream instead of once per step, and then runs each step on what it chose: the spec's ``stepper``
+(the compiled inference op of torch's three cells, its weights prepared once) where :func:`run` would take the
+cell's kernel, else :func:`run` itself.
+
 The backend is, in order of precedence: the layer's ``backend=`` argument, the process-wide default set with
 :func:`set_backend`, the environment variable ``RNNLAB_BACKEND``, and finally ``"fused"``.
 """
