@@ -57,12 +57,18 @@ inline void blas(char ta, char tb, int m, int n, int k, double beta, const doubl
 
 typedef float V8f __attribute__((vector_size(32)));  // 8 floats: one AVX2 register (two SSE ones on `base`)
 
-inline V8f loadu8(const float* p) {
-  V8f v;
-  std::memcpy(&v, p, sizeof(V8f));
+// An unaligned load or store of a vector of floats (V8f here, V16f in layernorm.cpp): memcpy, which gcc turns into
+// one vmovups.
+template <typename V>
+inline V loadu(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
   return v;
 }
-inline void storeu8(float* p, V8f v) { std::memcpy(p, &v, sizeof(V8f)); }
+template <typename V>
+inline void storeu(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
 inline float hsum8(V8f v) {
   typedef float V4f __attribute__((vector_size(16)));
   const V4f a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
@@ -115,9 +121,9 @@ inline void few_rows_nt(int n0, int n1, int k, const float* __restrict a, FewRow
     V8f s[M][R] = {};
     for (int j = 0; j < k8; j += 8) {
       V8f x[M];
-      for (int b = 0; b < M; ++b) x[b] = loadu8(a + static_cast<int64_t>(b) * k + j);
+      for (int b = 0; b < M; ++b) x[b] = loadu<V8f>(a + static_cast<int64_t>(b) * k + j);
       for (int q = 0; q < R; ++q) {
-        const V8f wq = loadu8(pr ? pr + static_cast<int64_t>(j) * R + 8 * q : wr + static_cast<int64_t>(q) * k + j);
+        const V8f wq = loadu<V8f>(pr ? pr + static_cast<int64_t>(j) * R + 8 * q : wr + static_cast<int64_t>(q) * k + j);
         for (int b = 0; b < M; ++b) s[b][q] += x[b] * wq;
       }
     }
@@ -150,14 +156,14 @@ inline void few_rows_nn(int n0, int n1, int n, int k, const float* __restrict a,
       V8f x[M];
       for (int b = 0; b < M; ++b) x[b] = V8f{} + a[static_cast<int64_t>(b) * k + q];
       for (int v = 0; v < V; ++v) {
-        const V8f wv = loadu8(wq + 8 * v);
+        const V8f wv = loadu<V8f>(wq + 8 * v);
         for (int b = 0; b < M; ++b) s[b][v] += x[b] * wv;
       }
     }
     for (int b = 0; b < M; ++b)
       for (int v = 0; v < V; ++v) {
         float* cb = c + static_cast<int64_t>(b) * ldc + j + 8 * v;
-        storeu8(cb, beta == 0.0f ? s[b][v] : s[b][v] + beta * loadu8(cb));
+        storeu(cb, beta == 0.0f ? s[b][v] : s[b][v] + beta * loadu<V8f>(cb));
       }
   }
   for (; j < n1; ++j)
@@ -243,7 +249,8 @@ inline void panel_tile(int K, const float* __restrict a, const float* __restrict
                        int ldc, int cols) {
   V8f acc[MR][2] = {};
   for (int k = 0; k < K; ++k) {
-    const V8f w0 = loadu8(p + static_cast<int64_t>(k) * kPanel), w1 = loadu8(p + static_cast<int64_t>(k) * kPanel + 8);
+    const float* pk = p + static_cast<int64_t>(k) * kPanel;
+    const V8f w0 = loadu<V8f>(pk), w1 = loadu<V8f>(pk + 8);
     for (int r = 0; r < MR; ++r) {
       const float v = a[static_cast<int64_t>(k) * MR + r];
       const V8f x = {v, v, v, v, v, v, v, v};  // one broadcast (V8f{} + v would add a zero first)
@@ -254,12 +261,12 @@ inline void panel_tile(int K, const float* __restrict a, const float* __restrict
   for (int r = 0; r < MR; ++r) {
     float* cr = c + static_cast<int64_t>(r) * ldc;
     if (cols == kPanel) {
-      storeu8(cr, beta == 0.0f ? acc[r][0] : acc[r][0] + beta * loadu8(cr));
-      storeu8(cr + 8, beta == 0.0f ? acc[r][1] : acc[r][1] + beta * loadu8(cr + 8));
+      storeu(cr, beta == 0.0f ? acc[r][0] : acc[r][0] + beta * loadu<V8f>(cr));
+      storeu(cr + 8, beta == 0.0f ? acc[r][1] : acc[r][1] + beta * loadu<V8f>(cr + 8));
     } else {  // the last panel of an n that is not a multiple of kPanel (its columns past n are zero)
       float tile[kPanel];
-      storeu8(tile, acc[r][0]);
-      storeu8(tile + 8, acc[r][1]);
+      storeu(tile, acc[r][0]);
+      storeu(tile + 8, acc[r][1]);
       for (int j = 0; j < cols; ++j) cr[j] = beta == 0.0f ? tile[j] : tile[j] + beta * cr[j];
     }
   }

@@ -179,12 +179,6 @@ struct Vec8 {
 
 // 16 floats (one AVX-512 register; two AVX2 ones on narrower ISAs).
 typedef float V16f __attribute__((vector_size(64)));
-inline V16f load16(const float* p) {
-  V16f v;
-  std::memcpy(&v, p, sizeof(V16f));
-  return v;
-}
-inline void store16(float* p, V16f v) { std::memcpy(p, &v, sizeof(V16f)); }
 // The two 8-lane halves of v widened to double and added (the add rounds in double, far below float's rounding).
 inline V8d widen_sum(V16f v) {
   return widen(V8f(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7))) +
@@ -240,14 +234,14 @@ inline void both_halves_backward_float(const float* __restrict da, const float* 
   V16f f1x = {}, f2x = {}, f1h = {}, f2h = {};
   int j = 0, k = 0;
   for (; j + 16 <= G; j += 16) {
-    const V16f a = load16(da + j), u = load16(du + j), n1 = load16(nx + j), n2 = load16(nhw + j);
-    store16(dbx + j, load16(dbx + j) + a);
-    store16(dgx + j, load16(dgx + j) + a * n1);
-    if constexpr (BH) store16(dbh + j, load16(dbh + j) + u);
-    store16(dgh + j, load16(dgh + j) + u * n2);
-    const V16f d1 = a * load16(gx + j), d2 = u * load16(gh + j);
-    store16(dxw + j, d1);
-    store16(dhw + j, d2);
+    const V16f a = loadu<V16f>(da + j), u = loadu<V16f>(du + j), n1 = loadu<V16f>(nx + j), n2 = loadu<V16f>(nhw + j);
+    storeu(dbx + j, loadu<V16f>(dbx + j) + a);
+    storeu(dgx + j, loadu<V16f>(dgx + j) + a * n1);
+    if constexpr (BH) storeu(dbh + j, loadu<V16f>(dbh + j) + u);
+    storeu(dgh + j, loadu<V16f>(dgh + j) + u * n2);
+    const V16f d1 = a * loadu<V16f>(gx + j), d2 = u * loadu<V16f>(gh + j);
+    storeu(dxw + j, d1);
+    storeu(dhw + j, d2);
     f1x += d1;
     f2x += d1 * n1;
     f1h += d2;
