@@ -10,8 +10,11 @@ import pytest
 import torch
 from _tolerance import assert_float32_close
 
+import rnnlab
 from rnnlab.errors import UserError
+from rnnlab.kernels import common, fused
 from rnnlab.models import CharLM, _cell_stepper, generate_text
+from rnnlab.sequence import SequenceRun
 
 VOCAB = list("abcdefgh ijklmn\n")
 
@@ -120,3 +123,30 @@ def test_a_model_with_broken_weights_is_refused():
     with pytest.raises(UserError, match=r"generate: the model's output is not finite"):
         generate_text(model, VOCAB, length=10)
     assert generate_text(model, VOCAB, length=0) == ""
+
+
+@pytest.mark.skipif(not common.compiled_available(), reason="needs the compiled kernels")
+def test_an_lstm_model_samples_in_one_compiled_op_and_the_others_step(monkeypatch):
+    """torch's LSTM layers on the fused backend take lstm_sample for the whole sample (its characters are the
+    per-character model's: the test above); a GRU, an LSTM with projections and the reference backend do not."""
+    taken: list[bool] = []
+    real = fused.lstm_sampler
+
+    def spy(*args):
+        sampler = real(*args)
+        taken.append(sampler is not None)
+        return sampler
+
+    monkeypatch.setattr(fused, "lstm_sampler", spy)
+    generate_text(char_model("lstm"), VOCAB, length=20)
+    assert taken == [True]
+    reference = char_model("lstm")
+    reference.rnn.backend = "reference"
+    for model in (char_model("gru"), reference):
+        generate_text(model, VOCAB, length=20)
+    assert taken == [True]  # not asked: the dispatch declined first
+    projected = rnnlab.LSTM(6, 12, proj_size=5)
+    with torch.inference_mode():
+        seq = SequenceRun(torch.zeros(1, 1, 6), (torch.zeros(1, 5), torch.zeros(1, 12)), projected.layer_params(0),
+                          cell=projected.spec)
+        assert fused.lstm_sampler([seq], torch.eye(6), torch.zeros(16, 5), None) is None

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .cellspec import SPECS, CellSpec
+from .kernels import fused as fused_kernels
 from .errors import UserError
 from .layers import RNNBase
 from .sequence import SequenceRun, hidden_of
@@ -233,15 +234,20 @@ def generate_text(model: nn.Module, vocab: Sequence[str] | None, prime: str | No
             device = next(model.parameters()).device
             ids = torch.tensor([[index[c]] for c in prime], dtype=torch.long, device=device)  # (P, 1)
             logits, state = model(ids)
-            step = _cell_stepper(model, state) or _model_stepper(model, state, device)
-            draw = _Sampler(temperature, top_k, generator)
-            out: list[str] = []
             last = logits[-1, 0]  # (V,)
-            for k in range(length):
-                nxt = draw(last)
-                out.append(vocab[nxt])
-                if k + 1 < length:
-                    last = step(nxt)
+            out: list[str] = []
+            compiled = _compiled_sampler(model, state) if length else None
+            if compiled is not None:  # the loop below in one compiled op
+                drawn, last = compiled(last, length, temperature, top_k, generator)
+                out = [vocab[i] for i in drawn.tolist()]
+            else:
+                step = _cell_stepper(model, state) or _model_stepper(model, state, device)
+                draw = _Sampler(temperature, top_k, generator)
+                for k in range(length):
+                    nxt = draw(last)
+                    out.append(vocab[nxt])
+                    if k + 1 < length:
+                        last = step(nxt)
             if length and not bool(torch.isfinite(last).all()):
                 # NaN or inf logits stay so (the state carries them): one check, not one per character
                 raise UserError("generate: the model's output is not finite (NaN or inf): its weights are broken")
@@ -289,6 +295,37 @@ def _model_stepper(model: nn.Module, state, device: torch.device) -> Callable[[i
     return step
 
 
+def _layer_runs(model: nn.Module, state) -> tuple[RecurrentNet, RNNBase, Tensor, list[SequenceRun]] | None:
+    """For a :class:`RecurrentNet` whose layers step by their cell's plain step (see :func:`_cell_stepper`): the
+    model, its recurrent layer, the table of the characters' inputs (the embedding, or the identity for one-hot
+    rows) and each layer's first one-step run (its weights, its state after the prime); ``None`` for any other
+    model."""
+    if not isinstance(model, RecurrentNet) or type(model).forward is not RecurrentNet.forward:
+        return None
+    rnn = model.rnn
+    if (not isinstance(rnn, RNNBase) or rnn.bidirectional or any(rnn.zoneout) or rnn.return_all_states
+            or model.training):
+        return None
+    # the input of one character: its embedding, or its one-hot row (F.one_hot(...).float(), as in forward)
+    weight = model.head.weight
+    table = model.embed.weight if model.embed is not None else torch.eye(model.input_size, device=weight.device)
+    states = [tuple(s[layer] for s in state) if isinstance(state, tuple) else state[layer]
+              for layer in range(rnn.num_layers)]  # per layer: (h, c) or h, each (1, H)
+    inputs = [table[:1]] + [hidden_of(s) for s in states[:-1]]  # each layer's input, for its first step's run
+    return model, rnn, table, [SequenceRun(x[None], s, rnn.layer_params(layer), cell=rnn.spec)
+                               for layer, (x, s) in enumerate(zip(inputs, states))]
+
+
+def _compiled_sampler(model: nn.Module, state) -> fused_kernels.Sampler | None:
+    """The whole sampling loop of :func:`generate_text` as one compiled op (:func:`rnnlab.kernels.sampler`: torch's
+    LSTM layers without projections, on the fused backend), or ``None``."""
+    runs = _layer_runs(model, state)
+    if runs is None:
+        return None
+    net, rnn, table, seqs = runs
+    return kernels.sampler(rnn.spec, seqs, rnn.backend, table, net.head.weight, net.head.bias)
+
+
 def _cell_stepper(model: nn.Module, state) -> Callable[[int], Tensor] | None:
     """Next-character logits ``(V,)`` of a :class:`RecurrentNet` by its cell's step function, or ``None`` where
     the layer's step is not the cell's plain step.
@@ -303,26 +340,19 @@ def _cell_stepper(model: nn.Module, state) -> Callable[[int], Tensor] | None:
     run of the one dispatch. Zoneout (an expectation in eval mode), two directions, all-step outputs and models
     that change :meth:`RecurrentNet.forward` are called as a whole (:func:`_model_stepper`).
     """
-    if not isinstance(model, RecurrentNet) or type(model).forward is not RecurrentNet.forward:
+    runs = _layer_runs(model, state)
+    if runs is None:
         return None
-    rnn = model.rnn
-    if (not isinstance(rnn, RNNBase) or rnn.bidirectional or any(rnn.zoneout) or rnn.return_all_states
-            or model.training):
-        return None
-    weight = model.head.weight
-    # the input of one character: its embedding, or its one-hot row (F.one_hot(...).float(), as in forward)
-    table = model.embed.weight if model.embed is not None else torch.eye(model.input_size, device=weight.device)
-    states = [tuple(s[layer] for s in state) if isinstance(state, tuple) else state[layer]
-              for layer in range(rnn.num_layers)]  # per layer: (h, c) or h, each (1, H)
-    inputs = [table[:1]] + [hidden_of(s) for s in states[:-1]]  # each layer's input, for its first step's run
-    steps = [kernels.stepper(rnn.spec, SequenceRun(x[None], s, rnn.layer_params(layer), cell=rnn.spec), rnn.backend)
-             for layer, (x, s) in enumerate(zip(inputs, states))]
+    net, rnn, table, seqs = runs
+    weight, bias = net.head.weight, net.head.bias
+    steps = [kernels.stepper(rnn.spec, seq, rnn.backend) for seq in seqs]
+    states = [seq.state for seq in seqs]
 
     def step(nxt: int) -> Tensor:
         x = table[nxt:nxt + 1]  # (1, E)
         for layer, layer_step in enumerate(steps):
             states[layer] = layer_step(x, states[layer])
             x = hidden_of(states[layer])
-        return F.linear(x, weight, model.head.bias)[0]
+        return F.linear(x, weight, bias)[0]
 
     return step

@@ -42,7 +42,7 @@ from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
 from . import fused, native, reference
 from .common import covers
 
-__all__ = ["run", "stepper", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
+__all__ = ["run", "stepper", "sampler", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
            "transformed", "register_backend", "resolve_backend"]
 
 BACKENDS = ("fused", "reference", "torch")
@@ -187,6 +187,20 @@ def stepper(spec: Any, seq: SequenceRun, backend: str | None = None) -> Callable
         return run(spec, SequenceRun(x[None], state, p, cell=spec), backend)[1]
 
     return step
+
+
+def sampler(spec: Any, seqs: list[SequenceRun], backend: str | None, table: Tensor, head_w: Tensor,
+            head_b: Tensor | None) -> fused.Sampler | None:
+    """Generation's whole loop compiled (:func:`rnnlab.kernels.fused.lstm_sampler`) for a stack of layers of the
+    cell ``spec`` (``seqs``: each layer's first one-step run, without options) and a linear head, or ``None``:
+    then the caller steps each layer by :func:`stepper` and draws in Python. Taken only where :func:`stepper` would
+    take the spec's stepper for every layer, for torch's LSTM."""
+    if spec.kernel is not fused.lstm_kernel or not seqs or seqs[0].x.size(1) == 0:
+        return None
+    name = "reference" if backend is None and capturing() else get_backend(backend)
+    if name != "fused" or transformed():
+        return None
+    return fused.lstm_sampler(seqs, table, head_w, head_b)
 
 
 def _warn_reference_loop(cell: str, backend: str, declined: bool) -> None:

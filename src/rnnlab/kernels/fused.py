@@ -84,8 +84,8 @@ from . import native, reference
 from .common import (bias_sum, compiled_available, covers, cpu_lengths, dense, grad_or_zeros, input_grads, keep_of,
                      loop_outputs, named_gates, needs_grad, ops, projection, recurrent_weight_grad, uses_compiled)
 
-__all__ = ["lstm_kernel", "gru_kernel", "rnn_tanh_kernel", "rnn_relu_kernel", "lstm_stepper", "gru_stepper",
-           "rnn_tanh_stepper", "rnn_relu_stepper", "LSTM", "GRU", "Elman",
+__all__ = ["lstm_kernel", "gru_kernel", "rnn_tanh_kernel", "rnn_relu_kernel", "lstm_stepper", "lstm_sampler",
+           "gru_stepper", "rnn_tanh_stepper", "rnn_relu_stepper", "LSTM", "GRU", "Elman",
            "run_layer", "compiled_available", "uses_compiled", "GradientSink"]
 
 # Parameter names in the order of a ``weights`` sequence (the deprecated :func:`run_layer`'s).
@@ -391,6 +391,34 @@ def lstm_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:
         return h, c
 
     return step
+
+
+Sampler = Callable[[Tensor, int, float, int, "torch.Generator | None"], tuple[Tensor, Tensor]]
+
+
+def lstm_sampler(seqs: Sequence[SequenceRun], table: Tensor, head_w: Tensor,
+                 head_b: Tensor | None) -> Sampler | None:
+    """``(logits, n, temperature, top_k, generator) -> (indices (n,), last logits)``: generation's whole loop in
+    the compiled op ``lstm_sample`` for a stack of LSTM layers (``seqs``: each layer's first one-step run) and a
+    linear head, the character's input being its row of ``table``; ``None`` where a layer's step is not
+    :func:`lstm_stepper`'s op (projections are not taken either). Each step is that op's and each draw
+    ``rnnlab.models._Sampler``'s (the same ATen ops), so the characters are the Python loop's; ``W_hh`` stays
+    prepared for the whole sample and no Python runs between characters."""
+    if not all(_steps_plainly(seq) and "weight_hr" not in seq.p for seq in seqs):
+        return None
+    w_ih = [dense(seq.p["weight_ih"]) for seq in seqs]
+    w_hh = [dense(seq.p["weight_hh"]) for seq in seqs]
+    bias = [bias_sum(w, seq.p.get("bias_ih"), seq.p.get("bias_hh")) for w, seq in zip(w_ih, seqs)]
+    h0 = [seq.state[0].contiguous() for seq in seqs]  # type: ignore[index]
+    c0 = [seq.state[1].contiguous() for seq in seqs]  # type: ignore[index]
+    table, head_w, head_b = table.contiguous(), head_w.contiguous(), dense(head_b)
+
+    def sample(logits: Tensor, n: int, temperature: float, top_k: int,
+               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return ops().lstm_sample(logits, table, w_ih, bias, w_hh, h0, c0, head_w, head_b, n, temperature, top_k,
+                                 generator)
+
+    return sample
 
 
 def gru_stepper(seq: SequenceRun) -> Callable[[Tensor, State], State] | None:

@@ -22,6 +22,14 @@
 // asked for is None (nothing allocated).
 #include "common.h"
 
+#include <ATen/ops/div.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/lt.h>
+#include <ATen/ops/masked_fill.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/topk.h>
+
+#include <limits>
 #include <type_traits>
 
 namespace {
@@ -146,12 +154,14 @@ inline void lstm_cell_forward(T* __restrict gi, T* __restrict gf, T* __restrict 
 template <typename T, bool EX = false>
 void lstm_forward_impl(T* xw, InputChunks<T>* chunks, const T* bias, const T* whh, const T* whr, const int64_t* len,
                        bool reverse, int Tn, int B, int S, int H, int P, T* Y, T* h, T* c, T* Cs, T* Ms,
-                       const FwdOptions<T>& opt = {}) {
+                       const FwdOptions<T>& opt = {}, const StepGemm<T>* kept = nullptr) {
   const int G = 4 * H;
   const bool proj = whr != nullptr;
   std::vector<T> mbuf(proj && Ms == nullptr ? static_cast<size_t>(B) * H : 0);
   std::vector<T> hmasked(EX && opt.h_mask ? static_cast<size_t>(B) * P : 0), cold(EX && opt.keep_c ? H : 0);
-  const StepGemm<T> rec(whh, true, B, G, P, Tn);
+  // `kept`: the recurrent product of a caller that runs many one-step calls (lstm_sample), W_hh prepared once
+  const StepGemm<T> own(kept ? nullptr : whh, true, B, G, P, Tn);
+  const StepGemm<T>& rec = kept ? *kept : own;
   const StepGemm<T> project(whr, true, B, P, proj ? H : 1, Tn);
   for (int s = 0; s < Tn; ++s) {
     const int t = reverse ? Tn - 1 - s : s;
@@ -886,9 +896,74 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const 
   return {dG, dh, db, sink_h};
 }
 
+// ---- generation --------------------------------------------------------------------------------------------
+
+// One draw of rnnlab.models._Sampler: softmax(logits / temperature) over the top_k largest (all when 0) in float32,
+// then torch.multinomial's one-sample algorithm, argmax(p / q) with q ~ Exp(1) from `generator`, in `race`
+// (created on the first draw, reused). The same ATen ops in the same order, so the same index for the same
+// generator state.
+int64_t draw(const Tensor& logits, double temperature, int64_t top_k, const std::optional<at::Generator>& generator,
+             Tensor& race) {
+  Tensor scaled = at::div(logits, temperature);
+  if (top_k > 0) {
+    const Tensor kth = std::get<0>(at::topk(scaled, std::min<int64_t>(top_k, scaled.numel()))).select(0, -1);
+    scaled = at::masked_fill(scaled, at::lt(scaled, kth), -std::numeric_limits<double>::infinity());
+  }
+  const Tensor probs = at::softmax(scaled.to(at::kFloat), -1);
+  if (!race.defined()) race = at::empty_like(probs);
+  race.exponential_(1, generator);
+  return at::div_out(race, probs, race).argmax().item<int64_t>();
+}
+
+// generate_text's loop for a stack of one-direction LSTM layers without projections and a linear head: n draws
+// from `logits` (V,) on, and after each but the last, the drawn character's row of `table` (its embedding, or its
+// one-hot row) through every layer's step (lstm_forward_impl at T=1, each layer's W_hh prepared once for the whole
+// sample) and the head (at::linear, what F.linear runs). Each step is lstm_infer's at T=1 and each draw
+// _Sampler's, so the characters are the ones the Python loop draws. Returns the n indices and the last logits.
+std::tuple<Tensor, Tensor> lstm_sample(const Tensor& logits, const Tensor& table, at::TensorList w_ih,
+                                       at::TensorList bias, at::TensorList w_hh, at::TensorList h0,
+                                       at::TensorList c0, const Tensor& head_w, const std::optional<Tensor>& head_b,
+                                       int64_t n, double temperature, int64_t top_k,
+                                       std::optional<at::Generator> generator) {
+  const int L = static_cast<int>(w_ih.size());
+  Tensor ids = at::empty({n}, logits.options().dtype(at::kLong));
+  int64_t* out = ids.data_ptr<int64_t>();
+  Tensor last = logits, race;
+  std::vector<Tensor> h, c;
+  for (int l = 0; l < L; ++l) {
+    h.push_back(h0[l].clone());
+    c.push_back(c0[l].clone());
+  }
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "rnnlab lstm_sample", [&] {
+    std::vector<StepGemm<scalar_t>> rec;
+    for (int l = 0; l < L; ++l) {
+      const int H = static_cast<int>(w_hh[l].size(1));
+      rec.emplace_back(w_hh[l].data_ptr<scalar_t>(), true, 1, 4 * H, H, static_cast<int>(n));
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      out[k] = draw(last, temperature, top_k, generator, race);
+      if (k + 1 == n) break;
+      const scalar_t* x = table.data_ptr<scalar_t>() + out[k] * table.size(1);
+      for (int l = 0; l < L; ++l) {
+        const int I = static_cast<int>(w_ih[l].size(1)), H = static_cast<int>(w_hh[l].size(1));
+        InputChunks<scalar_t> chunks(x, w_ih[l].data_ptr<scalar_t>(), false, 1, 1, I, 4 * H);
+        scalar_t* hl = h[l].data_ptr<scalar_t>();
+        std::vector<scalar_t> y(H);
+        lstm_forward_impl<scalar_t>(nullptr, &chunks, bias[l].data_ptr<scalar_t>(), nullptr, nullptr, nullptr, false,
+                                    1, 1, 1, H, H, y.data(), hl, c[l].data_ptr<scalar_t>(), nullptr, nullptr, {},
+                                    &rec[l]);
+        x = hl;
+      }
+      last = at::linear(h[L - 1], head_w, head_b).select(0, 0);
+    }
+  });
+  return {ids, last};
+}
+
 }  // namespace
 
 // One op per pass and cell; the options and the sink are trailing arguments, None/false when off (a plain run).
+// lstm_sample is generation's loop (generate_text), on the LSTM's step.
 TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("lstm_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
         "bool reverse, bool train, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? keep_c=None, bool record=False) "
@@ -899,6 +974,9 @@ TORCH_LIBRARY(rnnlab_fused, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_infer(Tensor x, Tensor w_ih, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
         "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("lstm_sample(Tensor logits, Tensor table, Tensor[] w_ih, Tensor[] bias, Tensor[] w_hh, Tensor[] h0, "
+        "Tensor[] c0, Tensor head_w, Tensor? head_b, int n, float temperature, int top_k, Generator? generator) "
+        "-> (Tensor, Tensor)");
   m.def("gru_forward(Tensor(a!) xw, Tensor b_ih, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor? lengths, bool reverse, "
         "bool train, Tensor? h_mask=None, Tensor? keep_h=None) -> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor dY, Tensor dhn, Tensor gates, Tensor HN, Tensor Y, Tensor h0, Tensor w_hh, "
@@ -917,6 +995,7 @@ TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("lstm_infer", &lstm_infer);
+  m.impl("lstm_sample", &lstm_sample);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
   m.impl("gru_infer", &gru_infer);
