@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from . import kernels
 from .cellspec import SPECS, CellSpec
-from .kernels import fused as fused_kernels
 from .errors import UserError
 from .layers import RNNBase
 from .sequence import SequenceRun, hidden_of
@@ -316,7 +315,7 @@ def _layer_runs(model: nn.Module, state) -> tuple[RecurrentNet, RNNBase, Tensor,
                                for layer, (x, s) in enumerate(zip(inputs, states))]
 
 
-def _compiled_sampler(model: nn.Module, state) -> fused_kernels.Sampler | None:
+def _compiled_sampler(model: nn.Module, state) -> kernels.fused.Sampler | None:
     """The whole sampling loop of :func:`generate_text` as one compiled op (:func:`rnnlab.kernels.sampler`: torch's
     LSTM layers without projections, on the fused backend), or ``None``."""
     runs = _layer_runs(model, state)

@@ -42,8 +42,8 @@ from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
 from . import fused, native, reference
 from .common import covers
 
-__all__ = ["run", "stepper", "sampler", "set_backend", "get_backend", "available_backends", "BoundObserver", "capturing",
-           "transformed", "register_backend", "resolve_backend"]
+__all__ = ["run", "stepper", "sampler", "set_backend", "get_backend", "available_backends", "BoundObserver",
+           "capturing", "transformed", "register_backend", "resolve_backend"]
 
 BACKENDS = ("fused", "reference", "torch")
 _default: str | None = None
