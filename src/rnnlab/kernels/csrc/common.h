@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -614,13 +615,16 @@ inline void batch_slices(int B, const std::array<T*, N>& db, int G, F&& f) {
 // the step has run: projecting L steps at a time into one small reused buffer (about 1 MB) keeps it in cache
 // and avoids allocating (and page-faulting) a (T, B, G) buffer. oneDNN's inference primitive does the same.
 // A slice of the batch (rows b0 .. b0 + B of S, x pointing at row b0 of step 0, see batch_slices) projects each
-// step's B rows with a product of its own (they are not contiguous across steps).
+// step's B rows with a product of its own (they are not contiguous across steps): a StepGemm over W_ih, so that
+// a slice of 5-64 rows takes panel_gemm like the recurrent product.
 template <typename T>
 class InputChunks {
  public:
   InputChunks(const T* x, const T* wih, bool reverse, int Tn, int B, int I, int G, int S = 0)
       : x_(x), wih_(wih), reverse_(reverse), Tn_(Tn), B_(B), S_(S ? S : B), I_(I), G_(G),
-        L_(std::max(1, std::min(Tn, (1 << 18) / std::max(1, B * G)))), buf_(static_cast<size_t>(L_) * B * G) {}
+        L_(std::max(1, std::min(Tn, (1 << 18) / std::max(1, B * G)))), buf_(static_cast<size_t>(L_) * B * G) {
+    if (S_ != B_) step_.emplace(wih, true, B, G, I, Tn);
+  }
 
   // The (B, G) projection x_t W_ih^T of step t, the s-th processed step.
   T* gates(int s, int t) {
@@ -631,7 +635,8 @@ class InputChunks {
         project(n * B_, x_ + static_cast<int64_t>(base_) * B_ * I_, buf_.data());
       } else {
         for (int k = 0; k < n; ++k)
-          project(B_, x_ + static_cast<int64_t>(base_ + k) * S_ * I_, buf_.data() + static_cast<int64_t>(k) * B_ * G_);
+          (*step_)(x_ + static_cast<int64_t>(base_ + k) * S_ * I_, T(0),
+                   buf_.data() + static_cast<int64_t>(k) * B_ * G_);
       }
     }
     return buf_.data() + static_cast<int64_t>(t - base_) * B_ * G_;
@@ -639,6 +644,8 @@ class InputChunks {
 
  private:
   void project(int rows, const T* x, T* out) { mm_nt<T>(rows, G_, I_, x, wih_, T(0), out); }
+
+  std::optional<StepGemm<T>> step_;  // a slice's per-step product
 
   const T* x_;
   const T* wih_;
