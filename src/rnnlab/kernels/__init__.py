@@ -112,6 +112,14 @@ def transformed() -> bool:
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
+def _backend_now(backend: str | None) -> str:
+    """The backend a run with ``backend=`` takes at this moment: ``"reference"`` while a layer with no pinned
+    backend is captured and under a transform (:func:`capturing`, :func:`transformed`), else
+    :func:`get_backend`'s."""
+    name = "reference" if backend is None and capturing() else get_backend(backend)
+    return "reference" if transformed() else name
+
+
 def run(spec: Any, seq: SequenceRun, backend: str | None = None,
         observer: BoundObserver | None = None) -> SequenceResult:
     """Run one layer-direction of the cell ``spec`` (a :class:`rnnlab.cellspec.CellSpec`) over ``seq``.
@@ -127,9 +135,9 @@ def run(spec: Any, seq: SequenceRun, backend: str | None = None,
         :data:`rnnlab.sequence.SequenceResult`, the same (up to float rounding) whichever code ran.
     """
     seq = seq if seq.cell is spec else replace(seq, cell=spec)
-    name = "reference" if backend is None and capturing() else get_backend(backend)
+    name = _backend_now(backend)
     wrap = None if observer is None else observer.wrap
-    if name == "reference" or transformed() or seq.x.size(1) == 0:
+    if name == "reference" or seq.x.size(1) == 0:
         # An empty batch has no work to fuse (the compiled loops assume B >= 1); the reference loop's plain torch
         # ops give torch.nn's results there and under every transform, for every cell and option.
         return reference.run(seq, wrap)
@@ -175,9 +183,8 @@ def stepper(spec: Any, seq: SequenceRun, backend: str | None = None) -> Callable
     if options:
         raise ValueError(f"rnnlab.kernels.stepper: one-step runs take no options, got {', '.join(options)}")
     seq = seq if seq.cell is spec else replace(seq, cell=spec)
-    name = "reference" if backend is None and capturing() else get_backend(backend)
     fast = None
-    if name == "fused" and spec.stepper is not None and not transformed() and seq.x.size(1) > 0:
+    if _backend_now(backend) == "fused" and spec.stepper is not None and seq.x.size(1) > 0:
         fast = spec.stepper(seq)
     if fast is not None:
         return fast
@@ -197,8 +204,7 @@ def sampler(spec: Any, seqs: list[SequenceRun], backend: str | None, table: Tens
     take the spec's stepper for every layer, for torch's LSTM."""
     if spec.kernel is not fused.lstm_kernel or not seqs or seqs[0].x.size(1) == 0:
         return None
-    name = "reference" if backend is None and capturing() else get_backend(backend)
-    if name != "fused" or transformed():
+    if _backend_now(backend) != "fused":
         return None
     return fused.lstm_sampler(seqs, table, head_w, head_b)
 

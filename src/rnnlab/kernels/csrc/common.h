@@ -632,7 +632,7 @@ class InputChunks {
       const int n = std::min(L_, Tn_ - s);
       base_ = reverse_ ? Tn_ - s - n : s;
       if (S_ == B_) {
-        project(n * B_, x_ + static_cast<int64_t>(base_) * B_ * I_, buf_.data());
+        mm_nt<T>(n * B_, G_, I_, x_ + static_cast<int64_t>(base_) * B_ * I_, wih_, T(0), buf_.data());
       } else {
         for (int k = 0; k < n; ++k)
           (*step_)(x_ + static_cast<int64_t>(base_ + k) * S_ * I_, T(0),
@@ -643,8 +643,6 @@ class InputChunks {
   }
 
  private:
-  void project(int rows, const T* x, T* out) { mm_nt<T>(rows, G_, I_, x, wih_, T(0), out); }
-
   std::optional<StepGemm<T>> step_;  // a slice's per-step product
 
   const T* x_;

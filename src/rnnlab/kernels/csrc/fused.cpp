@@ -935,10 +935,15 @@ std::tuple<Tensor, Tensor> lstm_sample(const Tensor& logits, const Tensor& table
     c.push_back(c0[l].clone());
   }
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "rnnlab lstm_sample", [&] {
+    // per layer, prepared once: the recurrent product (W_hh in panels), the step's gates (x W_ih^T, as
+    // lstm_infer's InputChunks projects one step) and its output
     std::vector<StepGemm<scalar_t>> rec;
+    std::vector<std::vector<scalar_t>> gates(L), y(L);
     for (int l = 0; l < L; ++l) {
       const int H = static_cast<int>(w_hh[l].size(1));
       rec.emplace_back(w_hh[l].data_ptr<scalar_t>(), true, 1, 4 * H, H, static_cast<int>(n));
+      gates[l].resize(4 * static_cast<size_t>(H));
+      y[l].resize(H);
     }
     for (int64_t k = 0; k < n; ++k) {
       out[k] = draw(last, temperature, top_k, generator, race);
@@ -946,12 +951,11 @@ std::tuple<Tensor, Tensor> lstm_sample(const Tensor& logits, const Tensor& table
       const scalar_t* x = table.data_ptr<scalar_t>() + out[k] * table.size(1);
       for (int l = 0; l < L; ++l) {
         const int I = static_cast<int>(w_ih[l].size(1)), H = static_cast<int>(w_hh[l].size(1));
-        InputChunks<scalar_t> chunks(x, w_ih[l].data_ptr<scalar_t>(), false, 1, 1, I, 4 * H);
+        mm_nt<scalar_t>(1, 4 * H, I, x, w_ih[l].data_ptr<scalar_t>(), scalar_t(0), gates[l].data());
         scalar_t* hl = h[l].data_ptr<scalar_t>();
-        std::vector<scalar_t> y(H);
-        lstm_forward_impl<scalar_t>(nullptr, &chunks, bias[l].data_ptr<scalar_t>(), nullptr, nullptr, nullptr, false,
-                                    1, 1, 1, H, H, y.data(), hl, c[l].data_ptr<scalar_t>(), nullptr, nullptr, {},
-                                    &rec[l]);
+        lstm_forward_impl<scalar_t>(gates[l].data(), nullptr, bias[l].data_ptr<scalar_t>(), nullptr, nullptr,
+                                    nullptr, false, 1, 1, 1, H, H, y[l].data(), hl, c[l].data_ptr<scalar_t>(),
+                                    nullptr, nullptr, {}, &rec[l]);
         x = hl;
       }
       last = at::linear(h[L - 1], head_w, head_b).select(0, 0);
