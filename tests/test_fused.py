@@ -335,6 +335,47 @@ def test_long_sequence_backward_is_linear_in_T():
     _assert_close(y.detach(), y_ref.detach(), what="T=4000 outputs")
 
 
+def test_workspace_hands_out_a_buffer_again_only_when_no_tensor_uses_it():
+    """Buffers of 32 MiB or more (the training gates and their gradients) are kept between calls; one is handed
+    out again only when no tensor but the pool's own uses it, and never to another dtype or size."""
+    ops = common.ops()
+    n = 8 << 20  # floats: 32 MiB
+    a = ops.workspace([n], torch.float32)
+    b = ops.workspace([n], torch.float32)  # `a` is in use
+    assert b.data_ptr() != a.data_ptr()
+    kept, view = a.data_ptr(), a[1:]
+    del a
+    assert ops.workspace([n], torch.float64).data_ptr() != kept  # another dtype
+    assert ops.workspace([n + 1], torch.float32).data_ptr() != kept  # another size
+    assert ops.workspace([n], torch.float32).data_ptr() != kept  # a view of `a` still uses it
+    del view
+    again = ops.workspace([2, n // 2], torch.float32)
+    assert again.data_ptr() == kept and again.shape == (2, n // 2) and again.is_contiguous()
+    small = ops.workspace([4, 5], torch.float64)  # below 32 MiB: an ordinary tensor
+    assert small.shape == (4, 5) and small.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode):
+    """A graph kept alive (here for a later backward) holds its gates' buffer, so another run in between may not
+    reuse it: the later backward gives exactly the gradients of a fresh run. Gates of 256 x 176 x G floats are
+    over 32 MiB, the size from which buffers are pooled."""
+    T, B, I, H = 256, 176, 4, 64
+    weights = _weights(mode, I, H)
+    x, state = torch.randn(T, B, I), _state(mode, B, H)
+    wanted = set(range(len(_flat(state)) + 1 + len(weights)))
+    fresh = _run_with_grads(kernel_run, mode, x, state, weights, False, None, wanted)
+    leaves = [t.detach().clone().requires_grad_() for t in [x, *_flat(state), *weights]]
+    st = leaves[1:1 + len(_flat(state))]
+    out, final = kernel_run(mode, leaves[0], tuple(st) if mode == "LSTM" else st[0], leaves[1 + len(st):])
+    probe = torch.linspace(-1, 1, out.numel()).view_as(out)
+    loss = (out * probe).sum() + sum((f * f).sum() * (k + 1) for k, f in enumerate(_flat(final)))
+    _run_with_grads(kernel_run, mode, torch.randn(T, B, I), _state(mode, B, H), weights, False, None, wanted)
+    grads = torch.autograd.grad(loss, leaves)
+    for k, (g, want) in enumerate(zip(grads, fresh[2])):
+        assert torch.equal(g, want), f"{mode} gradient {k} changed by the run in between"
+
+
 def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
     monkeypatch.delenv("RNNLAB_BACKEND", raising=False)
     rnnlab.set_backend(None)

@@ -234,6 +234,16 @@ def test_few_rows(mode, H, input_size, batch, T, grad, threads):
         torch.set_num_threads(before)
 
 
+# -- panel_gemm's tiles of rows ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "backward"])
+@pytest.mark.parametrize("batch", [8, 9, 13, 32])
+def test_panel_tiles(batch, grad):
+    """A step's product with 5-64 rows runs in tiles of 6 rows, the last two sharing 7-11 (csrc/common.h's
+    tile_rows): 8 = 4+4, 9 = 5+4, 13 = 6+4+3, 32 = 6+6+6+6+4+4, with odd H for the column tails."""
+    _check(rnnlab.LSTM, "LSTM", 45, grad, T=9, batch=batch, input_size=13, sized=False)
+
+
 # -- batch slices: each thread runs its own sequences ---------------------------------------------------------------
 
 SLICED_B = 11                                    # two slices of >= kSliceRows = 5 rows with 2 threads (5 and 6)

@@ -40,14 +40,21 @@ def ops() -> Any:
 
 
 def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
-    """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous."""
+    """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous.
+
+    The result is written into a buffer from the compiled ops' ``workspace`` (fused.cpp): one of 32 MiB or more
+    (the training gates at the main job's size) is kept between calls instead of being page-faulted in anew."""
     T, B, _ = x.shape
     bias = None
     for b in biases:
         if b is not None:
             bias = b if bias is None else bias + b
     x2 = x.reshape(T * B, -1)
-    out = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()  # (T*B, G)
+    out = ops().workspace([T * B, w_ih.size(0)], x.dtype)  # (T*B, G)
+    if bias is not None:
+        torch.addmm(bias, x2, w_ih.t(), out=out)
+    else:
+        torch.mm(x2, w_ih.t(), out=out)
     return out.view(T, B, -1)
 
 

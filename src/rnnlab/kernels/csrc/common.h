@@ -243,6 +243,14 @@ constexpr int kTileRows = 6;
 // x 256: 63 against 76): A no longer stays in L1 while a panel passes over it.
 constexpr int kPanelRows = 64;
 
+// The rows of the tile that starts with `rest` rows left: whole tiles of kTileRows, except that the last two tiles
+// share 7-11 rows (4+3, 4+4, 5+4, 5+5, 6+5), so that no tile but a lone one has 1-2 rows. A tile of r rows keeps
+// 2r accumulators in flight; 2 rows (4 chains of FMAs) would leave the FMA units half idle. 32 rows: 6,6,6,6,4,4
+// instead of 6,6,6,6,6,2.
+constexpr int tile_rows(int rest) {
+  return rest <= kTileRows ? rest : rest >= 2 * kTileRows ? kTileRows : rest - rest / 2;
+}
+
 // C rows [0, MR) columns [0, cols) (cols <= kPanel; row stride ldc) = beta C + A P, A packed column by column
 // (a[k * MR + r]), P one panel.
 template <int MR>
@@ -296,8 +304,8 @@ inline std::vector<float> gemm_panels(bool trans, int n, int k, const float* w) 
 // thread runs its own product whole).
 inline void panel_gemm(int m, int n, int k, const float* a, const float* panels, float beta, float* c,
                        float* scratch) {
-  for (int r0 = 0; r0 < m; r0 += kTileRows) {  // A in blocks of kTileRows rows, each column by column
-    const int mr = std::min(kTileRows, m - r0);
+  for (int r0 = 0, mr; r0 < m; r0 += mr) {  // A in blocks of tile_rows rows, each column by column
+    mr = tile_rows(m - r0);
     float* d = scratch + static_cast<int64_t>(r0) * k;
     for (int kk = 0; kk < k; ++kk)
       for (int r = 0; r < mr; ++r) d[static_cast<int64_t>(kk) * mr + r] = a[static_cast<int64_t>(r0 + r) * k + kk];
@@ -308,18 +316,18 @@ inline void panel_gemm(int m, int n, int k, const float* a, const float* panels,
     for (int64_t q = lo; q < hi; ++q) {
       const float* p = panels + q * kPanel * k;
       const int j = static_cast<int>(q) * kPanel, cols = std::min(kPanel, n - j);
-      int r0 = 0;
-      for (; r0 + kTileRows <= m; r0 += kTileRows)
-        panel_tile<kTileRows>(k, scratch + static_cast<int64_t>(r0) * k, p, beta, c + int64_t{r0} * n + j, n, cols);
-      const float* ar = scratch + static_cast<int64_t>(r0) * k;
-      float* cr = c + static_cast<int64_t>(r0) * n + j;
-      switch (m - r0) {
-        case 5: panel_tile<5>(k, ar, p, beta, cr, n, cols); break;
-        case 4: panel_tile<4>(k, ar, p, beta, cr, n, cols); break;
-        case 3: panel_tile<3>(k, ar, p, beta, cr, n, cols); break;
-        case 2: panel_tile<2>(k, ar, p, beta, cr, n, cols); break;
-        case 1: panel_tile<1>(k, ar, p, beta, cr, n, cols); break;
-        default: break;
+      for (int r0 = 0, mr; r0 < m; r0 += mr) {
+        mr = tile_rows(m - r0);
+        const float* ar = scratch + static_cast<int64_t>(r0) * k;
+        float* cr = c + static_cast<int64_t>(r0) * n + j;
+        switch (mr) {
+          case 6: panel_tile<6>(k, ar, p, beta, cr, n, cols); break;
+          case 5: panel_tile<5>(k, ar, p, beta, cr, n, cols); break;
+          case 4: panel_tile<4>(k, ar, p, beta, cr, n, cols); break;
+          case 3: panel_tile<3>(k, ar, p, beta, cr, n, cols); break;
+          case 2: panel_tile<2>(k, ar, p, beta, cr, n, cols); break;
+          default: panel_tile<1>(k, ar, p, beta, cr, n, cols); break;
+        }
       }
     }
   });

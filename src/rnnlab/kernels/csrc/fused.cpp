@@ -29,12 +29,58 @@
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/topk.h>
 
+#include <c10/util/accumulate.h>
+
 #include <limits>
+#include <mutex>
 #include <type_traits>
 
 namespace {
 
 using namespace rnnlab_kernels;
+
+// ---- workspaces -----------------------------------------------------------------------------------------------
+//
+// The training gates (the input projection, overwritten in place with the activated gates) and their gradient dG
+// live from a forward to its backward. glibc serves an allocation of 32 MiB or more with a fresh mmap every time
+// (its mmap threshold stops growing at 32 MiB), and the kernel zero-fills such a buffer page by page when the loop
+// first writes it. At the main job's layer (S5: T*B = 4096 rows of 4H = 2048) the gates and dG are 32 MiB each:
+// 16,384 page faults per training step, ~8% of the S5 forward+backward on the AMD EPYC of docs/performance.md
+// (perf: clear_page and the fault path). So a buffer that size is kept here between calls and handed out again
+// once no tensor uses it but the pool's own (its storage's use count is 1: a tensor saved for a backward, kept
+// by a sink or returned to the caller keeps its buffer out of reuse). At most kWorkspaces are kept; smaller buffers
+// come from malloc's heap, which already reuses them.
+constexpr int64_t kPooledBytes = int64_t{32} << 20;
+constexpr size_t kWorkspaces = 4;
+
+// An uninitialised tensor of `sizes`: from the pool when it has kPooledBytes or more, else at::empty.
+Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const int64_t n = c10::multiply_integers(sizes);
+  if (n * static_cast<int64_t>(options.dtype().itemsize()) < kPooledBytes || options.device().type() != at::kCPU)
+    return at::empty(sizes, options);
+  static std::mutex mutex;
+  static auto* pool = new std::vector<Tensor>();  // flat buffers; never destroyed (no teardown order at exit)
+  const auto unused = [](const Tensor& t) { return t.storage().use_count() == 1; };
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = std::find_if(pool->begin(), pool->end(), [&](const Tensor& t) {
+    return unused(t) && t.numel() == n && t.dtype() == options.dtype();
+  });
+  if (it == pool->end()) {
+    if (pool->size() >= kWorkspaces) {  // make room: drop an unused buffer of another size, or do not keep this one
+      auto drop = std::find_if(pool->begin(), pool->end(), unused);
+      if (drop == pool->end()) return at::empty(sizes, options);
+      pool->erase(drop);
+    }
+    it = pool->insert(pool->end(), at::empty({n}, options));
+  }
+  // a new tensor on the buffer's storage (not a view: nothing ties it to the pool's tensor but the storage)
+  return at::empty({0}, options).set_(it->storage(), 0, sizes);
+}
+
+// The op: the training gates' buffer for Python's input projection (common.projection).
+Tensor workspace_op(at::IntArrayRef size, at::ScalarType dtype) {
+  return workspace(size, at::device(at::kCPU).dtype(dtype));
+}
 
 // ---- the layer options ---------------------------------------------------------------------------------------
 //
@@ -418,7 +464,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = dhn.size(1);
   const bool proj = given(w_hr);
   Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dG = at::empty_like(gates);
+  Tensor dG = workspace(gates.sizes(), gates.options());
   Tensor dHs = output_if(proj, Tn, B, P, gates);
   Tensor db = at::zeros({4 * H}, gates.options());
   Tensor sink_h = output_if(sink, Tn, B, P, gates), sink_c = output_if(sink, Tn, B, H, gates);
@@ -683,7 +729,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& dgates, bool sink) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dGx = at::empty_like(gates), dHn = at::empty({Tn, B, H}, gates.options());
+  Tensor dGx = workspace(gates.sizes(), gates.options()), dHn = at::empty({Tn, B, H}, gates.options());
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
   Tensor sink_h = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
@@ -874,7 +920,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_backward(const Tensor& dY, const 
                                                         const std::optional<Tensor>& dpre, bool sink) {
   const int Tn = Y.size(0), B = Y.size(1), H = Y.size(2);
   Tensor dh = dhn.clone();
-  Tensor dG = at::empty_like(Y);
+  Tensor dG = workspace(Y.sizes(), Y.options());
   Tensor db = at::zeros({H}, Y.options());
   Tensor sink_h = output_if(sink, Tn, B, H, Y);
   AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "rnnlab rnn_backward", [&] {
@@ -967,7 +1013,8 @@ std::tuple<Tensor, Tensor> lstm_sample(const Tensor& logits, const Tensor& table
 }  // namespace
 
 // One op per pass and cell; the options and the sink are trailing arguments, None/false when off (a plain run).
-// lstm_sample is generation's loop (generate_text), on the LSTM's step.
+// lstm_sample is generation's loop (generate_text), on the LSTM's step; workspace is the buffer that the
+// training gates are projected into (see workspace above).
 TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("lstm_forward(Tensor(a!) xw, Tensor bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
         "bool reverse, bool train, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? keep_c=None, bool record=False) "
@@ -993,6 +1040,7 @@ TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
         "bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? dpre=None, bool sink=False) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("workspace(int[] size, ScalarType dtype) -> Tensor", &workspace_op);  // no tensor argument: every key
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
