@@ -336,10 +336,10 @@ def test_long_sequence_backward_is_linear_in_T():
 
 
 def test_workspace_hands_out_a_buffer_again_only_when_no_tensor_uses_it():
-    """Buffers of 32 MiB or more (the training gates and their gradients) are kept between calls; one is handed
+    """Buffers of 4 MiB or more (the gates, outputs, saved states and dG) are kept between calls; one is handed
     out again only when no tensor but the pool's own uses it, and never to another dtype or size."""
     ops = common.ops()
-    n = 8 << 20  # floats: 32 MiB
+    n = 2 << 20  # floats: 8 MiB
     a = ops.workspace([n], torch.float32)
     b = ops.workspace([n], torch.float32)  # `a` is in use
     assert b.data_ptr() != a.data_ptr()
@@ -351,16 +351,17 @@ def test_workspace_hands_out_a_buffer_again_only_when_no_tensor_uses_it():
     del view
     again = ops.workspace([2, n // 2], torch.float32)
     assert again.data_ptr() == kept and again.shape == (2, n // 2) and again.is_contiguous()
-    small = ops.workspace([4, 5], torch.float64)  # below 32 MiB: an ordinary tensor
+    small = ops.workspace([4, 5], torch.float64)  # below 4 MiB: an ordinary tensor
     assert small.shape == (4, 5) and small.dtype == torch.float64
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode):
-    """A graph kept alive (here for a later backward) holds its gates' buffer, so another run in between may not
-    reuse it: the later backward gives exactly the gradients of a fresh run. Gates of 256 x 176 x G floats are
-    over 32 MiB, the size from which buffers are pooled."""
-    T, B, I, H = 256, 176, 4, 64
+@pytest.mark.parametrize("mode,H", [("LSTM", 64), ("GRU", 64), ("RNN_TANH", 128)])
+def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode, H):
+    """A graph kept alive (here for a later backward) holds its buffers (gates, outputs, saved states), so another
+    run in between may not reuse them: the later backward gives exactly the gradients of a fresh run. At T=128,
+    B=64 the gates (the Elman's outputs) are 4 MiB or more, the size from which buffers are pooled; an output
+    kept by the caller is not overwritten either."""
+    T, B, I = 128, 64, 4
     weights = _weights(mode, I, H)
     x, state = torch.randn(T, B, I), _state(mode, B, H)
     wanted = set(range(len(_flat(state)) + 1 + len(weights)))
@@ -370,10 +371,13 @@ def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode):
     out, final = kernel_run(mode, leaves[0], tuple(st) if mode == "LSTM" else st[0], leaves[1 + len(st):])
     probe = torch.linspace(-1, 1, out.numel()).view_as(out)
     loss = (out * probe).sum() + sum((f * f).sum() * (k + 1) for k, f in enumerate(_flat(final)))
+    with torch.inference_mode():  # the inference op's outputs come from the same pool
+        kernel_run(mode, torch.randn(T, B, I), _state(mode, B, H), weights)
     _run_with_grads(kernel_run, mode, torch.randn(T, B, I), _state(mode, B, H), weights, False, None, wanted)
+    assert torch.equal(out.detach(), fresh[0]), f"{mode} outputs changed by the runs in between"
     grads = torch.autograd.grad(loss, leaves)
     for k, (g, want) in enumerate(zip(grads, fresh[2])):
-        assert torch.equal(g, want), f"{mode} gradient {k} changed by the run in between"
+        assert torch.equal(g, want), f"{mode} gradient {k} changed by the runs in between"
 
 
 def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):

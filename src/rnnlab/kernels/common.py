@@ -42,8 +42,8 @@ def ops() -> Any:
 def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
     """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous.
 
-    The result is written into a buffer from the compiled ops' ``workspace`` (fused.cpp): one of 32 MiB or more
-    (the training gates at the main job's size) is kept between calls instead of being page-faulted in anew."""
+    The result is written into a buffer from the compiled ops' ``workspace`` (fused.cpp): one of 4 MiB or more is
+    kept between calls instead of being page-faulted in anew (the training gates: 32 MiB at the main job's size)."""
     T, B, _ = x.shape
     bias = None
     for b in biases:

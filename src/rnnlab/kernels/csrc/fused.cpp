@@ -41,22 +41,24 @@ using namespace rnnlab_kernels;
 
 // ---- workspaces -----------------------------------------------------------------------------------------------
 //
-// The training gates (the input projection, overwritten in place with the activated gates) and their gradient dG
-// live from a forward to its backward. glibc serves an allocation of 32 MiB or more with a fresh mmap every time
-// (its mmap threshold stops growing at 32 MiB), and the kernel zero-fills such a buffer page by page when the loop
-// first writes it. At the main job's layer (S5: T*B = 4096 rows of 4H = 2048) the gates and dG are 32 MiB each:
-// 16,384 page faults per training step, ~8% of the S5 forward+backward on the AMD EPYC of docs/performance.md
-// (perf: clear_page and the fault path). So a buffer that size is kept here between calls and handed out again
-// once no tensor uses it but the pool's own (its storage's use count is 1: a tensor saved for a backward, kept
-// by a sink or returned to the caller keeps its buffer out of reuse). At most kWorkspaces are kept; smaller buffers
-// come from malloc's heap, which already reuses them.
-constexpr int64_t kPooledBytes = int64_t{32} << 20;
-constexpr size_t kWorkspaces = 4;
+// Every buffer of kPooledBytes or more that the ops allocate (the training gates, which the input projection is
+// written into, the outputs, the saved states, dG) is a workspace: kept here between calls and handed out again
+// once no tensor uses it but the pool's own (its storage's use count is 1; a tensor saved for a backward, kept by a
+// sink or held by the caller keeps its buffer out of reuse). malloc gives such buffers back to the kernel between
+// calls: glibc serves 32 MiB or more with a fresh mmap every time (its mmap threshold stops growing there), and
+// smaller ones often enough; the kernel then zero-fills the buffer page by page when the loop first writes it. At
+// the main job's layer (S5) that was 16,384 page faults per training step for the gates and dG alone, ~8% of the S5
+// forward+backward on the AMD EPYC of docs/performance.md (perf: clear_page and the fault path), and 3,200-6,400
+// at S1. At most kWorkspaces buffers and kWorkspaceBytes are kept: a new one replaces unused ones of other sizes,
+// or is not kept.
+constexpr int64_t kPooledBytes = int64_t{4} << 20;
+constexpr size_t kWorkspaces = 16;
+constexpr int64_t kWorkspaceBytes = int64_t{1} << 30;
 
 // An uninitialised tensor of `sizes`: from the pool when it has kPooledBytes or more, else at::empty.
 Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  const int64_t n = c10::multiply_integers(sizes);
-  if (n * static_cast<int64_t>(options.dtype().itemsize()) < kPooledBytes || options.device().type() != at::kCPU)
+  const int64_t n = c10::multiply_integers(sizes), bytes = n * static_cast<int64_t>(options.dtype().itemsize());
+  if (bytes < kPooledBytes || bytes > kWorkspaceBytes || options.device().type() != at::kCPU)
     return at::empty(sizes, options);
   static std::mutex mutex;
   static auto* pool = new std::vector<Tensor>();  // flat buffers; never destroyed (no teardown order at exit)
@@ -66,18 +68,25 @@ Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return unused(t) && t.numel() == n && t.dtype() == options.dtype();
   });
   if (it == pool->end()) {
-    if (pool->size() >= kWorkspaces) {  // make room: drop an unused buffer of another size, or do not keep this one
-      auto drop = std::find_if(pool->begin(), pool->end(), unused);
-      if (drop == pool->end()) return at::empty(sizes, options);
-      pool->erase(drop);
+    int64_t kept = bytes;
+    for (const Tensor& t : *pool) kept += static_cast<int64_t>(t.nbytes());
+    // make room: drop unused buffers (of other sizes), oldest first
+    for (auto d = pool->begin(); d != pool->end() && (pool->size() >= kWorkspaces || kept > kWorkspaceBytes);) {
+      if (unused(*d)) {
+        kept -= static_cast<int64_t>(d->nbytes());
+        d = pool->erase(d);
+      } else {
+        ++d;
+      }
     }
+    if (pool->size() >= kWorkspaces || kept > kWorkspaceBytes) return at::empty(sizes, options);  // all in use
     it = pool->insert(pool->end(), at::empty({n}, options));
   }
   // a new tensor on the buffer's storage (not a view: nothing ties it to the pool's tensor but the storage)
   return at::empty({0}, options).set_(it->storage(), 0, sizes);
 }
 
-// The op: the training gates' buffer for Python's input projection (common.projection).
+// The op: the buffer that Python's input projection writes the training gates into (common.projection).
 Tensor workspace_op(at::IntArrayRef size, at::ScalarType dtype) {
   return workspace(size, at::device(at::kCPU).dtype(dtype));
 }
@@ -163,7 +172,7 @@ inline bool given(const std::optional<Tensor>& t) { return t.has_value() && t->d
 // An (n, B, F) output when it is asked for, else an undefined tensor (None in Python): an output of an option
 // that is off costs nothing.
 inline Tensor output_if(bool wanted, int n, int B, int F, const Tensor& like) {
-  return wanted ? at::empty({n, B, F}, like.options()) : Tensor();
+  return wanted ? workspace({n, B, F}, like.options()) : Tensor();
 }
 
 // The data of an output from output_if, or nullptr.
@@ -267,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     bool record) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4, P = h0.size(1);
   const bool proj = given(w_hr), zc = given(keep_c);
-  Tensor Y = at::empty({Tn, B, P}, xw.options());
+  Tensor Y = workspace({Tn, B, P}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
   Tensor Cs = output_if(train || record, Tn, B, H, xw);
   Tensor Ms = output_if(train && proj, Tn, B, H, xw);
@@ -297,7 +306,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_infer(const Tensor& x, const Tensor& w_i
                                               const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4, P = h0.size(1);
   const bool proj = given(w_hr);
-  Tensor Y = at::empty({Tn, B, P}, x.options());
+  Tensor Y = workspace({Tn, B, P}, x.options());
   Tensor h = h0.clone(), c = c0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab lstm_infer", [&] {
     batch_slices(B, [&](int b0, int b1) {
@@ -572,7 +581,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(Tensor xw, const Tensor& b_ih, co
                                                bool train, const std::optional<Tensor>& h_mask,
                                                const std::optional<Tensor>& keep_h) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
-  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor Y = workspace({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
   Tensor HN = output_if(train, Tn, B, H, xw);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab gru_forward", [&] {
@@ -596,7 +605,7 @@ std::tuple<Tensor, Tensor> gru_infer(const Tensor& x, const Tensor& w_ih, const 
                                      const Tensor& w_hh, const Tensor& b_hh, const std::optional<Tensor>& lengths,
                                      bool reverse) {
   const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 3;
-  Tensor Y = at::empty({Tn, B, H}, x.options());
+  Tensor Y = workspace({Tn, B, H}, x.options());
   Tensor h = h0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab gru_infer", [&] {
     batch_slices(B, [&](int b0, int b1) {
@@ -729,7 +738,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::optional<Tensor>& keep_h, const std::optional<Tensor>& dgates, bool sink) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 3;
   Tensor dh = dhn.clone();
-  Tensor dGx = workspace(gates.sizes(), gates.options()), dHn = at::empty({Tn, B, H}, gates.options());
+  Tensor dGx = workspace(gates.sizes(), gates.options()), dHn = workspace({Tn, B, H}, gates.options());
   Tensor dbih = at::zeros({3 * H}, gates.options()), dbhh = at::zeros({3 * H}, gates.options());
   Tensor sink_h = output_if(sink, Tn, B, H, gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab gru_backward", [&] {
