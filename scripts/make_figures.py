@@ -947,9 +947,9 @@ QUOTES: dict[str, list[str]] = {
                            "forget.ratio.measured", "forget.ratio.guides"],
     "docs/training.md": ["shakespeare.bigram2", "main.final", "main.final_bits"] + [
         f"main.val.{step}" for step in range(100, 801, 100)] + [
-        f"main.{what}.{k}" for what in ("wall", "training", "cpu") for k in (0, 1, 2)],
+        f"main.{what}.{k}" for what in ("wall", "training", "cpu") for k in (0, 1, 2, 3)],
     "README.md": ["shakespeare.bigram2", "samples.val", "samples.text.300.0.8", "main.final", "main.wall.0",
-                  "main.cpu.0", "main.wall.2", "main.cpu.2"],
+                  "main.cpu.0", "main.wall.3", "main.cpu.3"],
 }
 
 
