@@ -380,6 +380,29 @@ def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode, H):
         assert torch.equal(g, want), f"{mode} gradient {k} changed by the runs in between"
 
 
+@pytest.mark.parametrize("cls", [rnnlab.LayerNormLSTM, rnnlab.LayerNormGRU, rnnlab.PeepholeLSTM])
+def test_the_variants_kernels_keep_the_workspaces_of_a_kept_graph(cls):
+    """The variants' kernels (csrc/layernorm.cpp, csrc/peephole.cpp) take their big buffers from the same pool: a
+    graph kept across an inference run and a training run still gives exactly a fresh run's gradients."""
+    T, B, I, H = 128, 64, 4, 64
+    torch.manual_seed(0)
+    layer = cls(I, H, backend="fused")
+    x = torch.randn(T, B, I)
+
+    def loss_of(inputs: torch.Tensor) -> torch.Tensor:
+        out, _ = layer(inputs)
+        return (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+
+    params = list(layer.parameters())
+    fresh = torch.autograd.grad(loss_of(x), params)
+    kept = loss_of(x)
+    with torch.inference_mode():
+        layer(torch.randn(T, B, I))
+    torch.autograd.grad(loss_of(torch.randn(T, B, I)), params)
+    for k, (g, want) in enumerate(zip(torch.autograd.grad(kept, params), fresh)):
+        assert torch.equal(g, want), f"{cls.__name__} gradient {k} changed by the runs in between"
+
+
 def test_fused_is_the_default_and_reference_stays_selectable(monkeypatch):
     monkeypatch.delenv("RNNLAB_BACKEND", raising=False)
     rnnlab.set_backend(None)

@@ -1,6 +1,7 @@
 // Shared pieces of rnnlab's compiled step loops: row-major BLAS wrappers, the per-step GEMM with MKL's packed
 // weights, vectorizable activations, the variable-length helpers and chunked input projections. Every kernel
-// file (fused.cpp: torch's cells; the variant files) includes it; everything here has internal linkage.
+// file (fused.cpp: torch's cells; the variant files) includes it; everything here has internal linkage, except
+// `workspace`, which is declared here and defined once in fused.cpp (one pool of buffers for all the files).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -37,6 +38,12 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 namespace rnnlab_kernels {
+
+// An uninitialised tensor for a buffer an op allocates (an output, a saved tensor, a gradient): one of 4 MiB or more
+// comes from the pool of workspaces, which keeps such buffers between calls instead of page-faulting them in anew.
+// Defined once, in fused.cpp (see its workspaces), for every kernel file.
+at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 namespace {
 
 using at::Tensor;

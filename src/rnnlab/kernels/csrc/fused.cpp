@@ -35,14 +35,13 @@
 #include <mutex>
 #include <type_traits>
 
-namespace {
-
-using namespace rnnlab_kernels;
+namespace rnnlab_kernels {
 
 // ---- workspaces -----------------------------------------------------------------------------------------------
 //
-// Every buffer of kPooledBytes or more that the ops allocate (the training gates, which the input projection is
-// written into, the outputs, the saved states, dG) is a workspace: kept here between calls and handed out again
+// Every buffer of kPooledBytes or more that the ops of every kernel file allocate (the training gates, which the
+// input projection is written into, the outputs, the saved states, dG) is a workspace (common.h declares this one
+// definition for all of them): kept here between calls and handed out again
 // once no tensor uses it but the pool's own (its storage's use count is 1; a tensor saved for a backward, kept by a
 // sink or held by the caller keeps its buffer out of reuse). malloc gives such buffers back to the kernel between
 // calls: glibc serves 32 MiB or more with a fresh mmap every time (its mmap threshold stops growing there), and
@@ -55,21 +54,20 @@ constexpr int64_t kPooledBytes = int64_t{4} << 20;
 constexpr size_t kWorkspaces = 16;
 constexpr int64_t kWorkspaceBytes = int64_t{1} << 30;
 
-// An uninitialised tensor of `sizes`: from the pool when it has kPooledBytes or more, else at::empty.
-Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
+at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const int64_t n = c10::multiply_integers(sizes), bytes = n * static_cast<int64_t>(options.dtype().itemsize());
   if (bytes < kPooledBytes || bytes > kWorkspaceBytes || options.device().type() != at::kCPU)
     return at::empty(sizes, options);
   static std::mutex mutex;
-  static auto* pool = new std::vector<Tensor>();  // flat buffers; never destroyed (no teardown order at exit)
-  const auto unused = [](const Tensor& t) { return t.storage().use_count() == 1; };
+  static auto* pool = new std::vector<at::Tensor>();  // flat buffers; never destroyed (no teardown order at exit)
+  const auto unused = [](const at::Tensor& t) { return t.storage().use_count() == 1; };
   std::lock_guard<std::mutex> lock(mutex);
-  auto it = std::find_if(pool->begin(), pool->end(), [&](const Tensor& t) {
+  auto it = std::find_if(pool->begin(), pool->end(), [&](const at::Tensor& t) {
     return unused(t) && t.numel() == n && t.dtype() == options.dtype();
   });
   if (it == pool->end()) {
     int64_t kept = bytes;
-    for (const Tensor& t : *pool) kept += static_cast<int64_t>(t.nbytes());
+    for (const at::Tensor& t : *pool) kept += static_cast<int64_t>(t.nbytes());
     // make room: drop unused buffers (of other sizes), oldest first
     for (auto d = pool->begin(); d != pool->end() && (pool->size() >= kWorkspaces || kept > kWorkspaceBytes);) {
       if (unused(*d)) {
@@ -85,6 +83,12 @@ Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
   // a new tensor on the buffer's storage (not a view: nothing ties it to the pool's tensor but the storage)
   return at::empty({0}, options).set_(it->storage(), 0, sizes);
 }
+
+}  // namespace rnnlab_kernels
+
+namespace {
+
+using namespace rnnlab_kernels;
 
 // The op: the buffer that Python's input projection writes the training gates into (common.projection).
 Tensor workspace_op(at::IntArrayRef size, at::ScalarType dtype) {

@@ -303,7 +303,7 @@ inline void both_halves_backward(const T* __restrict da, const T* __restrict du,
 // the gates, if the same graph runs backward again (retain_graph).
 Tensor dxw_buffer(const Tensor& NX, const std::optional<Tensor>& A, bool into_gates) {
   if (into_gates && A.has_value() && A->defined()) return *A;
-  return at::empty_like(NX);
+  return workspace(NX.sizes(), NX.options());
 }
 
 // A final state's incoming gradient as a fresh contiguous (B, H) buffer (the backward accumulates into it), zeros
@@ -582,15 +582,15 @@ std::vector<Tensor> ln_lstm_forward(Tensor xw, const Tensor& h0, const Tensor& c
                                     const std::optional<Tensor>& lengths, bool reverse, bool train,
                                     bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
-  Tensor GS = at::empty({gates ? Tn : 0, B, 4 * H}, xw.options());
+  Tensor GS = workspace({gates ? Tn : 0, B, 4 * H}, xw.options());
   const int Ts = train ? Tn : 0;
-  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor Y = workspace({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
-  Tensor NHW = at::empty({Ts, B, 4 * H}, xw.options());
+  Tensor NHW = workspace({Ts, B, 4 * H}, xw.options());
   Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
-  Tensor NC = at::empty({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
-  Tensor Cs = at::empty({Ts, B, H}, xw.options());
-  Tensor TY = at::empty({train && gates ? Tn : 0, B, H}, xw.options());
+  Tensor NC = workspace({Ts, B, H}, xw.options()), RC = at::empty({Ts, B}, xw.options());
+  Tensor Cs = workspace({Ts, B, H}, xw.options());
+  Tensor TY = workspace({train && gates ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_lstm_forward", [&] {
     ln_lstm_forward_impl<scalar_t>(
         xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g_ih.data_ptr<scalar_t>(),
@@ -801,11 +801,11 @@ std::vector<Tensor> ln_gru_forward(Tensor xw, const Tensor& h0, const Tensor& w_
                                    const std::optional<Tensor>& mask, const std::optional<Tensor>& keep_h,
                                    const std::optional<Tensor>& lengths, bool reverse, bool train, bool gates) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 3;
-  Tensor GS = at::empty({gates ? Tn : 0, B, 3 * H}, xw.options());
+  Tensor GS = workspace({gates ? Tn : 0, B, 3 * H}, xw.options());
   const int Ts = train ? Tn : 0;
-  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor Y = workspace({Tn, B, H}, xw.options());
   Tensor h = h0.clone();
-  Tensor NHW = at::empty({Ts, B, 3 * H}, xw.options());
+  Tensor NHW = workspace({Ts, B, 3 * H}, xw.options());
   Tensor RX = at::empty({Ts, B}, xw.options()), RH = at::empty({Ts, B}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab ln_gru_forward", [&] {
     ln_gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(),

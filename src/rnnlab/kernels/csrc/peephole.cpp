@@ -107,9 +107,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> peephole_forward(Tensor xw, const Ten
                                                             const std::optional<Tensor>& lengths, bool reverse,
                                                             bool train) {
   const int Tn = xw.size(0), B = xw.size(1), H = xw.size(2) / 4;
-  Tensor Y = at::empty({Tn, B, H}, xw.options());
+  Tensor Y = workspace({Tn, B, H}, xw.options());
   Tensor h = h0.clone(), c = c0.clone();
-  Tensor Cs = at::empty({train ? Tn : 0, B, H}, xw.options());
+  Tensor Cs = workspace({train ? Tn : 0, B, H}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnnlab peephole_forward", [&] {
     peephole_forward_dispatch<scalar_t>(xw.data_ptr<scalar_t>(), nullptr, bias.data_ptr<scalar_t>(),
                                         w_hh.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), opt_ptr<scalar_t>(h_mask),
@@ -129,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor> peephole_infer(const Tensor& x, const Tensor&
                                                   const std::optional<Tensor>& keep_c,
                                                   const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
-  Tensor Y = at::empty({Tn, B, H}, x.options());
+  Tensor Y = workspace({Tn, B, H}, x.options());
   Tensor h = h0.clone(), c = c0.clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab peephole_infer", [&] {
     InputChunks<scalar_t> chunks(x.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(), reverse, Tn, B, I, 4 * H);
@@ -246,7 +246,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_backward(
     const std::optional<Tensor>& lengths, bool reverse) {
   const int Tn = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
   Tensor dh = dhn.clone(), dc = dcn.clone();
-  Tensor dG = at::empty_like(gates);
+  Tensor dG = workspace(gates.sizes(), gates.options());
   Tensor db = at::zeros({4 * H}, gates.options());
   Tensor dwc = at::zeros({3, H}, gates.options());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnlab peephole_backward", [&] {
