@@ -39,17 +39,16 @@ namespace rnnlab_kernels {
 
 // ---- workspaces -----------------------------------------------------------------------------------------------
 //
-// Every buffer of kPooledBytes or more that the ops of every kernel file allocate (the training gates, which the
-// input projection is written into, the outputs, the saved states, dG) is a workspace (common.h declares this one
-// definition for all of them): kept here between calls and handed out again
-// once no tensor uses it but the pool's own (its storage's use count is 1; a tensor saved for a backward, kept by a
-// sink or held by the caller keeps its buffer out of reuse). malloc gives such buffers back to the kernel between
-// calls: glibc serves 32 MiB or more with a fresh mmap every time (its mmap threshold stops growing there), and
-// smaller ones often enough; the kernel then zero-fills the buffer page by page when the loop first writes it. At
-// the main job's layer (S5) that was 16,384 page faults per training step for the gates and dG alone, ~8% of the S5
-// forward+backward on the AMD EPYC of docs/performance.md (perf: clear_page and the fault path), and 3,200-6,400
-// at S1. At most kWorkspaces buffers and kWorkspaceBytes are kept: a new one replaces unused ones of other sizes,
-// or is not kept.
+// Every buffer of kPooledBytes or more that the ops of every kernel file allocate (the training gates, which the input
+// projection is written into, the outputs, the saved states, dG) is a workspace (common.h declares this one definition
+// for all of them): kept here between calls and handed out again once no tensor uses it but the pool's own (its
+// storage's use count is 1; a tensor saved for a backward, kept by a sink or held by the caller keeps its buffer out of
+// reuse). malloc gives such buffers back to the kernel between calls: glibc serves 32 MiB or more with a fresh mmap
+// every time (its mmap threshold stops growing there), and smaller ones often enough; the kernel then zero-fills the
+// buffer page by page when the loop first writes it. At the main job's layer (S5) that was 16,384 page faults per
+// training step for the gates and dG alone, ~8% of the S5 forward+backward on the AMD EPYC of docs/performance.md
+// (perf: clear_page and the fault path), and 3,200-6,400 at S1. At most kWorkspaces buffers and kWorkspaceBytes are
+// kept: a new one replaces unused ones of other sizes, or is not kept.
 constexpr int64_t kPooledBytes = int64_t{4} << 20;
 constexpr size_t kWorkspaces = 16;
 constexpr int64_t kWorkspaceBytes = int64_t{1} << 30;
