@@ -405,6 +405,25 @@ const PackedApi& packed_api() {
   return api;
 }
 
+// Whether panel_gemm (8-float vectors) runs a step's product of 5 to kPanelRows rows instead of MKL's sgemm.
+// Builds without AVX-512: yes (measured on the Zen 3 of docs/performance.md, see panel_gemm). AVX-512 builds: on
+// AMD CPUs only. MKL takes its AVX2 "zen" kernels on any AMD CPU (perf on the Zen 3: mkl_blas_def_sgemm_kernel_0_zen;
+// its AVX-512 kernels dispatch on Intel CPUs), the ones panel_gemm beats, and Zen 4 does as many float FMAs per
+// cycle with 8-float vectors as with 16-float ones; this was reasoned, not measured on a Zen 4. On Intel's AVX-512
+// CPUs (two 16-float FMA units on a Sapphire Rapids) MKL's AVX-512 kernels do twice the work per instruction of
+// this loop, so MKL stays there.
+inline bool panels_beat_mkl() {
+#if defined(__AVX512F__)
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return true;
+#endif
+}
+
 // The per-step product C (m x n) = beta * C + A (m x k) @ op(W) with W fixed for the whole sequence:
 // op(W) = W^T for W stored (n x k) (`trans`, the forward's h W_hh^T), else W stored (k x n) (the backward's dG W_hh).
 template <typename T>
@@ -433,15 +452,12 @@ class StepGemm<float> {
       if (steps >= 2) few_panels_ = few_rows_panels(trans, m, n, k, w);
       return;
     }
-#if !defined(__AVX512F__)
-    // panel_gemm (8-float vectors) for every sequence of two steps or more with at most kPanelRows rows. An
-    // AVX-512 build keeps MKL, whose 16-float kernels this loop has not been measured against.
-    if (steps >= 2 && m <= kPanelRows) {
+    // panel_gemm for every sequence of two steps or more with at most kPanelRows rows, where it beats MKL
+    if (steps >= 2 && m <= kPanelRows && panels_beat_mkl()) {
       panels_ = gemm_panels(trans, n, k, w);
       scratch_.resize(static_cast<size_t>(m) * k);
       return;
     }
-#endif
     const PackedApi& api = packed_api();
     if (!api.ok()) return;
     // Measured (benchmarks/, 1 thread): packing wins from W of 768x256 up (1.2-1.3x on the forward at H=256)
