@@ -34,7 +34,8 @@ test-slow: setup
 # Machines unlike the author's, simulated (.ci/run runs it after `make test`): the kernel, variant and fuzz tests
 # (default selection) once per forced build target (RNNLAB_ISA; `base` and, on an AVX-512 CPU, `avx2` are builds
 # of their own, 1-2 min each), once on MKL's CPU-independent code path (MKL_CBWR=COMPATIBLE) and once with MKL's
-# packed GEMM at every size (RNNLAB_FUSED_PACK_MIN=1; by default only recurrent weights of 128K elements or more).
+# packed GEMM at every size and row count (RNNLAB_FUSED_PACK_MIN=1: by default only recurrent weights of 128K
+# elements or more; RNNLAB_PANEL_GEMM=0: by default panel_gemm runs products of 5-64 rows, except on Intel AVX-512).
 # Each run fails on any failure and on "no tests collected" (pytest's exit 5).
 ISA_TESTS = tests/test_fused*.py tests/test_*kernel*.py tests/test_variants.py tests/test_fuzz.py \
             tests/test_extension_build.py
@@ -42,7 +43,7 @@ test-isa: setup
 	RNNLAB_ISA=avx2 $(BIN)/python -m pytest -q $(ISA_TESTS)
 	RNNLAB_ISA=base $(BIN)/python -m pytest -q $(ISA_TESTS)
 	MKL_CBWR=COMPATIBLE $(BIN)/python -m pytest -q $(ISA_TESTS)
-	RNNLAB_FUSED_PACK_MIN=1 $(BIN)/python -m pytest -q $(ISA_TESTS)
+	RNNLAB_FUSED_PACK_MIN=1 RNNLAB_PANEL_GEMM=0 $(BIN)/python -m pytest -q $(ISA_TESTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

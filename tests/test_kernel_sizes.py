@@ -14,7 +14,9 @@ thread) never reach them:
 * **MKL's packed GEMM** (``StepGemm<float>`` in csrc/common.h) multiplies a step's state by a recurrent weight of at
   least ``min_packed_weights()`` = 128K elements (``RNNLAB_FUSED_PACK_MIN``): an LSTM's ``W_hh`` from H = 182 on
   (the main job's H = 512), a GRU's from H = 209, an Elman ``W_hh`` from H = 363, an LSTM projection ``W_hr`` when
-  ``P * H`` is that large. Float32 only (float64 keeps plain dgemm).
+  ``P * H`` is that large, when the product has more than 64 rows or ``panel_gemm`` does not run it (an AVX-512
+  build on an Intel CPU, or ``RNNLAB_PANEL_GEMM=0``, as in ``make test-isa``). Float32 only (float64 keeps plain
+  dgemm).
 * **Chunked inference** (``InputChunks`` in csrc/common.h, used by ``lstm_infer``, ``gru_infer``,
   ``peephole_infer``): without autograd the input projection is computed ``L = 2^18 / (B * G)`` steps at a time
   into one reused buffer, so a run with ``T * B * G > 2^18`` crosses chunk boundaries (forwards and in reverse,

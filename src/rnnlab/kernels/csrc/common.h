@@ -411,17 +411,20 @@ const PackedApi& packed_api() {
 // its AVX-512 kernels dispatch on Intel CPUs), the ones panel_gemm beats, and Zen 4 does as many float FMAs per
 // cycle with 8-float vectors as with 16-float ones; this was reasoned, not measured on a Zen 4. On Intel's AVX-512
 // CPUs (two 16-float FMA units on a Sapphire Rapids) MKL's AVX-512 kernels do twice the work per instruction of
-// this loop, so MKL stays there.
+// this loop, so MKL stays there. RNNLAB_PANEL_GEMM=0 or 1 overrides the choice (to measure it on a new CPU, and
+// for `make test-isa`'s run of MKL's packed product at every size).
 inline bool panels_beat_mkl() {
+  static const bool value = [] {
+    const char* env = std::getenv("RNNLAB_PANEL_GEMM");
+    if (env != nullptr && *env != '\0') return std::strcmp(env, "0") != 0;
 #if defined(__AVX512F__)
-  static const bool amd = [] {
     __builtin_cpu_init();
     return __builtin_cpu_is("amd") != 0;
-  }();
-  return amd;
 #else
-  return true;
+    return true;
 #endif
+  }();
+  return value;
 }
 
 // The per-step product C (m x n) = beta * C + A (m x k) @ op(W) with W fixed for the whole sequence:
