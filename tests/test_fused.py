@@ -355,6 +355,24 @@ def test_workspace_hands_out_a_buffer_again_only_when_no_tensor_uses_it():
     assert small.shape == (4, 5) and small.dtype == torch.float64
 
 
+def test_release_workspaces_frees_the_unused_ones_and_leaves_the_used_ones_to_their_tensors():
+    """rnnlab.kernels.release_workspaces empties the pool: it frees (and counts) the buffers no tensor uses; one
+    still in use keeps its data, is not handed out again, and is freed by its tensor, not by a later release."""
+    ops = common.ops()
+    n = 2 << 20  # floats: 8 MiB
+    rnnlab.kernels.release_workspaces()
+    a = ops.workspace([n], torch.float32).fill_(1.0)
+    b = ops.workspace([n], torch.float32)
+    del b
+    assert rnnlab.kernels.release_workspaces() == 4 * n  # b's buffer; a's is in use
+    assert torch.equal(a, torch.ones(n))
+    c = ops.workspace([n], torch.float32)
+    assert c.data_ptr() != a.data_ptr()
+    del a, c
+    assert rnnlab.kernels.release_workspaces() == 4 * n  # c's buffer only: a's left the pool at the first release
+    assert rnnlab.kernels.release_workspaces() == 0
+
+
 @pytest.mark.parametrize("mode,H", [("LSTM", 64), ("GRU", 64), ("RNN_TANH", 128)])
 def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode, H):
     """A graph kept alive (here for a later backward) holds its buffers (gates, outputs, saved states), so another

@@ -40,10 +40,10 @@ from torch.autograd import forward_ad
 
 from ..sequence import GradientSink, SequenceResult, SequenceRun, State, Step
 from . import fused, native, reference
-from .common import covers
+from .common import covers, release_workspaces
 
 __all__ = ["run", "stepper", "sampler", "set_backend", "get_backend", "available_backends", "BoundObserver",
-           "capturing", "transformed", "register_backend", "resolve_backend"]
+           "capturing", "transformed", "register_backend", "resolve_backend", "release_workspaces"]
 
 BACKENDS = ("fused", "reference", "torch")
 _default: str | None = None

@@ -17,7 +17,8 @@ from ..sequence import SequenceRun, State
 from . import reference
 from ._extension import load_extension
 
-__all__ = ["ops", "compiled_available", "uses_compiled", "covers", "needs_grad", "keep_of", "projection",
+__all__ = ["ops", "compiled_available", "uses_compiled", "release_workspaces", "covers", "needs_grad", "keep_of",
+           "projection",
            "bias_sum", "cpu_lengths", "dense", "grad_or_zeros", "recurrent_weight_grad", "input_grads", "takes",
            "op_options", "needed", "param_dict", "named_gates", "loop_outputs"]
 
@@ -37,6 +38,17 @@ def uses_compiled(x: Tensor) -> bool:
 def ops() -> Any:
     """The compiled ops (``torch.ops.rnnlab_fused``), loaded by :func:`compiled_available`."""
     return torch.ops.rnnlab_fused
+
+
+def release_workspaces() -> int:
+    """Let go of the buffers the compiled kernels keep between calls (their workspaces: every buffer of 4 MiB or
+    more they allocate, at most 16 and 1 GiB in all; csrc/fused.cpp). The ones no tensor uses are freed now, the
+    others when the tensors that use them go. Returns the bytes freed now: 0 if the kernels were never loaded.
+
+    Like ``torch.cuda.empty_cache``, for a process that is done with recurrent layers and goes on to other work."""
+    if load_extension.cache_info().currsize == 0 or not load_extension():
+        return 0
+    return int(ops().release_workspaces())
 
 
 def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:

@@ -48,36 +48,48 @@ namespace rnnlab_kernels {
 // buffer page by page when the loop first writes it. At the main job's layer (S5) that was 16,384 page faults per
 // training step for the gates and dG alone, ~8% of the S5 forward+backward on the AMD EPYC of docs/performance.md
 // (perf: clear_page and the fault path), and 3,200-6,400 at S1. At most kWorkspaces buffers and kWorkspaceBytes are
-// kept: a new one replaces unused ones of other sizes, or is not kept.
+// kept: a new one replaces unused ones of other sizes, or is not kept. rnnlab.kernels.release_workspaces() lets go
+// of them all (the op release_workspaces below).
 constexpr int64_t kPooledBytes = int64_t{4} << 20;
 constexpr size_t kWorkspaces = 16;
 constexpr int64_t kWorkspaceBytes = int64_t{1} << 30;
+
+namespace {
+struct Workspaces {
+  std::mutex mutex;
+  std::vector<at::Tensor> buffers;  // flat
+};
+Workspaces& workspaces() {
+  static auto* pool = new Workspaces();  // never destroyed (no teardown order at exit)
+  return *pool;
+}
+bool unused(const at::Tensor& t) { return t.storage().use_count() == 1; }
+}  // namespace
 
 at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const int64_t n = c10::multiply_integers(sizes), bytes = n * static_cast<int64_t>(options.dtype().itemsize());
   if (bytes < kPooledBytes || bytes > kWorkspaceBytes || options.device().type() != at::kCPU)
     return at::empty(sizes, options);
-  static std::mutex mutex;
-  static auto* pool = new std::vector<at::Tensor>();  // flat buffers; never destroyed (no teardown order at exit)
-  const auto unused = [](const at::Tensor& t) { return t.storage().use_count() == 1; };
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = std::find_if(pool->begin(), pool->end(), [&](const at::Tensor& t) {
+  Workspaces& ws = workspaces();
+  std::vector<at::Tensor>& pool = ws.buffers;
+  std::lock_guard<std::mutex> lock(ws.mutex);
+  auto it = std::find_if(pool.begin(), pool.end(), [&](const at::Tensor& t) {
     return unused(t) && t.numel() == n && t.dtype() == options.dtype();
   });
-  if (it == pool->end()) {
+  if (it == pool.end()) {
     int64_t kept = bytes;
-    for (const at::Tensor& t : *pool) kept += static_cast<int64_t>(t.nbytes());
+    for (const at::Tensor& t : pool) kept += static_cast<int64_t>(t.nbytes());
     // make room: drop unused buffers (of other sizes), oldest first
-    for (auto d = pool->begin(); d != pool->end() && (pool->size() >= kWorkspaces || kept > kWorkspaceBytes);) {
+    for (auto d = pool.begin(); d != pool.end() && (pool.size() >= kWorkspaces || kept > kWorkspaceBytes);) {
       if (unused(*d)) {
         kept -= static_cast<int64_t>(d->nbytes());
-        d = pool->erase(d);
+        d = pool.erase(d);
       } else {
         ++d;
       }
     }
-    if (pool->size() >= kWorkspaces || kept > kWorkspaceBytes) return at::empty(sizes, options);  // all in use
-    it = pool->insert(pool->end(), at::empty({n}, options));
+    if (pool.size() >= kWorkspaces || kept > kWorkspaceBytes) return at::empty(sizes, options);  // all in use
+    it = pool.insert(pool.end(), at::empty({n}, options));
   }
   // a new tensor on the buffer's storage (not a view: nothing ties it to the pool's tensor but the storage)
   return at::empty({0}, options).set_(it->storage(), 0, sizes);
@@ -92,6 +104,18 @@ using namespace rnnlab_kernels;
 // The op: the buffer that Python's input projection writes the training gates into (common.projection).
 Tensor workspace_op(at::IntArrayRef size, at::ScalarType dtype) {
   return workspace(size, at::device(at::kCPU).dtype(dtype));
+}
+
+// The op behind rnnlab.kernels.release_workspaces: lets go of every workspace, the unused ones freed now, the ones
+// a tensor still uses when that tensor goes. Returns the bytes freed now.
+int64_t release_workspaces() {
+  Workspaces& ws = workspaces();
+  std::lock_guard<std::mutex> lock(ws.mutex);
+  int64_t freed = 0;
+  for (const at::Tensor& t : ws.buffers)
+    if (unused(t)) freed += static_cast<int64_t>(t.nbytes());
+  ws.buffers.clear();
+  return freed;
 }
 
 // ---- the layer options ---------------------------------------------------------------------------------------
@@ -1052,7 +1076,8 @@ TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
         "bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? dpre=None, bool sink=False) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("workspace(int[] size, ScalarType dtype) -> Tensor", &workspace_op);  // no tensor argument: every key
+  m.def("workspace(int[] size, ScalarType dtype) -> Tensor", &workspace_op);
+  m.def("release_workspaces() -> int", &release_workspaces);  // no tensor argument: every key
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
