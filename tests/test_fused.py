@@ -373,6 +373,29 @@ def test_release_workspaces_frees_the_unused_ones_and_leaves_the_used_ones_to_th
     assert rnnlab.kernels.release_workspaces() == 0
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_an_input_gradient_comes_from_the_workspaces_and_one_the_caller_keeps_stays(mode):
+    """dX = dG W_ih of 4 MiB or more is a workspace: an input's .grad that the caller keeps is not handed out again
+    (a later backward leaves it as it was), and once the caller lets go of it the next dX takes its buffer. At
+    T = B = 64, I = 256, H = 128 dX is the only buffer of 2^20 floats (the outputs are 2 MiB, the gates 8 MiB)."""
+    T, B, I, H = 64, 64, 256, 128
+    weights, state = _weights(mode, I, H), _state(mode, B, H)
+
+    def input_grad():
+        x = torch.randn(T, B, I, requires_grad=True)
+        out, _ = kernel_run(mode, x, state, weights)
+        out.sum().backward()
+        return x.grad
+
+    kept = input_grad()
+    copy = kept.clone()
+    other = input_grad()
+    assert torch.equal(kept, copy) and other.data_ptr() != kept.data_ptr()
+    freed = kept.data_ptr()
+    del kept
+    assert input_grad().data_ptr() == freed
+
+
 @pytest.mark.parametrize("mode,H", [("LSTM", 64), ("GRU", 64), ("RNN_TANH", 128)])
 def test_a_graph_kept_for_a_second_backward_keeps_its_workspaces(mode, H):
     """A graph kept alive (here for a later backward) holds its buffers (gates, outputs, saved states), so another

@@ -7,7 +7,7 @@ The recipe these serve is described in :mod:`rnnlab.kernels.fused`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -17,10 +17,9 @@ from ..sequence import SequenceRun, State
 from . import reference
 from ._extension import load_extension
 
-__all__ = ["ops", "compiled_available", "uses_compiled", "release_workspaces", "covers", "needs_grad", "keep_of",
-           "projection",
-           "bias_sum", "cpu_lengths", "dense", "grad_or_zeros", "recurrent_weight_grad", "input_grads", "takes",
-           "op_options", "needed", "param_dict", "named_gates", "loop_outputs"]
+__all__ = ["ops", "compiled_available", "uses_compiled", "release_workspaces", "workspace", "covers", "needs_grad",
+           "keep_of", "projection", "bias_sum", "cpu_lengths", "dense", "grad_or_zeros", "recurrent_weight_grad",
+           "input_grads", "takes", "op_options", "needed", "param_dict", "named_gates", "loop_outputs"]
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
 
@@ -51,18 +50,24 @@ def release_workspaces() -> int:
     return int(ops().release_workspaces())
 
 
+def workspace(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor from the compiled ops' workspaces (csrc/fused.cpp): one of 4 MiB or more is kept
+    between calls instead of being page-faulted in anew (the training gates: 32 MiB at the main job's size), and
+    handed out again only once no tensor uses it."""
+    return ops().workspace(list(shape), dtype)
+
+
 def projection(x: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
     """``X W_ih^T + sum(biases)`` for all steps at once: ``(T, B, I) -> (T, B, G)``, one GEMM, contiguous.
 
-    The result is written into a buffer from the compiled ops' ``workspace`` (fused.cpp): one of 4 MiB or more is
-    kept between calls instead of being page-faulted in anew (the training gates: 32 MiB at the main job's size)."""
+    The result is written into a :func:`workspace`."""
     T, B, _ = x.shape
     bias = None
     for b in biases:
         if b is not None:
             bias = b if bias is None else bias + b
     x2 = x.reshape(T * B, -1)
-    out = ops().workspace([T * B, w_ih.size(0)], x.dtype)  # (T*B, G)
+    out = workspace((T * B, w_ih.size(0)), x.dtype)  # (T*B, G)
     if bias is not None:
         torch.addmm(bias, x2, w_ih.t(), out=out)
     else:
@@ -105,10 +110,13 @@ def recurrent_weight_grad(dG: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | N
 
 
 def input_grads(ctx, dG: Tensor, x: Tensor, w_ih: Tensor, i_x: int, i_w: int) -> tuple[Tensor | None, Tensor | None]:
-    """``dX = dG W_ih`` and ``dW_ih = dG^T X``, each one GEMM over all ``T*B`` rows, when needed."""
+    """``dX = dG W_ih`` (into a :func:`workspace`) and ``dW_ih = dG^T X``, each one GEMM over all ``T*B`` rows, when
+    needed."""
     T, B, G = dG.shape
     dG2 = dG.view(T * B, G)
-    dx = (dG2 @ w_ih).view(T, B, -1) if ctx.needs_input_grad[i_x] else None
+    dx = None
+    if ctx.needs_input_grad[i_x]:
+        dx = torch.mm(dG2, w_ih, out=workspace((T * B, w_ih.size(1)), dG.dtype)).view(T, B, -1)
     dw = dG2.t() @ x.reshape(T * B, -1) if ctx.needs_input_grad[i_w] else None
     return dx, dw
 
@@ -152,8 +160,11 @@ def dense(t: Tensor | None) -> Tensor | None:
 
 
 def grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
-    """An output's incoming gradient, contiguous; zeros when it had none (contiguous even for an expanded ``like``)."""
-    return like.new_zeros(like.shape) if g is None else g.contiguous()
+    """An output's incoming gradient, contiguous; zeros when it had none (contiguous even for an expanded ``like``).
+    A copy (of an expanded gradient, e.g. ``sum``'s) goes into a :func:`workspace`."""
+    if g is None:
+        return workspace(like.shape, like.dtype).zero_()
+    return g if g.is_contiguous() else workspace(g.shape, g.dtype).copy_(g)
 
 
 def takes(seq: SequenceRun, feeds_sink: bool = False) -> bool:
