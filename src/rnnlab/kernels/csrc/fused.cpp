@@ -1076,8 +1076,9 @@ TORCH_LIBRARY(rnnlab_fused, m) {
   m.def("rnn_backward(Tensor dY, Tensor dhn, Tensor Y, Tensor? HR, Tensor w_hh, bool relu, Tensor? lengths, "
         "bool reverse, Tensor? h_mask=None, Tensor? keep_h=None, Tensor? dpre=None, bool sink=False) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // no tensor argument: catch-all kernels (every dispatch key)
   m.def("workspace(int[] size, ScalarType dtype) -> Tensor", &workspace_op);
-  m.def("release_workspaces() -> int", &release_workspaces);  // no tensor argument: every key
+  m.def("release_workspaces() -> int", &release_workspaces);
 }
 
 TORCH_LIBRARY_IMPL(rnnlab_fused, CPU, m) {
