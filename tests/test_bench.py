@@ -11,6 +11,7 @@ import torch
 
 from rnnlab.bench import SIZES, BenchConfig, cpu_info, cpu_label, format_table, thread_count
 from rnnlab.cli import main
+from rnnlab.kernels import _extension
 from rnnlab.errors import UserError
 
 # Two processor blocks each; only the first is read. Flags shortened to those that matter plus a few others.
@@ -90,9 +91,11 @@ def test_threads_all_and_its_refusals():
         main(["bench", "--threads", "many"])
 
 
-def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys):
-    """The main job's layer (B=32, T=128, I=64, H=512) forward, one round; the JSON names the CPU and threads."""
+def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys, monkeypatch):
+    """The main job's layer (B=32, T=128, I=64, H=512) forward, one round; the JSON names the CPU and threads, the
+    kernels' build and the RNNLAB_/MKL_/OMP_ environment, and so does the table's first line."""
     assert SIZES["S5"].B == 32 and SIZES["S5"].T == 128 and SIZES["S5"].I == 64 and SIZES["S5"].H == 512
+    monkeypatch.setenv("RNNLAB_BENCH_TEST_MARK", "on")  # read by nothing: it must only be recorded
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
@@ -103,6 +106,10 @@ def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["config"]["threads"] == "all" and results["config"]["sizes"] == ["S5"]
     assert results["machine"]["threads"] == thread_count("all")
+    assert results["machine"]["env"]["RNNLAB_BENCH_TEST_MARK"] == "on"
+    assert all(k.startswith(("RNNLAB_", "MKL_", "OMP_")) for k in results["machine"]["env"])
+    if results["machine"]["fused_compiled"]:
+        assert results["machine"]["kernel_isa"] == _extension.isa_flags()[0]
     [case] = results["cases"]
     assert case["size"] == "S5" and case["shape"] == {"B": 32, "T": 128, "I": 64, "H": 512}
     assert case["ratio_wall"] > 0 and case["target"] > 0
@@ -114,6 +121,7 @@ def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys):
     table = capsys.readouterr().out
     assert cpu_label(cpu_info(text)) in table and "lstm  S5" in table
     assert format_table(results).splitlines()[0] in table
+    assert "RNNLAB_BENCH_TEST_MARK=on" in format_table(results).splitlines()[0]
 
 
 def test_peak_memory_subprocesses_take_threads_all(tmp_path):

@@ -370,9 +370,15 @@ def cpu_label(info: dict | str) -> str:
     return f"{info.get('model_name') or 'unknown CPU'} ({numbers}; {isa})"
 
 
+# Environment variables that change which code runs or how it rounds (RNNLAB_ISA, RNNLAB_BACKEND,
+# RNNLAB_FUSED_PACK_MIN, RNNLAB_PANEL_GEMM, MKL_CBWR, OMP_NUM_THREADS, ...): recorded with every measurement.
+RECORDED_ENV = ("RNNLAB_", "MKL_", "OMP_")
+
+
 def machine_info(device: str = "cpu") -> dict:
-    """Where a measurement ran: versions, the CPU (:func:`cpu_info`), torch's thread count, the GPU if any, and
-    whether the compiled kernels were used."""
+    """Where a measurement ran: versions, the CPU (:func:`cpu_info`), torch's thread count, the GPU if any,
+    whether the compiled kernels were used and the vector ISA they were built for, and the environment variables
+    of :data:`RECORDED_ENV`."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "threads": torch.get_num_threads(), "device": device}
     try:
@@ -382,8 +388,12 @@ def machine_info(device: str = "cpu") -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     from .kernels import fused
+    from .kernels._extension import isa_flags
 
     info["fused_compiled"] = fused.compiled_available() if device == "cpu" else False
+    if info["fused_compiled"]:
+        info["kernel_isa"] = isa_flags()[0]
+    info["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV)}
     return info
 
 
@@ -424,9 +434,12 @@ def format_table(results: dict) -> str:
     """The ratio table: one line per case, times in ms as median [min-max], ratio = rnnlab / torch.nn."""
     m = results["machine"]
     where = m.get("gpu") or cpu_label(m.get("cpu", "?"))
+    kernels = f" | kernels {m['kernel_isa']}" if "kernel_isa" in m else ""
+    env = "".join(f" {k}={v}" for k, v in m.get("env", {}).items())
     lines = [f"rnnlab {results['config']['backend']!r} vs torch.nn {m['torch']} on {where}"
              f" | threads={m['threads']} | GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s"
-             f" | rounds={results['config']['rounds']} warmup={results['config']['warmup']}"]
+             f" | rounds={results['config']['rounds']} warmup={results['config']['warmup']}{kernels}"
+             + (f" |{env}" if env else "")]
     head = (f"{'cell':5} {'size':4} {'pass':6} {'torch.nn ms':>22} {'rnnlab ms':>22} {'ratio':>6} {'cpu':>5}"
             f" {'target':>6} {'ok':>3} {'%peak nn/rl':>11} {'mem MiB nn/rl':>14}")
     lines += [head, "-" * len(head)]
