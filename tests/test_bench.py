@@ -11,8 +11,8 @@ import torch
 
 from rnnlab.bench import SIZES, BenchConfig, cpu_info, cpu_label, format_table, thread_count
 from rnnlab.cli import main
-from rnnlab.kernels import _extension
 from rnnlab.errors import UserError
+from rnnlab.kernels import _extension
 
 # Two processor blocks each; only the first is read. Flags shortened to those that matter plus a few others.
 AMD_MILAN_VM = """processor\t: 0
