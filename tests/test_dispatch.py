@@ -293,7 +293,7 @@ def test_at_most_six_autograd_functions_one_per_cell_family():
 
 def test_at_most_eight_ops_for_torchs_three_cells():
     """Eight ops run torch's three cells. Besides them: lstm_sample, generation's loop (one op for the whole
-    sample, so that no Python runs between characters), workspace, the training gates' buffer, and
+    sample, so that no Python runs between characters), workspace, the buffers Python's GEMMs write into, and
     release_workspaces."""
     text = (SRC / "kernels" / "csrc" / "fused.cpp").read_text()
     extra = ("lstm_sample", "workspace", "release_workspaces")

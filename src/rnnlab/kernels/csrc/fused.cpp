@@ -101,7 +101,8 @@ namespace {
 
 using namespace rnnlab_kernels;
 
-// The op: the buffer that Python's input projection writes the training gates into (common.projection).
+// The op behind common.workspace: the buffers Python's GEMMs write into (the training gates of common.projection,
+// dX of common.input_grads) and common.grad_or_zeros' dense copy of an incoming gradient.
 Tensor workspace_op(at::IntArrayRef size, at::ScalarType dtype) {
   return workspace(size, at::device(at::kCPU).dtype(dtype));
 }
