@@ -113,6 +113,9 @@ def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys, monkeypatch):
     [case] = results["cases"]
     assert case["size"] == "S5" and case["shape"] == {"B": 32, "T": 128, "I": 64, "H": 512}
     assert case["ratio_wall"] > 0 and case["target"] > 0
+    # the share of the GEMM peak rnnlab would need: the model's FLOPs in target x torch.nn's time, over the peak
+    need = case["gflop"] / (case["target"] * case["torch"]["wall_s"]["median"]) / results["machine"]["gemm_peak_gflops"]
+    assert case["target_gemm_fraction"] == pytest.approx(need, rel=1e-9)
     try:
         text = open("/proc/cpuinfo").read()
     except OSError:
@@ -122,6 +125,8 @@ def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys, monkeypatch):
     assert cpu_label(cpu_info(text)) in table and "lstm  S5" in table
     assert format_table(results).splitlines()[0] in table
     assert "RNNLAB_BENCH_TEST_MARK=on" in format_table(results).splitlines()[0]
+    fractions = f"/{100 * case['rnnlab']['gemm_fraction']:.0f}/{100 * need:.0f} "
+    assert fractions in format_table(results).splitlines()[-2]
 
 
 def test_peak_memory_subprocesses_take_threads_all(tmp_path):
