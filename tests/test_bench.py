@@ -93,7 +93,8 @@ def test_threads_all_and_its_refusals():
 
 def test_a_one_round_run_of_s5_with_every_core(tmp_path, capsys, monkeypatch):
     """The main job's layer (B=32, T=128, I=64, H=512) forward, one round; the JSON names the CPU and threads, the
-    kernels' build and the RNNLAB_/MKL_/OMP_ environment, and so does the table's first line."""
+    kernels' build and the RNNLAB_/MKL_/OMP_ environment, and so does the table's first line; the case's share of
+    the GEMM peak needed for its target is recomputed from the JSON and found in the table."""
     assert SIZES["S5"].B == 32 and SIZES["S5"].T == 128 and SIZES["S5"].I == 64 and SIZES["S5"].H == 512
     monkeypatch.setenv("RNNLAB_BENCH_TEST_MARK", "on")  # read by nothing: it must only be recorded
     out = tmp_path / "bench.json"

@@ -10,7 +10,8 @@ forward+backward of ``output.sum()`` with the input requiring grad, as inside a 
 * the fraction of the machine's GEMM peak (a square float32 matmul measured in the same run) that the model's
   GEMM FLOPs reach, which says how far each path is from the hardware limit; and the fraction rnnlab would have
   to reach to meet the case's target (torch.nn's fraction / the target). A target that needs about 100% of the
-  peak for the whole pass cannot be met on that machine by any kernel that does the same FLOPs.
+  peak for the whole pass is out of reach on that machine for any kernel that does the same FLOPs: the square
+  matmul already runs close to the CPU's FMA ceiling (``benchmarks/fma_peak.c`` measures it).
 * peak training memory (``memory=True``): on CPU (Linux), the growth of the peak resident set size (VmHWM,
   reset just before the call) during one forward+backward, each measured in a fresh subprocess so that memory
   freed by earlier cases and kept by the C allocator does not hide new allocations; on CUDA,
